@@ -1,0 +1,11 @@
+//! Tern's admin listener: `/metrics` in Prometheus text, `/healthz`, and `/catalog`
+//! as JSON. It is for operators, so it binds to loopback by default.
+#![forbid(unsafe_code)]
+
+mod catalog_json;
+mod recorder;
+mod server;
+
+pub use catalog_json::catalog_json;
+pub use recorder::{install_recorder, MetricsError};
+pub use server::{serve, AdminState};

@@ -1,0 +1,142 @@
+//! The admin HTTP server.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tern_catalog::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::catalog_json;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub catalog: Arc<dyn Catalog>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, req)) }
+            });
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = conn.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET\n".into(),
+            "text/plain",
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/metrics" => {
+            publish_gauges(state);
+            text(
+                StatusCode::OK,
+                state.metrics.render(),
+                "text/plain; version=0.0.4",
+            )
+        }
+        "/catalog" => text(
+            StatusCode::OK,
+            catalog_json(&state.catalog.snapshot()),
+            "application/json",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz or /catalog\n".into(),
+            "text/plain",
+        ),
+    }
+}
+
+/// Per-machine load, band and health are read from the live catalog at scrape time.
+fn publish_gauges(state: &AdminState) {
+    let snap = state.catalog.snapshot();
+    for app in snap.apps.values() {
+        for m in &app.machines {
+            for (port, slot) in m.live.slots() {
+                let labels = [
+                    ("app", app.name.clone()),
+                    ("machine", m.config.id.clone()),
+                    ("port", port.to_string()),
+                ];
+                metrics::gauge!("tern_machine_load", &labels).set(f64::from(slot.load.active()));
+                for band in [
+                    tern_balance_band::UNDER,
+                    tern_balance_band::OVER,
+                    tern_balance_band::AT,
+                ] {
+                    let mut l = labels.to_vec();
+                    l.push(("band", band.to_owned()));
+                    let v = if slot.band().as_str() == band {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    metrics::gauge!("tern_machine_band", &l).set(v);
+                }
+                metrics::gauge!("tern_machine_healthy", &labels).set(if slot.healthy() {
+                    1.0
+                } else {
+                    0.0
+                });
+            }
+        }
+        for s in &app.services {
+            metrics::gauge!("tern_queue_waiting", "app" => app.name.clone(), "port" => s.config.internal_port.to_string())
+                .set(s.queue.waiting() as f64);
+        }
+    }
+}
+
+mod tern_balance_band {
+    pub const UNDER: &str = "under_soft";
+    pub const OVER: &str = "over_soft";
+    pub const AT: &str = "at_hard";
+}
+
+fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    resp
+}

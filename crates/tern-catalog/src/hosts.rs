@@ -1,0 +1,82 @@
+//! Hostname lookup: exact names first, then the most specific `*.suffix` wildcard.
+
+use std::collections::HashMap;
+
+/// Maps hostnames (exact or `*.suffix`) to a value, usually an app name.
+#[derive(Debug, Clone)]
+pub struct HostIndex<T> {
+    exact: HashMap<String, T>,
+    /// Keyed by the suffix without `*.`; a wildcard matches one or more labels.
+    wildcard: HashMap<String, T>,
+}
+
+impl<T> Default for HostIndex<T> {
+    fn default() -> Self {
+        HostIndex {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        }
+    }
+}
+
+impl<T> HostIndex<T> {
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.insert(suffix.to_owned(), value),
+            None => self.exact.insert(pattern, value),
+        };
+    }
+
+    /// Looks up a host as sent by a client: any `:port` and trailing dot are ignored.
+    pub fn lookup(&self, host: &str) -> Option<&T> {
+        let host = strip_port(host).trim_end_matches('.');
+        let host = host.to_ascii_lowercase();
+        if let Some(v) = self.exact.get(&host) {
+            return Some(v);
+        }
+        let mut rest = host.as_str();
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(v) = self.wildcard.get(suffix) {
+                return Some(v);
+            }
+            rest = suffix;
+        }
+        None
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: "[::1]:443".
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_then_most_specific_wildcard() {
+        let mut idx = HostIndex::default();
+        idx.insert("demo.localhost", "exact");
+        idx.insert("*.demo.localhost", "wild");
+        idx.insert("*.localhost", "outer");
+        assert_eq!(idx.lookup("demo.localhost"), Some(&"exact"));
+        assert_eq!(idx.lookup("DEMO.localhost:8080"), Some(&"exact"));
+        assert_eq!(idx.lookup("a.demo.localhost"), Some(&"wild"));
+        assert_eq!(idx.lookup("a.b.demo.localhost."), Some(&"wild"));
+        assert_eq!(idx.lookup("other.localhost"), Some(&"outer"));
+        assert_eq!(idx.lookup("localhost"), None);
+        assert_eq!(idx.lookup("example.com"), None);
+        assert_eq!(idx.lookup("[::1]:80"), None);
+    }
+}

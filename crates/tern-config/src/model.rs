@@ -1,0 +1,216 @@
+//! The validated configuration that the rest of Tern reads: plain values, no spans.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated Tern configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub admin: Admin,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub log: Log,
+    /// Measured round-trip times between regions, symmetric. Same region is zero.
+    pub regions: RegionDistances,
+    pub apps: Vec<App>,
+    pub machines: Vec<Machine>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub region: String,
+    /// Tokio worker threads.
+    pub workers: usize,
+    /// Address every public port binds on.
+    pub bind: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// Directory of PEM pairs `NAME.crt`/`NAME.key` (or `NAME.pem` holding both).
+    pub certs_dir: Option<PathBuf>,
+    pub unknown_sni: UnknownSni,
+    pub handshake_timeout: Duration,
+    /// How often the certificate directory is re-read for changes.
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// Serve the certificate with this name (file stem in `certs_dir`).
+    DefaultCert(String),
+    /// Fail the handshake.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+    /// Largest request body, in bytes; an app may set its own.
+    pub max_request_body: u64,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    /// Open client connections per listener; past it, new ones wait in the kernel backlog.
+    pub max_connections_per_listener: usize,
+    /// Requests that may wait for a machine when all are at their hard limit.
+    pub queue_size: usize,
+    /// How long a queued request waits before a 503.
+    pub queue_timeout: Duration,
+    /// Machines tried when connecting fails (the request was not sent yet).
+    pub connect_attempts: usize,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive, e.g. `info` or `tern=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Round-trip times between regions, as measured by the operator.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegionDistances {
+    pub rtt: BTreeMap<(String, String), Duration>,
+}
+
+impl RegionDistances {
+    /// RTT between two regions; zero for the same region, `None` when unknown.
+    pub fn rtt(&self, a: &str, b: &str) -> Option<Duration> {
+        if a == b {
+            return Some(Duration::ZERO);
+        }
+        let key = if a < b {
+            (a.to_owned(), b.to_owned())
+        } else {
+            (b.to_owned(), a.to_owned())
+        };
+        self.rtt.get(&key).copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub name: String,
+    /// Exact names, or `*.suffix` wildcards matching one or more labels.
+    pub hostnames: Vec<String>,
+    /// Overrides `limits.max_request_body` for this app.
+    pub max_request_body: Option<u64>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub internal_port: u16,
+    /// Speak h2c (prior knowledge) to the machine instead of HTTP/1.1.
+    pub h2_backend: bool,
+    pub concurrency: Concurrency,
+    pub ports: Vec<Port>,
+    pub tcp_checks: Vec<TcpCheck>,
+    pub http_checks: Vec<HttpCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    pub kind: ConcurrencyKind,
+    pub soft_limit: u32,
+    pub hard_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencyKind {
+    Connections,
+    Requests,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    pub port: u16,
+    pub handlers: Handlers,
+    /// Answer plain-HTTP requests on this port with a 301 to https.
+    pub force_https: bool,
+}
+
+/// The handler stack of a public port, in the combinations Tern supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handlers {
+    pub tls: bool,
+    pub http: bool,
+    /// Send a PROXY protocol header to the machine (raw TCP stacks only).
+    pub proxy_proto: Option<ProxyProtoVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtoVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub grace_period: Duration,
+    pub path: String,
+    pub method: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub id: String,
+    pub app: String,
+    pub region: String,
+    pub ip: IpAddr,
+    pub state: MachineState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MachineState {
+    Created,
+    Started,
+    Stopping,
+    Stopped,
+    Suspended,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Created => "created",
+            MachineState::Started => "started",
+            MachineState::Stopping => "stopping",
+            MachineState::Stopped => "stopped",
+            MachineState::Suspended => "suspended",
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The configuration as written: serde structs that keep each value's source span so
+//! validation can point at it. Only syntax and types are checked here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+type Opt<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub node: RawNode,
+    pub admin: Option<RawAdmin>,
+    pub tls: Option<RawTls>,
+    pub limits: Option<RawLimits>,
+    pub log: Option<RawLog>,
+    #[serde(default)]
+    pub region: Vec<RawRegion>,
+    #[serde(default)]
+    pub app: Vec<RawApp>,
+    #[serde(default)]
+    pub machine: Vec<Spanned<RawMachine>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub id: Spanned<String>,
+    pub region: Spanned<String>,
+    pub workers: Opt<i64>,
+    pub bind: Opt<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Opt<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub certs_dir: Opt<String>,
+    pub unknown_sni: Opt<String>,
+    pub handshake_timeout: Opt<DurationText>,
+    pub reload_interval: Opt<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub header_read_timeout: Opt<DurationText>,
+    pub idle_timeout: Opt<DurationText>,
+    pub max_header_bytes: Opt<SizeValue>,
+    pub max_headers: Opt<i64>,
+    pub max_request_body: Opt<SizeValue>,
+    pub connect_timeout: Opt<DurationText>,
+    pub response_header_timeout: Opt<DurationText>,
+    pub max_connections_per_listener: Opt<i64>,
+    pub queue_size: Opt<i64>,
+    pub queue_timeout: Opt<DurationText>,
+    pub connect_attempts: Opt<i64>,
+    pub drain_timeout: Opt<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub format: Opt<String>,
+    pub level: Opt<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRegion {
+    pub code: Spanned<String>,
+    #[serde(default)]
+    pub rtt: BTreeMap<Spanned<String>, Spanned<DurationText>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hostnames: Vec<Spanned<String>>,
+    pub max_request_body: Opt<SizeValue>,
+    #[serde(default)]
+    pub service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub internal_port: Spanned<i64>,
+    pub h2_backend: Option<bool>,
+    pub concurrency: Opt<RawConcurrency>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<RawPort>>,
+    #[serde(default)]
+    pub tcp_checks: Vec<Spanned<RawTcpCheck>>,
+    #[serde(default)]
+    pub http_checks: Vec<Spanned<RawHttpCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcurrency {
+    #[serde(rename = "type")]
+    pub kind: Opt<String>,
+    pub soft_limit: Opt<i64>,
+    pub hard_limit: Opt<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPort {
+    pub port: Spanned<i64>,
+    pub handlers: Spanned<Vec<Spanned<String>>>,
+    pub force_https: Opt<bool>,
+    pub proxy_proto_options: Opt<RawProxyProtoOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxyProtoOptions {
+    pub version: Opt<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTcpCheck {
+    pub interval: Opt<DurationText>,
+    pub timeout: Opt<DurationText>,
+    pub grace_period: Opt<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttpCheck {
+    pub interval: Opt<DurationText>,
+    pub timeout: Opt<DurationText>,
+    pub grace_period: Opt<DurationText>,
+    pub path: Opt<String>,
+    pub method: Opt<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMachine {
+    pub id: Spanned<String>,
+    pub app: Spanned<String>,
+    pub region: Spanned<String>,
+    pub ip: Spanned<String>,
+    pub state: Opt<String>,
+}
+
+/// A duration as written. Parsed during validation, so that every bad duration is
+/// reported rather than only the first; the type exists for its "expected" message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DurationText(pub String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"10s\" or \"250ms\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// A size as written: integer bytes or a string with a unit, parsed during validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SizeValue {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: integer bytes or a string such as \"64KiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                i64::try_from(v)
+                    .map(SizeValue::Bytes)
+                    .map_err(|_| E::custom("size is too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}

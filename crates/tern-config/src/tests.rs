@@ -1,0 +1,779 @@
+//! Tests of parsing and validation as a whole, with exact diagnostic positions.
+//! Each TOML snippet starts on line 1, so positions can be read off the source.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn ok(src: &str) -> Config {
+    match parse(src, Path::new("/etc/tern/tern.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(src, Path::new("t.toml")) {
+        Ok(c) => panic!("expected an error, got {c:#?}"),
+        Err(e) => e.diagnostics().iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// The single diagnostic of an invalid config.
+fn error(src: &str) -> String {
+    let errs = errors(src);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    errs.into_iter().next().unwrap_or_default()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const FULL: &str = r#"[node]
+id = "ams-1"
+region = "ams"
+workers = 4
+bind = "127.0.0.1"
+
+[admin]
+listen = "127.0.0.1:9191"
+
+[tls]
+certs_dir = "certs"
+unknown_sni = "fallback"
+handshake_timeout = "3s"
+reload_interval = "500ms"
+
+[limits]
+header_read_timeout = "11s"
+idle_timeout = "61s"
+max_header_bytes = "32KiB"
+max_headers = 50
+max_request_body = 1000
+connect_timeout = "4s"
+response_header_timeout = "59s"
+max_connections_per_listener = 500
+queue_size = 7
+queue_timeout = "1s"
+connect_attempts = 2
+drain_timeout = "10s"
+
+[log]
+format = "json"
+level = "tern=debug"
+
+[[region]]
+code = "ams"
+rtt = { ord = "90ms", syd = "280ms" }
+
+[[region]]
+code = "ord"
+rtt = { ams = "90ms" }
+
+[[app]]
+name = "demo"
+hostnames = ["Demo.Localhost", "*.demo.localhost"]
+max_request_body = "1MB"
+
+[[app.service]]
+internal_port = 8080
+h2_backend = true
+concurrency = { type = "requests", soft_limit = 5, hard_limit = 10 }
+ports = [
+  { port = 443, handlers = ["http", "tls"] },
+  { port = 80, handlers = ["http"], force_https = true },
+  { port = 5432, handlers = [] },
+  { port = 6000, handlers = ["proxy_proto"], proxy_proto_options = { version = "v2" } },
+  { port = 6001, handlers = ["tls", "proxy_proto"] },
+  { port = 8443, handlers = ["tls"] },
+]
+tcp_checks = [{ interval = "15s", timeout = "2s", grace_period = "0s" }]
+http_checks = [{ interval = "10s", timeout = "2s", grace_period = "5s", path = "/healthz", method = "HEAD" }]
+
+[[app]]
+name = "other"
+hostnames = ["other.localhost"]
+
+[[app.service]]
+internal_port = 9000
+ports = [{ port = 443, handlers = ["tls", "http"] }, { port = 8443, handlers = ["tls"] }]
+
+[[machine]]
+id = "m-ams-1"
+app = "demo"
+region = "ams"
+ip = "127.0.0.11"
+
+[[machine]]
+id = "m-ord-1"
+app = "other"
+region = "ord"
+ip = "::1"
+state = "stopped"
+"#;
+
+#[test]
+fn full_config_round_trips() {
+    let c = ok(FULL);
+    assert_eq!(
+        c.node,
+        Node {
+            id: "ams-1".into(),
+            region: "ams".into(),
+            workers: 4,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    );
+    assert_eq!(
+        c.admin.listen,
+        "127.0.0.1:9191".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        c.tls,
+        Tls {
+            certs_dir: Some(PathBuf::from("/etc/tern/certs")),
+            unknown_sni: UnknownSni::DefaultCert("fallback".into()),
+            handshake_timeout: secs(3),
+            reload_interval: ms(500),
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            header_read_timeout: secs(11),
+            idle_timeout: secs(61),
+            max_header_bytes: 32 * 1024,
+            max_headers: 50,
+            max_request_body: 1000,
+            connect_timeout: secs(4),
+            response_header_timeout: secs(59),
+            max_connections_per_listener: 500,
+            queue_size: 7,
+            queue_timeout: secs(1),
+            connect_attempts: 2,
+            drain_timeout: secs(10),
+        }
+    );
+    assert_eq!(
+        c.log,
+        Log {
+            format: LogFormat::Json,
+            level: "tern=debug".into()
+        }
+    );
+    let rtt: BTreeMap<(String, String), Duration> = [
+        (("ams".to_owned(), "ord".to_owned()), ms(90)),
+        (("ams".to_owned(), "syd".to_owned()), ms(280)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(c.regions.rtt, rtt);
+    assert_eq!(c.regions.rtt("syd", "ams"), Some(ms(280)));
+
+    let tls_http = Handlers {
+        tls: true,
+        http: true,
+        proxy_proto: None,
+    };
+    let tls_only = Handlers {
+        tls: true,
+        http: false,
+        proxy_proto: None,
+    };
+    let port = |port, handlers, force_https| Port {
+        port,
+        handlers,
+        force_https,
+    };
+    assert_eq!(
+        c.apps,
+        vec![
+            App {
+                name: "demo".into(),
+                hostnames: vec!["demo.localhost".into(), "*.demo.localhost".into()],
+                max_request_body: Some(1_000_000),
+                services: vec![Service {
+                    internal_port: 8080,
+                    h2_backend: true,
+                    concurrency: Concurrency {
+                        kind: ConcurrencyKind::Requests,
+                        soft_limit: 5,
+                        hard_limit: 10,
+                    },
+                    ports: vec![
+                        port(443, tls_http, false),
+                        port(
+                            80,
+                            Handlers {
+                                tls: false,
+                                http: true,
+                                proxy_proto: None
+                            },
+                            true
+                        ),
+                        port(
+                            5432,
+                            Handlers {
+                                tls: false,
+                                http: false,
+                                proxy_proto: None
+                            },
+                            false
+                        ),
+                        port(
+                            6000,
+                            Handlers {
+                                tls: false,
+                                http: false,
+                                proxy_proto: Some(ProxyProtoVersion::V2)
+                            },
+                            false
+                        ),
+                        port(
+                            6001,
+                            Handlers {
+                                tls: true,
+                                http: false,
+                                proxy_proto: Some(ProxyProtoVersion::V1)
+                            },
+                            false
+                        ),
+                        port(8443, tls_only, false),
+                    ],
+                    tcp_checks: vec![TcpCheck {
+                        interval: secs(15),
+                        timeout: secs(2),
+                        grace_period: Duration::ZERO,
+                    }],
+                    http_checks: vec![HttpCheck {
+                        interval: secs(10),
+                        timeout: secs(2),
+                        grace_period: secs(5),
+                        path: "/healthz".into(),
+                        method: "HEAD".into(),
+                    }],
+                }],
+            },
+            App {
+                name: "other".into(),
+                hostnames: vec!["other.localhost".into()],
+                max_request_body: None,
+                services: vec![Service {
+                    internal_port: 9000,
+                    h2_backend: false,
+                    concurrency: Concurrency {
+                        kind: ConcurrencyKind::Connections,
+                        soft_limit: 20,
+                        hard_limit: 25,
+                    },
+                    ports: vec![port(443, tls_http, false), port(8443, tls_only, false)],
+                    tcp_checks: vec![],
+                    http_checks: vec![],
+                }],
+            },
+        ]
+    );
+    assert_eq!(
+        c.machines,
+        vec![
+            Machine {
+                id: "m-ams-1".into(),
+                app: "demo".into(),
+                region: "ams".into(),
+                ip: "127.0.0.11".parse().unwrap(),
+                state: MachineState::Started,
+            },
+            Machine {
+                id: "m-ord-1".into(),
+                app: "other".into(),
+                region: "ord".into(),
+                ip: "::1".parse().unwrap(),
+                state: MachineState::Stopped,
+            },
+        ]
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = ok(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "demo"
+[[app.service]]
+internal_port = 8080
+[[machine]]
+id = "m"
+app = "demo"
+region = "ams"
+ip = "127.0.0.11"
+"#);
+    assert!(c.node.workers >= 1);
+    assert_eq!(c.node.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(
+        c.admin.listen,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        c.tls,
+        Tls {
+            certs_dir: None,
+            unknown_sni: UnknownSni::Reject,
+            handshake_timeout: secs(10),
+            reload_interval: secs(2),
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            header_read_timeout: secs(10),
+            idle_timeout: secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_body: 64 * 1024 * 1024,
+            connect_timeout: secs(5),
+            response_header_timeout: secs(60),
+            max_connections_per_listener: 10_000,
+            queue_size: 100,
+            queue_timeout: secs(5),
+            connect_attempts: 3,
+            drain_timeout: secs(30),
+        }
+    );
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.log.level, "info");
+    assert!(c.regions.rtt.is_empty());
+    let s = &c.apps[0].services[0];
+    assert!(!s.h2_backend);
+    assert_eq!(
+        s.concurrency,
+        Concurrency {
+            kind: ConcurrencyKind::Connections,
+            soft_limit: 20,
+            hard_limit: 25
+        }
+    );
+    assert!(s.ports.is_empty());
+    assert_eq!(c.machines[0].state, MachineState::Started);
+}
+
+#[test]
+fn check_defaults() {
+    let c = ok(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "demo"
+[[app.service]]
+internal_port = 8080
+tcp_checks = [{}]
+http_checks = [{}]
+"#);
+    let s = &c.apps[0].services[0];
+    assert_eq!(
+        s.tcp_checks,
+        vec![TcpCheck {
+            interval: secs(15),
+            timeout: secs(2),
+            grace_period: secs(1)
+        }]
+    );
+    assert_eq!(
+        s.http_checks,
+        vec![HttpCheck {
+            interval: secs(10),
+            timeout: secs(2),
+            grace_period: secs(5),
+            path: "/".into(),
+            method: "GET".into()
+        }]
+    );
+}
+
+#[test]
+fn no_apps_is_valid() {
+    let c = ok("[node]\nid = \"n\"\nregion = \"ams\"\n");
+    assert!(c.apps.is_empty());
+    assert!(c.machines.is_empty());
+}
+
+#[test]
+fn syntax_error() {
+    assert_eq!(
+        error("[node]\nid = = \"n\"\n"),
+        "t.toml:2:6: extra `=`, expected nothing"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\nname = \"x\"\n"),
+        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `bind`"
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `region`, `app`, `machine`"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\nworkers = \"4\"\n"),
+        "t.toml:4:11: invalid type: string \"4\", expected an integer"
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nidle_timeout = 60\n"),
+        "t.toml:5:16: invalid type: integer `60`, expected a duration string such as \"10s\" or \"250ms\""
+    );
+}
+
+#[test]
+fn wrong_type_names_toml_types() {
+    assert_eq!(
+        error("node = 5\n"),
+        "t.toml:1:8: invalid type: integer `5`, expected a table"
+    );
+    assert_eq!(
+        error(&format!("{APP_HEAD}ports = 80\n")),
+        "t.toml:8:9: invalid type: integer `80`, expected an array"
+    );
+}
+
+#[test]
+fn missing_required_field() {
+    assert_eq!(
+        error("[node]\nregion = \"ams\"\n"),
+        "t.toml:1:1: missing field `id`"
+    );
+    assert_eq!(
+        error(
+            r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "demo"
+[[app.service]]
+internal_port = 1
+ports = [{ handlers = ["http"] }]
+"#
+        ),
+        "t.toml:8:10: missing field `port`"
+    );
+}
+
+const APP_HEAD: &str = "[node]\nid = \"n\"\nregion = \"ams\"\n[[app]]\nname = \"demo\"\n[[app.service]]\ninternal_port = 8080\n";
+
+#[test]
+fn bad_handler_stack() {
+    // Lines 1-7 are APP_HEAD.
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 80, handlers = [\"http\", \"proxy_proto\"] }}]\n"
+        )),
+        "t.toml:8:34: handlers [\"http\", \"proxy_proto\"] are not a supported stack; allowed stacks are [] (raw TCP), [\"tls\"], [\"http\"], [\"tls\", \"http\"], [\"proxy_proto\"], [\"tls\", \"proxy_proto\"]"
+    );
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 80, handlers = [\"http\", \"h2\"] }}]\n"
+        )),
+        "t.toml:8:43: unknown handler \"h2\"; allowed handlers are \"tls\", \"http\" and \"proxy_proto\""
+    );
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 80, handlers = [\"http\", \"http\"] }}]\n"
+        )),
+        "t.toml:8:43: handler \"http\" is already listed at 8:35"
+    );
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 80, handlers = [\"tls\"], proxy_proto_options = {{ version = \"v2\" }} }}]\n"
+        )),
+        "t.toml:8:65: proxy_proto_options is only allowed when handlers include \"proxy_proto\""
+    );
+}
+
+#[test]
+fn force_https_on_tls_port() {
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 443, handlers = [\"tls\", \"http\"], force_https = true }}]\n"
+        )),
+        "t.toml:8:66: force_https is only allowed on a port whose handlers are exactly [\"http\"], but this port's handlers are [\"tls\", \"http\"]"
+    );
+}
+
+#[test]
+fn soft_limit_above_hard_limit() {
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}concurrency = {{ type = \"requests\", soft_limit = 30, hard_limit = 25 }}\n"
+        )),
+        "t.toml:8:49: concurrency.soft_limit (30) must not exceed hard_limit (25)"
+    );
+}
+
+#[test]
+fn duplicate_hostname_across_apps() {
+    assert_eq!(
+        error(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "a"
+hostnames = ["x.example.com"]
+[[app]]
+name = "b"
+hostnames = ["y.example.com", "X.Example.com"]
+"#),
+        "t.toml:9:31: hostname \"x.example.com\" is already used by app \"a\" at 6:14; each hostname routes to one app"
+    );
+}
+
+#[test]
+fn raw_tcp_port_shared_by_two_apps() {
+    assert_eq!(
+        error(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "a"
+[[app.service]]
+internal_port = 5432
+ports = [{ port = 5432, handlers = [] }]
+[[app]]
+name = "b"
+[[app.service]]
+internal_port = 5432
+ports = [{ port = 5432, handlers = ["proxy_proto"] }]
+"#),
+        "t.toml:13:19: raw TCP port 5432 already belongs to app \"a\" at 8:19; a raw TCP port cannot be routed by name, so only one app may use it"
+    );
+}
+
+#[test]
+fn shared_port_must_agree_on_tls_and_http() {
+    assert_eq!(
+        error(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "a"
+[[app.service]]
+internal_port = 1
+ports = [{ port = 443, handlers = ["tls", "http"] }]
+[[app]]
+name = "b"
+[[app.service]]
+internal_port = 1
+ports = [{ port = 443, handlers = ["tls"] }]
+"#),
+        "t.toml:13:19: port 443 is TLS (SNI-routed TCP) here but TLS+HTTP in app \"a\" at 8:19; apps sharing a port must agree on \"tls\" and \"http\" handlers"
+    );
+}
+
+#[test]
+fn port_reused_within_an_app() {
+    assert_eq!(
+        errors(&format!(
+            "{APP_HEAD}ports = [{{ port = 80, handlers = [\"http\"] }}, {{ port = 80, handlers = [\"http\"] }}]\n[[app.service]]\ninternal_port = 8080\nports = [{{ port = 80, handlers = [\"http\"] }}]\n"
+        )),
+        vec![
+            "t.toml:8:55: port 80 is already used by this service at 8:19; a port may appear once per app",
+            "t.toml:10:17: internal_port 8080 is already used by another service of app \"demo\" at 7:17",
+            "t.toml:11:19: port 80 is already used by another service of app \"demo\" at 8:19; a port may appear once per app",
+        ]
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}ports = [{{ port = 70000, handlers = [] }}]\n"
+        )),
+        "t.toml:8:19: port 70000 is out of range; expected 1..=65535"
+    );
+}
+
+#[test]
+fn admin_port_clash() {
+    assert_eq!(
+        error(&format!("{APP_HEAD}ports = [{{ port = 9090, handlers = [\"http\"] }}]\n")),
+        "t.toml:8:19: port 9090 on 0.0.0.0 clashes with admin.listen 127.0.0.1:9090 (the default); use another port or bind them to different addresses"
+    );
+    // Different, specific addresses do not clash.
+    let src = format!(
+        "{}\nbind = \"127.0.0.2\"\n{}ports = [{{ port = 9090, handlers = [\"http\"] }}]\n",
+        "[node]\nid = \"n\"\nregion = \"ams\"",
+        "[[app]]\nname = \"demo\"\n[[app.service]]\ninternal_port = 8080\n"
+    );
+    ok(&src);
+}
+
+#[test]
+fn machine_names_unknown_app() {
+    assert_eq!(
+        error(r#"[node]
+id = "n"
+region = "ams"
+[[app]]
+name = "demo"
+[[machine]]
+id = "m-1"
+app = "dmeo"
+region = "ams"
+ip = "127.0.0.11"
+"#),
+        "t.toml:8:7: machine \"m-1\" names app \"dmeo\", which is not defined; defined apps: \"demo\""
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[tls]\nhandshake_timeout = \"10 parsecs\"\n"),
+        "t.toml:5:21: tls.handshake_timeout: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations); expected a number with a unit, like \"10s\", \"250ms\" or \"1m30s\""
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nidle_timeout = \"0s\"\n"),
+        "t.toml:5:16: limits.idle_timeout must be greater than 0"
+    );
+}
+
+#[test]
+fn bad_size() {
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nmax_request_body = \"64MiBs\"\n"),
+        "t.toml:5:20: limits.max_request_body: invalid size \"64MiBs\": unknown unit \"MiBs\"; expected integer bytes or a string like \"64KiB\" (units: B, KB, MB, GB, KiB, MiB, GiB)"
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nmax_header_bytes = -1\n"),
+        "t.toml:5:20: limits.max_header_bytes must not be negative"
+    );
+}
+
+#[test]
+fn check_timeout_above_interval() {
+    assert_eq!(
+        error(&format!(
+            "{APP_HEAD}http_checks = [{{ interval = \"1s\", timeout = \"2s\", path = \"/\" }}]\n"
+        )),
+        "t.toml:8:45: http_checks.timeout (2s) must not exceed interval (1s)"
+    );
+}
+
+#[test]
+fn unknown_sni_needs_certs_dir() {
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[tls]\nunknown_sni = \"default\"\n"),
+        "t.toml:5:15: tls.unknown_sni names certificate \"default\" but tls.certs_dir is not set; set certs_dir or use \"reject\""
+    );
+}
+
+#[test]
+fn conflicting_rtt() {
+    assert_eq!(
+        error(r#"[node]
+id = "n"
+region = "ams"
+[[region]]
+code = "ams"
+rtt = { ord = "90ms" }
+[[region]]
+code = "ord"
+rtt = { ams = "95ms" }
+"#),
+        "t.toml:9:15: conflicting rtt between \"ams\" and \"ord\": 95ms here but 90ms at 6:15; RTTs are symmetric, give one value"
+    );
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let src = r#"[node]
+id = ""
+region = "AMS"
+[limits]
+queue_timeout = "soon"
+[[app]]
+name = "demo"
+hostnames = ["bad_name.com"]
+[[app.service]]
+internal_port = 8080
+concurrency = { soft_limit = 0 }
+ports = [{ port = 0, handlers = ["tcp"] }]
+http_checks = [{ path = "healthz", method = "get" }]
+[[machine]]
+id = "m"
+app = "nope"
+region = "ams"
+ip = "localhost"
+state = "running"
+"#;
+    let err = parse(src, Path::new("t.toml")).unwrap_err();
+    let positions: Vec<(usize, usize)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.line, d.column))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            (2, 6),
+            (3, 10),
+            (5, 17),
+            (8, 14),
+            (11, 30),
+            (12, 19),
+            (12, 34),
+            (13, 25),
+            (13, 45),
+            (16, 7),
+            (18, 6),
+            (19, 9),
+        ],
+        "{err}"
+    );
+    // Display is one `FILE:LINE:COL: MESSAGE` line per diagnostic.
+    let text = err.to_string();
+    assert_eq!(text.lines().count(), positions.len());
+    assert!(
+        text.starts_with("t.toml:2:6: node.id must not be empty\n"),
+        "{text}"
+    );
+    assert!(text.contains("t.toml:3:10: node.region \"AMS\" contains 'A'; only lowercase letters a-z, digits 0-9 and '-' are allowed"), "{text}");
+    assert!(text.ends_with("t.toml:19:9: unknown machine state \"running\"; expected one of \"created\", \"started\", \"stopping\", \"stopped\", \"suspended\""), "{text}");
+}
+
+#[test]
+fn load_reports_unreadable_file() {
+    let err = load(Path::new("/nonexistent/tern.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err
+        .to_string()
+        .starts_with("/nonexistent/tern.toml: cannot read configuration: "));
+    assert!(err.diagnostics().is_empty());
+}
+
+#[test]
+fn columns_count_characters() {
+    // "é" is two bytes but one column.
+    assert_eq!(
+        error("[node]\nid = \"é\"\nregion = \"ams\"\n[log]\nformat = \"é\" \n"),
+        "t.toml:5:10: unknown log.format \"é\"; expected \"text\" or \"json\""
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[log]\nlevel = \"é\"; format = 1\n"),
+        "t.toml:5:12: unexpected key or value, expected newline, `#`"
+    );
+}

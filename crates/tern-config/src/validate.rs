@@ -1,0 +1,1006 @@
+//! Semantic validation: turns the raw, spanned configuration into the public model,
+//! collecting every problem found instead of stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::error::{Diagnostic, Locator};
+use crate::model::*;
+use crate::raw::*;
+use crate::values;
+
+const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9090);
+const DEFAULT_TCP_CHECK: (Duration, Duration, Duration) = (
+    Duration::from_secs(15),
+    Duration::from_secs(2),
+    Duration::from_secs(1),
+);
+const DEFAULT_HTTP_CHECK: (Duration, Duration, Duration) = (
+    Duration::from_secs(10),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+);
+const ALLOWED_STACKS: &str = "[] (raw TCP), [\"tls\"], [\"http\"], [\"tls\", \"http\"], [\"proxy_proto\"], [\"tls\", \"proxy_proto\"]";
+
+struct Validator<'a> {
+    loc: Locator<'a>,
+    file: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+/// How a public port is used, remembered to check later uses of the same number.
+struct PortUse {
+    app: String,
+    tls: bool,
+    http: bool,
+    span: Range<usize>,
+}
+
+pub(crate) fn validate(raw: RawConfig, src: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
+    let mut v = Validator {
+        loc: Locator::new(src, file),
+        file,
+        diags: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.diags.is_empty() {
+        Ok(config)
+    } else {
+        let mut diags = v.diags;
+        diags.sort_by_key(|d| (d.line, d.column));
+        Err(diags)
+    }
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let d = self.loc.diagnostic(span, message);
+        self.diags.push(d);
+    }
+
+    fn at(&self, span: &Range<usize>) -> String {
+        self.loc.position(span)
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let node = self.node(raw.node);
+        let (admin, admin_span) = self.admin(raw.admin);
+        let tls = self.tls(raw.tls);
+        let limits = self.limits(raw.limits);
+        let log = self.log(raw.log);
+        let regions = self.regions(raw.region);
+        let apps = self.apps(raw.app, &node, &admin, admin_span.as_ref());
+        let machines = self.machines(raw.machine, &apps);
+        Config {
+            node,
+            admin,
+            tls,
+            limits,
+            log,
+            regions,
+            apps,
+            machines,
+        }
+    }
+
+    fn node(&mut self, raw: RawNode) -> Node {
+        if raw.id.get_ref().is_empty() {
+            self.error(&raw.id.span(), "node.id must not be empty");
+        }
+        if let Err(e) = values::check_slug("node.region", raw.region.get_ref()) {
+            self.error(&raw.region.span(), e);
+        }
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.count(&raw.workers, "node.workers", default_workers, 1);
+        let bind = match &raw.bind {
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Some(b) => self.ip(b, "node.bind"),
+        };
+        Node {
+            id: raw.id.into_inner(),
+            region: raw.region.into_inner(),
+            workers,
+            bind,
+        }
+    }
+
+    fn admin(&mut self, raw: Option<RawAdmin>) -> (Admin, Option<Range<usize>>) {
+        let Some(listen) = raw.and_then(|a| a.listen) else {
+            return (
+                Admin {
+                    listen: DEFAULT_ADMIN_LISTEN,
+                },
+                None,
+            );
+        };
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => (Admin { listen: addr }, Some(listen.span())),
+            Err(_) => {
+                self.error(
+                    &listen.span(),
+                    format!(
+                        "admin.listen \"{}\" is not a socket address; expected IP:PORT such as \"127.0.0.1:9090\" or \"[::1]:9090\"",
+                        listen.get_ref()
+                    ),
+                );
+                (
+                    Admin {
+                        listen: DEFAULT_ADMIN_LISTEN,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: Option<RawTls>) -> Tls {
+        let raw = raw.unwrap_or(RawTls {
+            certs_dir: None,
+            unknown_sni: None,
+            handshake_timeout: None,
+            reload_interval: None,
+        });
+        let certs_dir = match &raw.certs_dir {
+            None => None,
+            Some(dir) if dir.get_ref().is_empty() => {
+                self.error(&dir.span(), "tls.certs_dir must not be empty");
+                None
+            }
+            Some(dir) => {
+                let path = PathBuf::from(dir.get_ref());
+                // Relative to the config file, so `tern` works from any working directory.
+                Some(match self.file.parent() {
+                    Some(base) if path.is_relative() => base.join(path),
+                    _ => path,
+                })
+            }
+        };
+        let unknown_sni = match &raw.unknown_sni {
+            None => UnknownSni::Reject,
+            Some(s) if s.get_ref() == "reject" => UnknownSni::Reject,
+            Some(s) => {
+                let name = s.get_ref();
+                if name.is_empty() || name.contains(['/', '\\']) {
+                    self.error(
+                        &s.span(),
+                        format!("tls.unknown_sni \"{name}\" is not valid; expected \"reject\" or the name (file stem) of a certificate in tls.certs_dir"),
+                    );
+                } else if raw.certs_dir.is_none() {
+                    self.error(
+                        &s.span(),
+                        format!("tls.unknown_sni names certificate \"{name}\" but tls.certs_dir is not set; set certs_dir or use \"reject\""),
+                    );
+                }
+                UnknownSni::DefaultCert(name.clone())
+            }
+        };
+        Tls {
+            certs_dir,
+            unknown_sni,
+            handshake_timeout: self.duration(
+                &raw.handshake_timeout,
+                "tls.handshake_timeout",
+                Duration::from_secs(10),
+                false,
+            ),
+            reload_interval: self.duration(
+                &raw.reload_interval,
+                "tls.reload_interval",
+                Duration::from_secs(2),
+                false,
+            ),
+        }
+    }
+
+    fn limits(&mut self, raw: Option<RawLimits>) -> Limits {
+        let raw = raw.unwrap_or(RawLimits {
+            header_read_timeout: None,
+            idle_timeout: None,
+            max_header_bytes: None,
+            max_headers: None,
+            max_request_body: None,
+            connect_timeout: None,
+            response_header_timeout: None,
+            max_connections_per_listener: None,
+            queue_size: None,
+            queue_timeout: None,
+            connect_attempts: None,
+            drain_timeout: None,
+        });
+        let secs = Duration::from_secs;
+        let max_header_bytes = self.size(&raw.max_header_bytes, "limits.max_header_bytes", 1);
+        Limits {
+            header_read_timeout: self.duration(
+                &raw.header_read_timeout,
+                "limits.header_read_timeout",
+                secs(10),
+                false,
+            ),
+            idle_timeout: self.duration(&raw.idle_timeout, "limits.idle_timeout", secs(60), false),
+            max_header_bytes: max_header_bytes
+                .map_or(64 << 10, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_headers: self.count(&raw.max_headers, "limits.max_headers", 100, 1),
+            max_request_body: self
+                .size(&raw.max_request_body, "limits.max_request_body", 0)
+                .unwrap_or(64 << 20),
+            connect_timeout: self.duration(
+                &raw.connect_timeout,
+                "limits.connect_timeout",
+                secs(5),
+                false,
+            ),
+            response_header_timeout: self.duration(
+                &raw.response_header_timeout,
+                "limits.response_header_timeout",
+                secs(60),
+                false,
+            ),
+            max_connections_per_listener: self.count(
+                &raw.max_connections_per_listener,
+                "limits.max_connections_per_listener",
+                10_000,
+                1,
+            ),
+            queue_size: self.count(&raw.queue_size, "limits.queue_size", 100, 0),
+            queue_timeout: self.duration(
+                &raw.queue_timeout,
+                "limits.queue_timeout",
+                secs(5),
+                false,
+            ),
+            connect_attempts: self.count(&raw.connect_attempts, "limits.connect_attempts", 3, 1),
+            drain_timeout: self.duration(
+                &raw.drain_timeout,
+                "limits.drain_timeout",
+                secs(30),
+                false,
+            ),
+        }
+    }
+
+    fn log(&mut self, raw: Option<RawLog>) -> Log {
+        let raw = raw.unwrap_or(RawLog {
+            format: None,
+            level: None,
+        });
+        let format = match &raw.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.error(
+                        &f.span(),
+                        format!("unknown log.format \"{other}\"; expected \"text\" or \"json\""),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        let level = match raw.level {
+            None => "info".to_owned(),
+            Some(l) => {
+                if l.get_ref().trim().is_empty() {
+                    self.error(
+                        &l.span(),
+                        "log.level must not be empty; expected a filter such as \"info\" or \"tern=debug\"",
+                    );
+                }
+                l.into_inner()
+            }
+        };
+        Log { format, level }
+    }
+
+    fn regions(&mut self, raw: Vec<RawRegion>) -> RegionDistances {
+        let mut codes: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        // Value and where it was given, to report conflicting measurements.
+        let mut rtt: BTreeMap<(String, String), (Duration, Range<usize>)> = BTreeMap::new();
+        for region in raw {
+            let code = region.code.get_ref();
+            if let Err(e) = values::check_slug("region code", code) {
+                self.error(&region.code.span(), e);
+            }
+            if let Some(first) = codes.get(code) {
+                let msg = format!(
+                    "region \"{code}\" is already listed at {}; give each region one [[region]] entry",
+                    self.at(first)
+                );
+                self.error(&region.code.span(), msg);
+            } else {
+                codes.insert(code.clone(), region.code.span());
+            }
+            for (other, value) in &region.rtt {
+                let other_name = other.get_ref();
+                if let Err(e) = values::check_slug("region code", other_name) {
+                    self.error(&other.span(), e);
+                    continue;
+                }
+                if other_name == code {
+                    self.error(
+                        &other.span(),
+                        format!(
+                            "rtt from region \"{code}\" to itself is always 0; remove this entry"
+                        ),
+                    );
+                    continue;
+                }
+                let Some(d) =
+                    self.parse_duration(value, &format!("rtt {code} -> {other_name}"), false)
+                else {
+                    continue;
+                };
+                let key = if code < other_name {
+                    (code.clone(), other_name.clone())
+                } else {
+                    (other_name.clone(), code.clone())
+                };
+                match rtt.get(&key) {
+                    Some((previous, at)) if *previous != d => {
+                        let msg = format!(
+                            "conflicting rtt between \"{}\" and \"{}\": {} here but {} at {}; RTTs are symmetric, give one value",
+                            key.0,
+                            key.1,
+                            humantime::format_duration(d),
+                            humantime::format_duration(*previous),
+                            self.at(at)
+                        );
+                        self.error(&value.span(), msg);
+                    }
+                    Some(_) => {}
+                    None => {
+                        rtt.insert(key, (d, value.span()));
+                    }
+                }
+            }
+        }
+        RegionDistances {
+            rtt: rtt.into_iter().map(|(k, (d, _))| (k, d)).collect(),
+        }
+    }
+
+    fn apps(
+        &mut self,
+        raw: Vec<RawApp>,
+        node: &Node,
+        admin: &Admin,
+        admin_span: Option<&Range<usize>>,
+    ) -> Vec<App> {
+        let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        let mut hostnames: BTreeMap<String, (String, Range<usize>)> = BTreeMap::new();
+        let mut ports: BTreeMap<u16, PortUse> = BTreeMap::new();
+        let mut apps = Vec::new();
+        for app in raw {
+            let name = app.name.get_ref().clone();
+            if let Err(e) = values::check_slug("app name", &name) {
+                self.error(&app.name.span(), e);
+            }
+            if let Some(first) = names.get(&name) {
+                let msg = format!("app \"{name}\" is already defined at {}", self.at(first));
+                self.error(&app.name.span(), msg);
+            } else {
+                names.insert(name.clone(), app.name.span());
+            }
+
+            let mut app_hostnames = Vec::new();
+            for host in &app.hostnames {
+                match values::hostname(host.get_ref()) {
+                    Err(e) => self.error(&host.span(), e),
+                    Ok(h) => {
+                        if let Some((owner, first)) = hostnames.get(&h) {
+                            let msg = format!(
+                                "hostname \"{h}\" is already used by app \"{owner}\" at {}; each hostname routes to one app",
+                                self.at(first)
+                            );
+                            self.error(&host.span(), msg);
+                        } else {
+                            hostnames.insert(h.clone(), (name.clone(), host.span()));
+                        }
+                        app_hostnames.push(h);
+                    }
+                }
+            }
+
+            let max_request_body = match &app.max_request_body {
+                None => None,
+                some => self.size(some, "app.max_request_body", 0),
+            };
+
+            // Public port -> where this app first uses it, to reject reuse across services.
+            let mut app_ports: BTreeMap<u16, (usize, Range<usize>)> = BTreeMap::new();
+            let mut internal_ports: BTreeMap<u16, Range<usize>> = BTreeMap::new();
+            let mut services = Vec::new();
+            for (index, service) in app.service.iter().enumerate() {
+                let ctx = ServiceCtx {
+                    app: &name,
+                    index,
+                    node,
+                    admin,
+                    admin_span,
+                };
+                let service = self.service(
+                    service,
+                    &ctx,
+                    &mut app_ports,
+                    &mut internal_ports,
+                    &mut ports,
+                );
+                services.push(service);
+            }
+            apps.push(App {
+                name,
+                hostnames: app_hostnames,
+                max_request_body,
+                services,
+            });
+        }
+        apps
+    }
+
+    fn service(
+        &mut self,
+        raw: &RawService,
+        ctx: &ServiceCtx<'_>,
+        app_ports: &mut BTreeMap<u16, (usize, Range<usize>)>,
+        internal_ports: &mut BTreeMap<u16, Range<usize>>,
+        ports: &mut BTreeMap<u16, PortUse>,
+    ) -> Service {
+        let internal_port = self.port_number(&raw.internal_port, "internal_port");
+        if let Some(p) = internal_port {
+            if let Some(first) = internal_ports.get(&p) {
+                let msg = format!(
+                    "internal_port {p} is already used by another service of app \"{}\" at {}",
+                    ctx.app,
+                    self.at(first)
+                );
+                self.error(&raw.internal_port.span(), msg);
+            } else {
+                internal_ports.insert(p, raw.internal_port.span());
+            }
+        }
+
+        let concurrency = self.concurrency(raw.concurrency.as_ref());
+
+        let mut out_ports = Vec::new();
+        for port in &raw.ports {
+            if let Some(p) = self.port(port, ctx, app_ports, ports) {
+                out_ports.push(p);
+            }
+        }
+
+        let mut tcp_checks = Vec::new();
+        for check in &raw.tcp_checks {
+            let c = check.get_ref();
+            let (interval, timeout, grace_period) = self.check_times(
+                &check.span(),
+                "tcp_checks",
+                DEFAULT_TCP_CHECK,
+                [&c.interval, &c.timeout, &c.grace_period],
+            );
+            tcp_checks.push(TcpCheck {
+                interval,
+                timeout,
+                grace_period,
+            });
+        }
+        let mut http_checks = Vec::new();
+        for check in &raw.http_checks {
+            let c = check.get_ref();
+            let (interval, timeout, grace_period) = self.check_times(
+                &check.span(),
+                "http_checks",
+                DEFAULT_HTTP_CHECK,
+                [&c.interval, &c.timeout, &c.grace_period],
+            );
+            let path = match &c.path {
+                None => "/".to_owned(),
+                Some(p) => {
+                    if !p.get_ref().starts_with('/') {
+                        self.error(
+                            &p.span(),
+                            format!("http_checks.path \"{}\" must start with '/'", p.get_ref()),
+                        );
+                    }
+                    p.get_ref().clone()
+                }
+            };
+            let method = match &c.method {
+                None => "GET".to_owned(),
+                Some(m) => {
+                    if let Err(e) = values::http_method(m.get_ref()) {
+                        self.error(&m.span(), e);
+                    }
+                    m.get_ref().clone()
+                }
+            };
+            http_checks.push(HttpCheck {
+                interval,
+                timeout,
+                grace_period,
+                path,
+                method,
+            });
+        }
+
+        Service {
+            internal_port: internal_port.unwrap_or(0),
+            h2_backend: raw.h2_backend.unwrap_or(false),
+            concurrency,
+            ports: out_ports,
+            tcp_checks,
+            http_checks,
+        }
+    }
+
+    fn concurrency(&mut self, raw: Option<&Spanned<RawConcurrency>>) -> Concurrency {
+        let mut c = Concurrency {
+            kind: ConcurrencyKind::Connections,
+            soft_limit: 20,
+            hard_limit: 25,
+        };
+        let Some(raw) = raw else {
+            return c;
+        };
+        let r = raw.get_ref();
+        if let Some(kind) = &r.kind {
+            c.kind = match kind.get_ref().as_str() {
+                "connections" => ConcurrencyKind::Connections,
+                "requests" => ConcurrencyKind::Requests,
+                other => {
+                    self.error(
+                        &kind.span(),
+                        format!("unknown concurrency type \"{other}\"; expected \"connections\" or \"requests\""),
+                    );
+                    ConcurrencyKind::Connections
+                }
+            };
+        }
+        c.soft_limit = self.limit(&r.soft_limit, "concurrency.soft_limit", 20);
+        c.hard_limit = self.limit(&r.hard_limit, "concurrency.hard_limit", 25);
+        if c.soft_limit > c.hard_limit {
+            let span = r
+                .soft_limit
+                .as_ref()
+                .or(r.hard_limit.as_ref())
+                .map_or_else(|| raw.span(), |s| s.span());
+            self.error(
+                &span,
+                format!(
+                    "concurrency.soft_limit ({}) must not exceed hard_limit ({})",
+                    c.soft_limit, c.hard_limit
+                ),
+            );
+        }
+        c
+    }
+
+    fn port(
+        &mut self,
+        raw: &Spanned<RawPort>,
+        ctx: &ServiceCtx<'_>,
+        app_ports: &mut BTreeMap<u16, (usize, Range<usize>)>,
+        ports: &mut BTreeMap<u16, PortUse>,
+    ) -> Option<Port> {
+        let r = raw.get_ref();
+        let number = self.port_number(&r.port, "port");
+        let handlers = self.handlers(r);
+
+        let force_https = match &r.force_https {
+            Some(f) if *f.get_ref() => {
+                if let Some(h) = handlers {
+                    if h.tls || !h.http || h.proxy_proto.is_some() {
+                        self.error(
+                            &f.span(),
+                            format!(
+                                "force_https is only allowed on a port whose handlers are exactly [\"http\"], but this port's handlers are {}",
+                                stack_name(h)
+                            ),
+                        );
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
+
+        let port_span = r.port.span();
+        let number = number?;
+        if let Some((service, first)) = app_ports.get(&number) {
+            let whom = if *service == ctx.index {
+                "this service".to_owned()
+            } else {
+                format!("another service of app \"{}\"", ctx.app)
+            };
+            let msg = format!(
+                "port {number} is already used by {whom} at {}; a port may appear once per app",
+                self.at(first)
+            );
+            self.error(&port_span, msg);
+        } else {
+            app_ports.insert(number, (ctx.index, port_span.clone()));
+        }
+
+        if number == ctx.admin.listen.port() {
+            let bind = ctx.node.bind;
+            let admin_ip = ctx.admin.listen.ip();
+            if bind == admin_ip || bind.is_unspecified() || admin_ip.is_unspecified() {
+                let where_set = ctx.admin_span.map_or_else(
+                    || " (the default)".to_owned(),
+                    |s| format!(" at {}", self.at(s)),
+                );
+                self.error(
+                    &port_span,
+                    format!(
+                        "port {number} on {bind} clashes with admin.listen {}{where_set}; use another port or bind them to different addresses",
+                        ctx.admin.listen
+                    ),
+                );
+            }
+        }
+
+        let handlers = handlers?;
+        match ports.get(&number) {
+            Some(first) if first.app != ctx.app => {
+                let raw_tcp = !handlers.tls && !handlers.http;
+                if (first.tls, first.http) != (handlers.tls, handlers.http) {
+                    let msg = format!(
+                        "port {number} is {} here but {} in app \"{}\" at {}; apps sharing a port must agree on \"tls\" and \"http\" handlers",
+                        kind_name(handlers.tls, handlers.http),
+                        kind_name(first.tls, first.http),
+                        first.app,
+                        self.at(&first.span)
+                    );
+                    self.error(&port_span, msg);
+                } else if raw_tcp {
+                    let msg = format!(
+                        "raw TCP port {number} already belongs to app \"{}\" at {}; a raw TCP port cannot be routed by name, so only one app may use it",
+                        first.app,
+                        self.at(&first.span)
+                    );
+                    self.error(&port_span, msg);
+                }
+            }
+            Some(_) => {}
+            None => {
+                ports.insert(
+                    number,
+                    PortUse {
+                        app: ctx.app.to_owned(),
+                        tls: handlers.tls,
+                        http: handlers.http,
+                        span: port_span,
+                    },
+                );
+            }
+        }
+
+        Some(Port {
+            port: number,
+            handlers,
+            force_https,
+        })
+    }
+
+    /// The handler stack of a port, with its proxy_proto_options; `None` if invalid.
+    fn handlers(&mut self, r: &RawPort) -> Option<Handlers> {
+        let mut seen: BTreeMap<&str, Range<usize>> = BTreeMap::new();
+        let mut ok = true;
+        for h in r.handlers.get_ref() {
+            let name = h.get_ref().as_str();
+            if !matches!(name, "tls" | "http" | "proxy_proto") {
+                self.error(
+                    &h.span(),
+                    format!("unknown handler \"{name}\"; allowed handlers are \"tls\", \"http\" and \"proxy_proto\""),
+                );
+                ok = false;
+            } else if let Some(first) = seen.get(name) {
+                let msg = format!("handler \"{name}\" is already listed at {}", self.at(first));
+                self.error(&h.span(), msg);
+                ok = false;
+            } else {
+                seen.insert(name, h.span());
+            }
+        }
+        let tls = seen.contains_key("tls");
+        let http = seen.contains_key("http");
+        let proxy_proto = seen.contains_key("proxy_proto");
+        if ok && http && proxy_proto {
+            let listed: Vec<String> = r
+                .handlers
+                .get_ref()
+                .iter()
+                .map(|h| format!("\"{}\"", h.get_ref()))
+                .collect();
+            self.error(
+                &r.handlers.span(),
+                format!(
+                    "handlers [{}] are not a supported stack; allowed stacks are {ALLOWED_STACKS}",
+                    listed.join(", ")
+                ),
+            );
+            ok = false;
+        }
+
+        let mut version = ProxyProtoVersion::V1;
+        if let Some(options) = &r.proxy_proto_options {
+            if !proxy_proto {
+                self.error(
+                    &options.span(),
+                    "proxy_proto_options is only allowed when handlers include \"proxy_proto\"",
+                );
+            }
+            if let Some(v) = &options.get_ref().version {
+                match v.get_ref().as_str() {
+                    "v1" => version = ProxyProtoVersion::V1,
+                    "v2" => version = ProxyProtoVersion::V2,
+                    other => self.error(
+                        &v.span(),
+                        format!("unknown proxy_proto_options.version \"{other}\"; expected \"v1\" or \"v2\""),
+                    ),
+                }
+            }
+        }
+        ok.then_some(Handlers {
+            tls,
+            http,
+            proxy_proto: proxy_proto.then_some(version),
+        })
+    }
+
+    /// interval, timeout and grace_period of a health check, with `timeout <= interval`.
+    fn check_times(
+        &mut self,
+        check_span: &Range<usize>,
+        kind: &str,
+        defaults: (Duration, Duration, Duration),
+        [interval, timeout, grace]: [&Option<Spanned<DurationText>>; 3],
+    ) -> (Duration, Duration, Duration) {
+        let i = self.duration(interval, &format!("{kind}.interval"), defaults.0, false);
+        let t = self.duration(timeout, &format!("{kind}.timeout"), defaults.1, false);
+        let g = self.duration(grace, &format!("{kind}.grace_period"), defaults.2, true);
+        if t > i {
+            let span = timeout
+                .as_ref()
+                .or(interval.as_ref())
+                .map_or_else(|| check_span.clone(), |s| s.span());
+            self.error(
+                &span,
+                format!(
+                    "{kind}.timeout ({}) must not exceed interval ({})",
+                    humantime::format_duration(t),
+                    humantime::format_duration(i)
+                ),
+            );
+        }
+        (i, t, g)
+    }
+
+    fn machines(&mut self, raw: Vec<Spanned<RawMachine>>, apps: &[App]) -> Vec<Machine> {
+        let app_names: BTreeSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+        let mut ids: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        let mut machines = Vec::new();
+        for m in raw {
+            let m = m.into_inner();
+            let id = m.id.get_ref();
+            if id.is_empty() {
+                self.error(&m.id.span(), "machine id must not be empty");
+            } else if let Some(first) = ids.get(id) {
+                let msg = format!("machine id \"{id}\" is already used at {}", self.at(first));
+                self.error(&m.id.span(), msg);
+            } else {
+                ids.insert(id.clone(), m.id.span());
+            }
+            let app = m.app.get_ref();
+            if !app_names.contains(app.as_str()) {
+                let defined = if app_names.is_empty() {
+                    "no apps are defined".to_owned()
+                } else {
+                    let list: Vec<String> = app_names.iter().map(|a| format!("\"{a}\"")).collect();
+                    format!("defined apps: {}", list.join(", "))
+                };
+                self.error(
+                    &m.app.span(),
+                    format!(
+                        "machine \"{id}\" names app \"{app}\", which is not defined; {defined}"
+                    ),
+                );
+            }
+            if let Err(e) = values::check_slug("machine region", m.region.get_ref()) {
+                self.error(&m.region.span(), e);
+            }
+            let ip = self.ip(&m.ip, "machine ip");
+            let state = match &m.state {
+                None => MachineState::Started,
+                Some(s) => match s.get_ref().as_str() {
+                    "created" => MachineState::Created,
+                    "started" => MachineState::Started,
+                    "stopping" => MachineState::Stopping,
+                    "stopped" => MachineState::Stopped,
+                    "suspended" => MachineState::Suspended,
+                    other => {
+                        self.error(
+                            &s.span(),
+                            format!("unknown machine state \"{other}\"; expected one of \"created\", \"started\", \"stopping\", \"stopped\", \"suspended\""),
+                        );
+                        MachineState::Started
+                    }
+                },
+            };
+            machines.push(Machine {
+                id: m.id.into_inner(),
+                app: m.app.into_inner(),
+                region: m.region.into_inner(),
+                ip,
+                state,
+            });
+        }
+        machines
+    }
+
+    // ---- scalar helpers: report a problem and return a placeholder so validation goes on.
+
+    fn parse_duration(
+        &mut self,
+        value: &Spanned<DurationText>,
+        key: &str,
+        allow_zero: bool,
+    ) -> Option<Duration> {
+        match values::duration(&value.get_ref().0) {
+            Err(e) => {
+                self.error(&value.span(), format!("{key}: {e}"));
+                None
+            }
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.error(&value.span(), format!("{key} must be greater than 0"));
+                None
+            }
+            Ok(d) => Some(d),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<DurationText>>,
+        key: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
+        value
+            .as_ref()
+            .and_then(|v| self.parse_duration(v, key, allow_zero))
+            .unwrap_or(default)
+    }
+
+    /// A size in bytes, at least `min`; `None` when unset or invalid.
+    fn size(&mut self, value: &Option<Spanned<SizeValue>>, key: &str, min: u64) -> Option<u64> {
+        let v = value.as_ref()?;
+        let bytes = match v.get_ref() {
+            SizeValue::Bytes(n) => {
+                u64::try_from(*n).map_err(|_| format!("{key} must not be negative"))
+            }
+            SizeValue::Text(t) => values::size(t).map_err(|e| format!("{key}: {e}")),
+        };
+        match bytes {
+            Err(e) => {
+                self.error(&v.span(), e);
+                None
+            }
+            Ok(n) if n < min => {
+                self.error(&v.span(), format!("{key} must be at least {min} byte(s)"));
+                None
+            }
+            Ok(n) => Some(n),
+        }
+    }
+
+    /// An integer in `min..=max`, or `default` when unset or invalid.
+    fn int(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let Some(v) = value else {
+            return default;
+        };
+        let n = *v.get_ref();
+        match u64::try_from(n) {
+            Ok(u) if (min..=max).contains(&u) => u,
+            _ => {
+                let msg = if max == u64::MAX {
+                    format!("{key} must be at least {min}, got {n}")
+                } else {
+                    format!("{key} must be between {min} and {max}, got {n}")
+                };
+                self.error(&v.span(), msg);
+                default
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        min: usize,
+    ) -> usize {
+        let n = self.int(value, key, default as u64, min as u64, usize::MAX as u64);
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
+    fn limit(&mut self, value: &Option<Spanned<i64>>, key: &str, default: u32) -> u32 {
+        let n = self.int(value, key, u64::from(default), 1, u64::from(u32::MAX));
+        u32::try_from(n).unwrap_or(default)
+    }
+
+    fn port_number(&mut self, value: &Spanned<i64>, key: &str) -> Option<u16> {
+        let n = *value.get_ref();
+        match u16::try_from(n) {
+            Ok(p) if p >= 1 => Some(p),
+            _ => {
+                self.error(
+                    &value.span(),
+                    format!("{key} {n} is out of range; expected 1..=65535"),
+                );
+                None
+            }
+        }
+    }
+
+    fn ip(&mut self, value: &Spanned<String>, key: &str) -> IpAddr {
+        match value.get_ref().parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{key} \"{}\" is not an IP address; expected e.g. \"127.0.0.1\" or \"::1\"",
+                        value.get_ref()
+                    ),
+                );
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+        }
+    }
+}
+
+/// What a service's port check needs to know about its surroundings.
+struct ServiceCtx<'a> {
+    app: &'a str,
+    index: usize,
+    node: &'a Node,
+    admin: &'a Admin,
+    admin_span: Option<&'a Range<usize>>,
+}
+
+fn stack_name(h: Handlers) -> String {
+    let mut names = Vec::new();
+    if h.tls {
+        names.push("\"tls\"");
+    }
+    if h.http {
+        names.push("\"http\"");
+    }
+    if h.proxy_proto.is_some() {
+        names.push("\"proxy_proto\"");
+    }
+    format!("[{}]", names.join(", "))
+}
+
+fn kind_name(tls: bool, http: bool) -> &'static str {
+    match (tls, http) {
+        (true, true) => "TLS+HTTP",
+        (true, false) => "TLS (SNI-routed TCP)",
+        (false, true) => "plain HTTP",
+        (false, false) => "raw TCP",
+    }
+}

@@ -1,0 +1,201 @@
+//! What a client connection is doing, as seen from its socket: bytes each way, when
+//! it last moved, whether a request is in flight and whether a request head has
+//! begun. The server's idle and header timers read it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Shared between a connection's socket wrapper, its requests and its timers.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Milliseconds after `opened` of the last byte read or written.
+    last_io_ms: AtomicU64,
+    /// Milliseconds after `opened` (plus one, so zero means none) of the first byte
+    /// of a request head not yet dispatched.
+    head_started_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    /// HTTP/2 multiplexes: no request head ever "hangs" the connection, so the
+    /// header timer does not apply; the idle timer does.
+    multiplexed: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            opened: Instant::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_io_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A request was dispatched: its head is complete.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started_ms.store(0, Ordering::Release);
+    }
+
+    /// A response was written to its end (or abandoned).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.last_io_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Time since the connection last moved a byte, if nothing is in flight.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let last = self.last_io_ms.load(Ordering::Acquire);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
+    }
+
+    /// Marks the connection as HTTP/2 (from ALPN or its preface).
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
+    }
+
+    /// Time since a request head began arriving without being completed.
+    pub fn head_pending_for(&self) -> Option<Duration> {
+        if self.multiplexed.load(Ordering::Acquire) {
+            return None;
+        }
+        let started = self.head_started_ms.load(Ordering::Acquire);
+        if started == 0 || self.in_flight() > 0 {
+            return None;
+        }
+        Some(Duration::from_millis(
+            self.now_ms().saturating_sub(started - 1),
+        ))
+    }
+
+    fn on_read(&self, n: usize) {
+        let now = self.now_ms();
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_io_ms.store(now, Ordering::Release);
+        if self.in_flight() == 0 {
+            let _ = self.head_started_ms.compare_exchange(
+                0,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    fn on_write(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_io_ms.store(self.now_ms(), Ordering::Release);
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+pin_project_lite::pin_project! {
+    /// A socket that reports its reads and writes to an `Activity`.
+    pub struct ActivityIo<IO> {
+        #[pin]
+        io: IO,
+        activity: std::sync::Arc<Activity>,
+    }
+}
+
+impl<IO> ActivityIo<IO> {
+    pub fn new(io: IO, activity: std::sync::Arc<Activity>) -> Self {
+        ActivityIo { io, activity }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 && this.activity.bytes_in() == 0 && buf.filled()[before..].starts_with(H2_PREFACE)
+        {
+            this.activity.set_multiplexed();
+        }
+        if n > 0 {
+            this.activity.on_read(n);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.activity.on_write(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.activity.on_write(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}

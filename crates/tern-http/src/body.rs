@@ -1,0 +1,97 @@
+//! The body types that flow through the proxy, and a body that runs a release hook
+//! when it has been read to the end or dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every request and response body Tern handles.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete, in-memory body.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// What happens when a relayed body ends.
+pub(crate) trait OnEnd: Send + 'static {
+    /// `complete` is true when the body was read to its end without error.
+    fn on_end(self: Box<Self>, complete: bool);
+}
+
+pin_project_lite::pin_project! {
+    /// Relays `inner` and calls the hook once: at the end of the stream, on error,
+    /// or on drop, whichever comes first.
+    pub(crate) struct Guarded<B: HttpBody> {
+        #[pin]
+        inner: B,
+        hook: Option<Box<dyn OnEnd>>,
+    }
+
+    impl<B: HttpBody> PinnedDrop for Guarded<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // An empty body (HEAD, 204) may never be polled, yet it is complete.
+            let complete = this.inner.is_end_stream();
+            if let Some(hook) = this.hook.take() {
+                hook.on_end(complete);
+            }
+        }
+    }
+}
+
+impl<B: HttpBody> Guarded<B> {
+    pub(crate) fn new(inner: B, hook: Box<dyn OnEnd>) -> Self {
+        Guarded {
+            inner,
+            hook: Some(hook),
+        }
+    }
+}
+
+impl<B> HttpBody for Guarded<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(hook) = this.hook.take() {
+                    hook.on_end(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(hook) = this.hook.take() {
+                    hook.on_end(false);
+                }
+            }
+            _ => {}
+        }
+        polled.map(|o| o.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

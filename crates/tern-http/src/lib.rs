@@ -1,0 +1,18 @@
+//! Tern's HTTP path: serving clients over HTTP/1.1 and HTTP/2, routing each request
+//! to a machine through the phases in LIFECYCLE.md, and relaying the answer.
+#![forbid(unsafe_code)]
+
+mod activity;
+mod body;
+mod error;
+mod headers;
+mod proxy;
+mod server;
+mod upstream;
+
+pub use activity::{Activity, ActivityIo};
+pub use body::{full, Body, BoxError};
+pub use error::{ErrorCode, ProxyError};
+pub use proxy::{ConnInfo, Proxy, ProxySettings};
+pub use server::{serve_connection, ServerSettings};
+pub use upstream::Upstreams;

@@ -1,0 +1,484 @@
+//! One request's way through Tern, in the named phases of LIFECYCLE.md:
+//! route → redirect → admit → rewrite → choose → connect → send → respond.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tern_balance::LoadGuard;
+use tern_catalog::{AdmitError, AppEntry, Catalog, Pick, ServiceEntry, Snapshot};
+
+use crate::body::{full, Body, Guarded, OnEnd};
+use crate::error::{ErrorCode, ProxyError};
+use crate::headers::{self, Forwarded};
+use crate::upstream::{ConnectError, Sender, Upstreams};
+
+/// What the proxy needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// This node's region, sent as `Tern-Region`.
+    pub region: String,
+    pub connect_attempts: usize,
+    pub response_header_timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The public port the client connected to.
+    pub port: u16,
+    pub tls: bool,
+    pub sni: Option<String>,
+}
+
+/// The HTTP proxy: shared by every connection of every HTTP listener.
+pub struct Proxy {
+    catalog: Arc<dyn Catalog>,
+    upstreams: Arc<Upstreams>,
+    settings: ProxySettings,
+}
+
+/// What a finished request is labelled with in metrics and logs.
+struct Outcome {
+    app: String,
+    code: &'static str,
+}
+
+impl Proxy {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        upstreams: Arc<Upstreams>,
+        settings: ProxySettings,
+    ) -> Self {
+        Proxy {
+            catalog,
+            upstreams,
+            settings,
+        }
+    }
+
+    /// Serves one request. Never fails: Tern's own errors become coded responses.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = headers::request_id();
+        let method = req.method().clone();
+        let mut outcome = Outcome {
+            app: String::new(),
+            code: "ok",
+        };
+        let mut resp = match self.proxy(req, conn, &request_id, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                outcome.code = e.code.as_str();
+                tracing::info!(
+                    request_id = %request_id,
+                    app = %outcome.app,
+                    peer = %conn.peer,
+                    code = e.code.as_str(),
+                    detail = %e.detail,
+                    "request failed"
+                );
+                e.into_response()
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("tern-request-id", v);
+        }
+        let status = resp.status().as_u16().to_string();
+        let app = if outcome.app.is_empty() {
+            "-".to_owned()
+        } else {
+            outcome.app
+        };
+        metrics::counter!("tern_requests_total", "app" => app.clone(), "code" => outcome.code, "status" => status)
+            .increment(1);
+        metrics::histogram!("tern_request_duration_seconds", "app" => app)
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(request_id = %request_id, %method, status = resp.status().as_u16(), "request done");
+        resp
+    }
+
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let snapshot = self.catalog.snapshot();
+
+        // route: Host (or :authority) names the app; the public port names its service.
+        let host = request_host(&req)
+            .ok_or_else(|| ProxyError::new(ErrorCode::BadRequest, "the request names no host"))?;
+        let app = snapshot.hosts.lookup(&host).cloned().ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::NoAppForHost,
+                format!("no app serves host {host:?}"),
+            )
+        })?;
+        outcome.app = app.name.clone();
+        let service = app.service_for_port(conn.port).cloned().ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::NoServiceForPort,
+                format!("app {} has no service on port {}", app.name, conn.port),
+            )
+        })?;
+
+        // redirect: force_https answers before anything reaches a machine.
+        if !conn.tls && forces_https(&service, conn.port) {
+            return Ok(redirect_to_https(&req, &host, &app));
+        }
+
+        // admit: refuse a body that is declared too large before reading any of it.
+        let limit = app.max_request_body;
+        if let Some(len) = declared_length(&req) {
+            if len > limit {
+                return Err(ProxyError::new(
+                    ErrorCode::RequestBodyTooLarge,
+                    format!("body of {len} bytes exceeds the limit of {limit}"),
+                ));
+            }
+        }
+
+        // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding headers in.
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let version = req.version();
+        {
+            let h = req.headers_mut();
+            headers::strip_hop_by_hop(h, upgrade);
+            headers::strip_tern_headers(h);
+            headers::add_forwarding(
+                h,
+                &Forwarded {
+                    client: conn.peer,
+                    tls: conn.tls,
+                    port: conn.port,
+                    region: &self.settings.region,
+                    request_id,
+                    version,
+                },
+            );
+            if !h.contains_key(HOST) {
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    h.insert(HOST, v);
+                }
+            }
+        }
+        let h2 = service.config.h2_backend && !upgrade;
+        let (parts, body) = req.into_parts();
+        let body: Body = Limited::new(body, limit_usize(limit))
+            .map_err(|e| e as crate::BoxError)
+            .boxed_unsync();
+        let mut req = Request::from_parts(parts, body);
+        *req.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+
+        // choose + connect: the best machine with room; a failed connect moves on.
+        let (pick, guard, sender) = self.connect(&snapshot, &app, &service, h2, upgrade).await?;
+        *req.uri_mut() = upstream_uri(req.uri(), &host, pick.addr, h2)?;
+
+        // send: the head must come back within the response-header timeout.
+        let (resp, sender) = self.send(req, sender, pick.addr).await?;
+
+        // respond: relay the head, and hold the load until the body is done.
+        let mut resp = resp;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        let via = format!("{} tern", headers::via_version(resp.version()));
+        if let Ok(v) = HeaderValue::from_str(&via) {
+            resp.headers_mut().append(http::header::VIA, v);
+        }
+
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::new(
+                    ErrorCode::UpstreamBadResponse,
+                    "the machine switched protocols without being asked to",
+                ));
+            };
+            let machine_upgrade = hyper::upgrade::on(&mut resp);
+            let machine = pick.machine.config.id.clone();
+            tokio::spawn(async move {
+                // The load unit stays taken while the tunnel is open.
+                let _guard = guard;
+                let _sender = sender;
+                match tokio::try_join!(client_upgrade, machine_upgrade) {
+                    Ok((c, m)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut m = TokioIo::new(m);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut m).await {
+                            tracing::debug!(%machine, error = %e, "upgraded tunnel ended");
+                        }
+                    }
+                    Err(e) => tracing::info!(%machine, error = %e, "upgrade failed"),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
+        }
+
+        let hook = Release {
+            _guard: guard,
+            pool: match sender {
+                Sender::H1 { tx, .. } => Some((Arc::clone(&self.upstreams), pick.addr, tx)),
+                Sender::H2(_) => None,
+            },
+        };
+        let (parts, body) = resp.into_parts();
+        let body = Guarded::new(body, Box::new(hook)).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    async fn connect(
+        &self,
+        snapshot: &Snapshot,
+        app: &AppEntry,
+        service: &ServiceEntry,
+        h2: bool,
+        upgrade: bool,
+    ) -> Result<(Pick, LoadGuard, Sender), ProxyError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error: Option<ConnectError> = None;
+        for _ in 0..self.settings.connect_attempts.max(1) {
+            let (pick, guard) = match self.admit(snapshot, app, service, &tried).await {
+                Ok(p) => p,
+                Err(e) if last_error.is_some() && e.code == ErrorCode::NoHealthyMachine => break,
+                Err(e) => return Err(e),
+            };
+            match self.upstreams.checkout(pick.addr, h2, upgrade).await {
+                Ok(sender) => return Ok((pick, guard, sender)),
+                Err(e) => {
+                    tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
+                    metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.config.id.clone())
+                        .increment(1);
+                    tried.push(pick.machine.config.id.clone());
+                    last_error = Some(e);
+                }
+            }
+        }
+        let code = match last_error {
+            Some(ConnectError::Timeout { .. }) => ErrorCode::UpstreamConnectTimeout,
+            _ => ErrorCode::UpstreamConnectFailed,
+        };
+        let detail = match last_error {
+            Some(e) => format!("tried {}: {e}", tried.join(", ")),
+            None => "no machine could be reached".to_owned(),
+        };
+        Err(ProxyError::new(code, detail))
+    }
+
+    /// Takes a load unit on the best machine not yet tried (see `Snapshot::admit`).
+    async fn admit(
+        &self,
+        snapshot: &Snapshot,
+        app: &AppEntry,
+        service: &ServiceEntry,
+        tried: &[String],
+    ) -> Result<(Pick, LoadGuard), ProxyError> {
+        snapshot
+            .admit(app, service, tried, self.settings.queue_timeout)
+            .await
+            .map_err(|e| {
+                let code = match e {
+                    AdmitError::NoHealthyMachine { .. } => ErrorCode::NoHealthyMachine,
+                    AdmitError::QueueFull { .. } => ErrorCode::QueueFull,
+                    AdmitError::QueueTimeout { .. } => ErrorCode::QueueTimeout,
+                };
+                ProxyError::new(code, e.to_string())
+            })
+    }
+
+    async fn send(
+        &self,
+        req: Request<Body>,
+        sender: Sender,
+        addr: SocketAddr,
+    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        let timeout = self.settings.response_header_timeout;
+        match sender {
+            Sender::H2(mut tx) => {
+                let resp = tokio::time::timeout(timeout, tx.send_request(req))
+                    .await
+                    .map_err(|_| header_timeout(timeout))?
+                    .map_err(upstream_error)?;
+                Ok((resp, Sender::H2(tx)))
+            }
+            Sender::H1 { mut tx, reused } => {
+                let sent = tokio::time::timeout(timeout, tx.try_send_request(req))
+                    .await
+                    .map_err(|_| header_timeout(timeout))?;
+                match sent {
+                    Ok(resp) => Ok((resp, Sender::H1 { tx, reused })),
+                    Err(mut e) => {
+                        // A pooled connection the machine had closed: the request
+                        // never left, so it goes again on a fresh connection.
+                        match e.take_message() {
+                            Some(req) if reused => {
+                                let fresh =
+                                    self.upstreams.checkout(addr, false, false).await.map_err(
+                                        |e| {
+                                            ProxyError::new(
+                                                ErrorCode::UpstreamConnectFailed,
+                                                e.to_string(),
+                                            )
+                                        },
+                                    )?;
+                                Box::pin(self.send(req, fresh, addr)).await
+                            }
+                            _ => Err(upstream_error(e.into_error())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gives the load unit back and the connection to the pool when the body is done.
+struct Release {
+    _guard: LoadGuard,
+    pool: Option<(
+        Arc<Upstreams>,
+        SocketAddr,
+        hyper::client::conn::http1::SendRequest<Body>,
+    )>,
+}
+
+impl OnEnd for Release {
+    fn on_end(self: Box<Self>, complete: bool) {
+        if let (true, Some((pool, addr, tx))) = (complete, self.pool) {
+            pool.checkin(addr, tx);
+        }
+    }
+}
+
+fn header_timeout(after: Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::UpstreamTimeout,
+        format!("the machine sent no response head within {after:?}"),
+    )
+}
+
+fn upstream_error(e: hyper::Error) -> ProxyError {
+    if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(&e) {
+        return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
+    }
+    if e.is_parse() {
+        return ProxyError::new(ErrorCode::UpstreamBadResponse, e.to_string());
+    }
+    ProxyError::new(ErrorCode::UpstreamReset, e.to_string())
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or Host.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn limit_usize(limit: u64) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn forces_https(service: &ServiceEntry, port: u16) -> bool {
+    service
+        .config
+        .ports
+        .iter()
+        .any(|p| p.port == port && p.force_https)
+}
+
+fn redirect_to_https<B>(req: &Request<B>, host: &str, app: &AppEntry) -> Response<Body> {
+    let bare = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let https_port = app
+        .services
+        .iter()
+        .flat_map(|s| s.config.ports.iter())
+        .find(|p| p.handlers.tls && p.handlers.http)
+        .map_or(443, |p| p.port);
+    let authority = if https_port == 443 {
+        bare.to_owned()
+    } else {
+        format!("{bare}:{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{path}");
+    let mut resp = Response::new(full(format!("redirecting to {location}\n")));
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+/// HTTP/1.1 machines get origin-form; h2c machines need scheme and authority.
+fn upstream_uri(uri: &Uri, host: &str, addr: SocketAddr, h2: bool) -> Result<Uri, ProxyError> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let built = if h2 {
+        let authority = if host.is_empty() {
+            addr.to_string()
+        } else {
+            host.to_owned()
+        };
+        format!("http://{authority}{path}").parse::<Uri>()
+    } else {
+        path.parse::<Uri>()
+    };
+    built.map_err(|e| ProxyError::new(ErrorCode::BadRequest, format!("bad request target: {e}")))
+}

@@ -1,0 +1,169 @@
+//! Connections to machines: HTTP/1.1 connections pooled per machine address, and
+//! one shared h2c connection per machine for services that set `h2_backend`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Why no connection to a machine could be made. The request was not sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr}: no answer within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// A ready connection to one machine.
+pub(crate) enum Sender {
+    H1 {
+        tx: http1::SendRequest<Body>,
+        /// Came from the pool: if it turns out closed, the request may be retried.
+        reused: bool,
+    },
+    H2(http2::SendRequest<Body>),
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Upstream connections of the whole process.
+pub struct Upstreams {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    connect_timeout: Duration,
+    /// A pooled connection unused for this long is closed rather than reused.
+    idle_timeout: Duration,
+    max_idle_per_machine: usize,
+}
+
+impl Upstreams {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Upstreams {
+            idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_machine: 256,
+        }
+    }
+
+    /// Idle pooled HTTP/1.1 connections, over all machines.
+    pub fn idle_count(&self) -> usize {
+        self.lock_idle().values().map(Vec::len).sum()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one request: a pooled one when there is one, else new.
+    /// `upgrade` asks for a fresh HTTP/1.1 connection that may be taken over.
+    pub(crate) async fn checkout(
+        &self,
+        addr: SocketAddr,
+        h2: bool,
+        upgrade: bool,
+    ) -> Result<Sender, ConnectError> {
+        if h2 && !upgrade {
+            return self.checkout_h2(addr).await;
+        }
+        if !upgrade {
+            while let Some(mut idle) = self.pop_idle(addr) {
+                if idle.since.elapsed() > self.idle_timeout || idle.tx.is_closed() {
+                    continue;
+                }
+                if idle.tx.ready().await.is_ok() {
+                    return Ok(Sender::H1 {
+                        tx: idle.tx,
+                        reused: true,
+                    });
+                }
+            }
+        }
+        let io = self.connect_tcp(addr).await?;
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(Sender::H1 { tx, reused: false })
+    }
+
+    fn pop_idle(&self, addr: SocketAddr) -> Option<Idle> {
+        self.lock_idle().get_mut(&addr)?.pop()
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub(crate) fn checkin(&self, addr: SocketAddr, tx: http1::SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle_per_machine {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn checkout_h2(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
+        let existing = self
+            .h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .filter(|tx| !tx.is_closed())
+            .cloned();
+        if let Some(tx) = existing {
+            return Ok(Sender::H2(tx));
+        }
+        let io = self.connect_tcp(addr).await?;
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr, tx.clone());
+        Ok(Sender::H2(tx))
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                addr,
+                after: self.connect_timeout,
+            })?
+            .map_err(|source| ConnectError::Io { addr, source })?;
+        // Small requests and responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+}

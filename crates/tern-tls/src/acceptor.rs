@@ -1,0 +1,134 @@
+//! The server side of a TLS connection: the rustls config every TLS listener shares and a time-bounded, counted handshake.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::version::{TLS12, TLS13};
+use rustls::{ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::error::TlsError;
+use crate::store::CertStore;
+
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The ALPN list for HTTP listeners: h2 preferred, then HTTP/1.1.
+pub fn http_alpn() -> Vec<Vec<u8>> {
+    vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()]
+}
+
+/// The message rustls gives when the certificate resolver returns nothing; it is the
+/// only way to tell a rejected SNI from other failures after the fact.
+const NO_CERT_RESOLVED: &str = "no server certificate chain resolved";
+
+/// A server config picking certificates from `store`, TLS 1.2 and 1.3 only, offering `alpn`
+/// (empty for raw TLS listeners).
+pub fn server_config(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        // Only fails if the provider lacks suites for both versions, which ring's
+        // default provider never does; the tests exercise this path.
+        .expect("ring's default provider supports TLS 1.2 and 1.3");
+    let mut config = builder.with_no_client_auth().with_cert_resolver(store);
+    config.alpn_protocols = alpn;
+    Arc::new(config)
+}
+
+/// Accepts TLS on any stream, giving up after `handshake_timeout`.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    pub fn new(config: Arc<ServerConfig>, handshake_timeout: Duration) -> TlsAcceptor {
+        TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(config),
+            handshake_timeout,
+        }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        self.inner.config()
+    }
+
+    /// Runs the handshake. On timeout the stream is dropped, which closes the connection,
+    /// so a client that sends nothing cannot hold a socket open.
+    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let result = match tokio::time::timeout(self.handshake_timeout, self.inner.accept(io)).await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
+        };
+        match &result {
+            Ok(_) => metrics::counter!("tern_tls_handshakes_total").increment(1),
+            Err(e) => {
+                let reason = e.handshake_reason().unwrap_or("io");
+                metrics::counter!("tern_tls_handshake_errors_total", "reason" => reason)
+                    .increment(1);
+                tracing::debug!(error = %e, reason, "TLS handshake failed");
+            }
+        }
+        result
+    }
+}
+
+/// tokio-rustls wraps rustls errors as `InvalidData` I/O errors; anything else came from
+/// the socket itself.
+fn classify(err: io::Error) -> TlsError {
+    let rustls_err = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_err {
+        Some(rustls::Error::General(msg)) if msg == NO_CERT_RESOLVED => TlsError::UnknownSni,
+        Some(_) => TlsError::Protocol(err),
+        None if err.kind() == io::ErrorKind::InvalidData => TlsError::Protocol(err),
+        None => TlsError::HandshakeIo(err),
+    }
+}
+
+/// What the handshake settled, for routing (SNI) and picking the HTTP version (ALPN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeInfo {
+    /// The server name the client asked for, lowercased by rustls; `None` if it sent none.
+    pub sni: Option<String>,
+    /// The agreed ALPN protocol, e.g. `b"h2"`; `None` if none was agreed.
+    pub alpn: Option<Vec<u8>>,
+    pub version: Option<ProtocolVersion>,
+}
+
+impl HandshakeInfo {
+    pub fn is_h2(&self) -> bool {
+        self.alpn.as_deref() == Some(ALPN_H2)
+    }
+}
+
+pub fn handshake_info<IO>(stream: &TlsStream<IO>) -> HandshakeInfo {
+    let (_, conn) = stream.get_ref();
+    HandshakeInfo {
+        sni: conn.server_name().map(str::to_owned),
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        version: conn.protocol_version(),
+    }
+}

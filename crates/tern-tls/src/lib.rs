@@ -1,0 +1,23 @@
+//! TLS for Tern: certificates picked by SNI from a directory, reloaded on change, and the acceptor.
+//!
+//! Wiring: [`CertStore::load`] the directory, [`spawn_reloader`] on it, build one
+//! [`server_config`] per ALPN set and wrap it in a [`TlsAcceptor`].
+#![forbid(unsafe_code)]
+
+mod acceptor;
+mod error;
+mod reload;
+mod resolve;
+mod selfsigned;
+mod store;
+
+pub use acceptor::{
+    handshake_info, http_alpn, server_config, HandshakeInfo, TlsAcceptor, ALPN_H2, ALPN_HTTP11,
+};
+pub use error::TlsError;
+pub use reload::{spawn_reloader, ReloadSummary};
+pub use resolve::CertInfo;
+pub use selfsigned::generate_self_signed;
+pub use store::CertStore;
+pub use tern_config::UnknownSni;
+pub use tokio_rustls::server::TlsStream;

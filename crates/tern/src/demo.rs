@@ -1,0 +1,199 @@
+//! `tern demo`: a self-signed certificate for *.localhost, three small machines of
+//! the app `demo` (two in ams, one in ord), and Tern in front of them.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Plain HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// HTTPS port.
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    /// Admin port (metrics, /catalog).
+    #[arg(long, default_value_t = 9090)]
+    admin_port: u16,
+    /// Port the demo machines listen on, each at its own loopback address.
+    #[arg(long, default_value_t = 3000)]
+    machine_port: u16,
+    /// Where the certificate and the generated config are written.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const MACHINES: [(&str, &str, [u8; 4]); 3] = [
+    ("m-demo-1", "ams", [127, 0, 0, 11]),
+    ("m-demo-2", "ams", [127, 0, 0, 12]),
+    ("m-demo-3", "ord", [127, 0, 0, 13]),
+];
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tern-demo"));
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).with_context(|| format!("creating {}", certs.display()))?;
+    tern_tls::generate_self_signed(
+        &certs,
+        "localhost",
+        &[
+            "localhost".into(),
+            "*.localhost".into(),
+            "demo.localhost".into(),
+        ],
+    )?;
+    let config_path = dir.join("tern.toml");
+    std::fs::write(&config_path, config_text(&args))
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = tern_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::logging::init(&config.log)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.node.workers)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        for (id, region, ip) in MACHINES {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), args.machine_port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("demo machine {id} cannot listen on {addr}"))?;
+            tokio::spawn(machine(listener, id, region));
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let serving = tokio::spawn(crate::serve::serve(
+            config,
+            Some(ready_tx),
+            crate::serve::shutdown_signal(),
+        ));
+        if ready_rx.await.is_ok() {
+            print_welcome(&args, &config_path);
+        }
+        serving.await.context("the proxy task failed")?
+    })
+}
+
+fn config_text(a: &DemoArgs) -> String {
+    let mut machines = String::new();
+    for (id, region, ip) in MACHINES {
+        let ip = Ipv4Addr::from(ip);
+        machines.push_str(&format!(
+            "\n[[machine]]\nid = \"{id}\"\napp = \"demo\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"started\"\n"
+        ));
+    }
+    format!(
+        r#"# Written by `tern demo`; run it yourself with `tern run --config THIS_FILE`.
+[node]
+id = "demo-node"
+region = "ams"
+workers = 2
+bind = "127.0.0.1"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[tls]
+certs_dir = "certs"
+unknown_sni = "localhost"
+
+[limits]
+drain_timeout = "5s"
+
+[[region]]
+code = "ams"
+rtt = {{ ord = "90ms" }}
+
+[[app]]
+name = "demo"
+hostnames = ["demo.localhost", "*.demo.localhost"]
+
+[[app.service]]
+internal_port = {mport}
+concurrency = {{ type = "requests", soft_limit = 20, hard_limit = 25 }}
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+http_checks = [{{ path = "/healthz", interval = "5s", timeout = "2s", grace_period = "1s" }}]
+{machines}"#,
+        admin = a.admin_port,
+        mport = a.machine_port,
+        https = a.https_port,
+        http = a.http_port,
+    )
+}
+
+fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
+    println!(
+        "\nTern demo is up: app `demo` with machines m-demo-1, m-demo-2 (ams) and m-demo-3 (ord).\n\
+         Config: {}\n\nTry:\n  \
+         curl http://demo.localhost:{http}/\n  \
+         curl -k https://demo.localhost:{https}/\n  \
+         curl -k --http2 -i https://demo.localhost:{https}/\n  \
+         curl -i http://nothing.localhost:{http}/          # no app: a coded 404\n  \
+         curl http://127.0.0.1:{admin}/catalog\n  \
+         curl http://127.0.0.1:{admin}/metrics\n\n\
+         (If your resolver does not map *.localhost to 127.0.0.1, add --resolve demo.localhost:{http}:127.0.0.1.)\n\
+         Press Ctrl-C to stop.",
+        config.display(),
+        http = a.http_port,
+        https = a.https_port,
+        admin = a.admin_port,
+    );
+}
+
+/// A demo machine: says who it is and echoes what Tern told it about the client.
+async fn machine(listener: TcpListener, id: &'static str, region: &'static str) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(answer(&req, id, region))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, id: &'static str, region: &str) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    }
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let body = format!(
+        "Hello from machine {id} in region {region}\n\
+         client ip: {}\nforwarded proto: {}\nedge region: {}\nrequest id: {}\nvia: {}\n",
+        h("tern-client-ip"),
+        h("x-forwarded-proto"),
+        h("tern-region"),
+        h("tern-request-id"),
+        h("via"),
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert("x-machine-id", http::HeaderValue::from_static(id));
+    resp
+}

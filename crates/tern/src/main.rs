@@ -1,0 +1,78 @@
+//! The `tern` binary: the command line, and nothing but wiring.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod logging;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "An edge proxy for fleets of app machines in many regions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic as the configuration says, until SIGTERM or SIGINT.
+    Run {
+        /// The TOML configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and its certificates; print every error found.
+    Check {
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: three machines of the app demo.localhost behind Tern.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => load(&config).and_then(|c| {
+            logging::init(&c.log)?;
+            serve::run(c, None)
+        }),
+        Command::Check { config } => check(&config),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<tern_config::Config> {
+    let config =
+        tern_config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration\n{e}"))?;
+    serve::check_certificates(&config)?;
+    Ok(config)
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let ports = tern_listen::plan(&config).len();
+    println!(
+        "{}: ok ({} apps, {} machines, {} public ports)",
+        path.display(),
+        config.apps.len(),
+        config.machines.len(),
+        ports
+    );
+    Ok(())
+}

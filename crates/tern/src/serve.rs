@@ -1,0 +1,185 @@
+//! Wiring a configuration into a running node: runtime, catalog, TLS, listeners,
+//! health checks and admin, then a graceful drain on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tern_admin::AdminState;
+use tern_catalog::{Catalog, FileCatalog};
+use tern_config::Config;
+use tern_health::HealthChecker;
+use tern_http::{Proxy, ProxySettings, ServerSettings, Upstreams};
+use tern_listen::Shared;
+use tern_tls::{CertStore, TlsAcceptor};
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+/// Where a started node listens, reported once everything is bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub ports: Vec<SocketAddr>,
+}
+
+/// Refuses a configuration whose TLS ports cannot be served, before anything starts.
+pub fn check_certificates(config: &Config) -> anyhow::Result<Option<Arc<CertStore>>> {
+    let needs_tls = tern_listen::plan(config).iter().any(|p| p.tls);
+    match &config.tls.certs_dir {
+        Some(dir) => {
+            let store = CertStore::load(dir, config.tls.unknown_sni.clone())
+                .with_context(|| format!("loading certificates from {}", dir.display()))?;
+            Ok(Some(store))
+        }
+        None if needs_tls => {
+            anyhow::bail!("a port has the tls handler but [tls] certs_dir is not set")
+        }
+        None => Ok(None),
+    }
+}
+
+/// Runs the node until a signal. `ready` learns the bound addresses.
+pub fn run(config: Config, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.node.workers)
+        .enable_all()
+        .thread_name("tern-worker")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config, ready, shutdown_signal()))
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+pub async fn serve(
+    config: Config,
+    ready: Option<oneshot::Sender<Bound>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = tern_admin::install_recorder()?;
+    let file_catalog = Arc::new(FileCatalog::new(&config));
+    let catalog: Arc<dyn Catalog> = file_catalog;
+
+    let store = check_certificates(&config)?;
+    let (http_tls, raw_tls) = match &store {
+        Some(store) => {
+            tern_tls::spawn_reloader(Arc::clone(store), config.tls.reload_interval);
+            let http = TlsAcceptor::new(
+                tern_tls::server_config(Arc::clone(store), tern_tls::http_alpn()),
+                config.tls.handshake_timeout,
+            );
+            let raw = TlsAcceptor::new(
+                tern_tls::server_config(Arc::clone(store), Vec::new()),
+                config.tls.handshake_timeout,
+            );
+            (Some(http), Some(raw))
+        }
+        None => (None, None),
+    };
+
+    let limits = &config.limits;
+    let upstreams = Arc::new(Upstreams::new(limits.connect_timeout, limits.idle_timeout));
+    let proxy = Arc::new(Proxy::new(
+        Arc::clone(&catalog),
+        upstreams,
+        ProxySettings {
+            region: config.node.region.clone(),
+            connect_attempts: limits.connect_attempts,
+            response_header_timeout: limits.response_header_timeout,
+            queue_timeout: limits.queue_timeout,
+        },
+    ));
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        catalog: Arc::clone(&catalog),
+        proxy,
+        server: ServerSettings {
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            drain_timeout: limits.drain_timeout,
+        },
+        http_tls,
+        raw_tls,
+        connect_timeout: limits.connect_timeout,
+        connect_attempts: limits.connect_attempts,
+        queue_timeout: limits.queue_timeout,
+        max_connections: limits.max_connections_per_listener,
+        tracker: tracker.clone(),
+    });
+
+    // Bind everything before serving anything: a port in use is a startup error.
+    let mut listeners = Vec::new();
+    for plan in tern_listen::plan(&config) {
+        listeners.push(tern_listen::bind(config.node.bind, plan, &shared)?);
+    }
+    let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut bound = Bound {
+        admin: admin.local_addr()?,
+        ports: Vec::new(),
+    };
+    for l in listeners {
+        bound.ports.push(l.local_addr()?);
+        tokio::spawn(tern_listen::run(
+            l,
+            Arc::clone(&shared),
+            shutdown_rx.clone(),
+        ));
+    }
+    let admin_state = Arc::new(AdminState {
+        catalog: Arc::clone(&catalog),
+        metrics,
+    });
+    tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
+    let mut health_stop = shutdown_rx.clone();
+    let health = HealthChecker::spawn(Arc::clone(&catalog), async move {
+        let _ = health_stop.wait_for(|s| *s).await;
+    });
+
+    tracing::info!(
+        node = %config.node.id,
+        region = %config.node.region,
+        admin = %bound.admin,
+        ports = ?bound.ports,
+        "tern is serving"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
+
+    stop.await;
+    let _ = shutdown_tx.send(true);
+    tracker.close();
+    let drained = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
+    match drained {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            left = tracker.len(),
+            "drain deadline passed; closing the remaining connections"
+        ),
+    }
+    health.abort();
+    Ok(())
+}
