@@ -1,0 +1,386 @@
+//! Test harness: starts the real `tern` binary on a config written to a temp dir,
+//! with certificates and backend "machines" on their own loopback addresses.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Loopback addresses for one test's machines: 127.<pid-derived>.<counter>.<n>, so
+/// tests in parallel, and test binaries in parallel, never share a machine address.
+pub struct Ips {
+    base: [u8; 3],
+}
+
+impl Ips {
+    pub fn new() -> Self {
+        static NEXT: AtomicU16 = AtomicU16::new(1);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        Ips {
+            base: [127, 1 + (pid % 250) as u8, k as u8],
+        }
+    }
+
+    pub fn get(&self, n: u8) -> IpAddr {
+        IpAddr::from([self.base[0], self.base[1], self.base[2], n])
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Ports one Tern instance uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub https: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports {
+            http: free_port(),
+            https: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+/// Certificates for a test: a CA, and a leaf for the given names signed by it.
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
+}
+
+pub fn make_certs(dir: &Path, names: &[&str]) -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tern test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(certs.join("site.crt"), leaf.pem()).unwrap();
+    std::fs::write(certs.join("site.key"), leaf_key.serialize_pem()).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    Certs {
+        dir: certs,
+        ca_pem: ca.pem(),
+        ca_path,
+    }
+}
+
+/// A running `tern` process; killed on drop.
+pub struct Tern {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    pub log: PathBuf,
+}
+
+impl Tern {
+    /// Writes `config` to tern.toml in a fresh dir (with `certs` made there first if
+    /// `cert_names` is not empty) and starts `tern run`, waiting for the admin port.
+    pub fn start(config: &str, ports: Ports) -> Tern {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config, ports)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str, ports: Ports) -> Tern {
+        let path = dir.path().join("tern.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("tern.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tern");
+        let mut tern = Tern {
+            child,
+            dir,
+            ports,
+            log,
+        };
+        tern.wait_ready();
+        tern
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tern exited early with {status}:\n{}", self.log_text());
+            }
+            if let Ok(resp) = http_get_raw(("127.0.0.1", self.ports.admin), "/healthz", "admin") {
+                if resp.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tern did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn http_url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.ports.http)
+    }
+
+    pub fn admin_get(&self, path: &str) -> String {
+        http_get_raw(("127.0.0.1", self.ports.admin), path, "admin").unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection; returns the whole response text.
+pub fn http_get_raw(
+    addr: impl std::net::ToSocketAddrs,
+    path: &str,
+    host: &str,
+) -> std::io::Result<String> {
+    let addr = addr.to_socket_addrs()?.next().unwrap();
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Sends raw bytes and returns everything the server sends back until it closes.
+pub fn raw_exchange(port: u16, bytes: &[u8]) -> String {
+    let mut s = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs curl with `args`; returns (exit ok, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A test machine: an HTTP server on `ip:port` answering with its id and the
+/// request's headers, one per line as `name: value`.
+///
+/// Paths: `/healthz` answers 200 or 500 as `healthy` says; `/slow?ms=N` waits N ms
+/// first; `/status/N` answers status N; anything else 200.
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
+    pub health_hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(id: &str, ip: IpAddr, port: u16) -> Backend {
+        let addr = SocketAddr::new(ip, port);
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let healthy = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let health_hits = Arc::new(AtomicUsize::new(0));
+        let (h, c, hc) = (healthy.clone(), hits.clone(), health_hits.clone());
+        let idc = id.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (h, c, hc, id) = (h.clone(), c.clone(), hc.clone(), idc.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (h, c, hc, id) = (h.clone(), c.clone(), hc.clone(), id.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &id, &h, &c, &hc).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            id: id.to_owned(),
+            addr,
+            healthy,
+            hits,
+            health_hits,
+            task,
+        }
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    id: &str,
+    healthy: &AtomicBool,
+    hits: &AtomicUsize,
+    health_hits: &AtomicUsize,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        health_hits.fetch_add(1, Ordering::Relaxed);
+        let ok = healthy.load(Ordering::Relaxed);
+        let mut r = Response::new(Full::new(Bytes::from_static(b"health\n")));
+        if !ok {
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        return r;
+    }
+    hits.fetch_add(1, Ordering::Relaxed);
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if path == "/slow" {
+        let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut text = format!(
+        "machine={id}\nversion={:?}\nuri={}\n",
+        req.version(),
+        req.uri()
+    );
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+    }
+    let (_, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    text.push_str(&format!("body-bytes={}\n", body.len()));
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse().ok()) {
+        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    }
+    r.headers_mut()
+        .insert("x-machine-id", http::HeaderValue::from_str(id).unwrap());
+    r
+}
+
+/// The `[node]`, `[admin]` and `[limits]` head of a test config.
+pub fn config_head(ports: Ports, extra_limits: &str) -> String {
+    format!(
+        r#"[node]
+id = "test-1"
+region = "ams"
+workers = 2
+bind = "127.0.0.1"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[log]
+level = "info"
+
+[limits]
+drain_timeout = "5s"
+{extra_limits}
+"#,
+        admin = ports.admin
+    )
+}
+
+/// A machine entry for a config.
+pub fn machine(id: &str, app: &str, region: &str, ip: IpAddr) -> String {
+    format!(
+        "\n[[machine]]\nid = \"{id}\"\napp = \"{app}\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"started\"\n"
+    )
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}

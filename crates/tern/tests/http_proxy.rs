@@ -1,0 +1,380 @@
+//! HTTP through a real `tern run`: curl over HTTP/1.1, h2c and HTTP/2 over TLS with
+//! SNI, header rules, redirects, coded errors, body limits and connect failover.
+
+mod common;
+
+use common::*;
+
+fn app_config(
+    ports: Ports,
+    ips: &Ips,
+    certs_dir: &str,
+    extra_app: &str,
+    extra_limits: &str,
+) -> String {
+    let mut c = config_head(ports, extra_limits);
+    c.push_str(&format!(
+        r#"
+[tls]
+certs_dir = "{certs_dir}"
+
+[[app]]
+name = "web"
+hostnames = ["web.test", "*.web.test"]
+{extra_app}
+
+[[app.service]]
+internal_port = 7000
+concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+"#,
+        https = ports.https,
+        http = ports.http,
+    ));
+    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    c
+}
+
+struct Setup {
+    tern: Tern,
+    certs: Certs,
+    _backend: Backend,
+}
+
+async fn setup(extra_app: &str, extra_limits: &str) -> Setup {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
+    let config = app_config(ports, &ips, "certs", extra_app, extra_limits);
+    let tern = Tern::start_in(dir, &config, ports);
+    Setup {
+        tern,
+        certs,
+        _backend: backend,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http1_reaches_the_machine_with_forwarding_headers() {
+    let s = setup("", "").await;
+    let url = s.tern.http_url("web.test", "/hello?x=1");
+    let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&["-i", "--http1.1", "--resolve", &resolve, &url])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("machine=m1"), "{out}");
+    assert!(out.contains("uri=/hello?x=1"), "{out}");
+    assert!(out.contains("x-forwarded-for: 127.0.0.1"), "{out}");
+    assert!(out.contains("x-forwarded-proto: http\n"), "{out}");
+    assert!(
+        out.contains(&format!("x-forwarded-port: {}", s.tern.ports.http)),
+        "{out}"
+    );
+    assert!(out.contains("via: 1.1 tern"), "{out}");
+    assert!(out.contains("tern-client-ip: 127.0.0.1"), "{out}");
+    assert!(out.contains("tern-region: ams"), "{out}");
+    // The request id the machine saw is the one the client gets back.
+    let sent = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tern-request-id: "))
+        .expect("machine saw a request id");
+    let returned = out
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("tern-request-id: ")
+                .map(str::to_owned)
+        })
+        .expect("response carries the request id");
+    assert_eq!(sent.trim(), returned.trim());
+    assert_eq!(sent.trim().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http2_over_tls_with_sni() {
+    let s = setup("", "").await;
+    let url = format!("https://api.web.test:{}/h2", s.tern.ports.https);
+    let resolve = format!("api.web.test:{}:127.0.0.1", s.tern.ports.https);
+    let ca = s.certs.ca_path.to_str().unwrap().to_owned();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-i",
+            "--http2",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "curl failed: {err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.contains("machine=m1"), "{out}");
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+    assert!(out.contains("via: 2 tern"), "{out}");
+    // Over HTTP/1.1 with the same TLS port, ALPN picks http/1.1.
+    let url = format!("https://web.test:{}/h1", s.tern.ports.https);
+    let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.https);
+    let ca = s.certs.ca_path.to_str().unwrap().to_owned();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-i",
+            "--http1.1",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_with_prior_knowledge_on_the_plain_port() {
+    let s = setup("", "").await;
+    let url = s.tern.http_url("web.test", "/");
+    let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&["-i", "--http2-prior-knowledge", "--resolve", &resolve, &url])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofed_tern_headers_are_stripped_and_hop_by_hop_removed() {
+    let s = setup("", "").await;
+    let url = s.tern.http_url("web.test", "/");
+    let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "--http1.1",
+            "--resolve",
+            &resolve,
+            "-H",
+            "Tern-Client-IP: 6.6.6.6",
+            "-H",
+            "Tern-Region: evil",
+            "-H",
+            "Tern-Force-Instance-Id: nope",
+            "-H",
+            "Tern-Request-Id: forged",
+            "-H",
+            "X-Forwarded-For: 10.9.8.7",
+            "-H",
+            "Connection: keep-alive, X-Drop-Me",
+            "-H",
+            "X-Drop-Me: secret",
+            "-H",
+            "Keep-Alive: timeout=5",
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(!out.contains("6.6.6.6"), "{out}");
+    assert!(!out.contains("evil"), "{out}");
+    assert!(!out.contains("tern-force-instance-id"), "{out}");
+    assert!(!out.contains("forged"), "{out}");
+    assert!(out.contains("tern-client-ip: 127.0.0.1"), "{out}");
+    assert!(out.contains("tern-region: ams"), "{out}");
+    assert!(
+        out.contains("x-forwarded-for: 10.9.8.7, 127.0.0.1"),
+        "{out}"
+    );
+    assert!(!out.contains("x-drop-me"), "{out}");
+    assert!(!out.contains("keep-alive:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_host_gets_a_coded_404() {
+    let s = setup("", "").await;
+    let port = s.tern.ports.http;
+    let out = tokio::task::spawn_blocking(move || {
+        http_get_raw(("127.0.0.1", port), "/", "nobody.example").unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: no_app_for_host"),
+        "{out}"
+    );
+    assert!(out.contains("tern error no_app_for_host:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_oversized_body_gets_413_and_chunked_one_is_cut() {
+    let s = setup("max_request_body = 1000", "").await;
+    let url = s.tern.http_url("web.test", "/upload");
+    let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
+    let big = "x".repeat(5000);
+    let small = "y".repeat(999);
+    let (u, r, b, sm) = (url.clone(), resolve.clone(), big.clone(), small.clone());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&["-i", "--http1.1", "--resolve", &r, "--data-binary", &b, &u])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: request_body_too_large"),
+        "{out}"
+    );
+
+    let (u, r) = (url.clone(), resolve.clone());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        curl(&["-i", "--http1.1", "--resolve", &r, "--data-binary", &sm, &u])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("body-bytes=999"), "{out}");
+
+    // Chunked: no length is declared, so the limit cuts the stream.
+    let (ok, out, _err) = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-i",
+            "--http1.1",
+            "--resolve",
+            &resolve,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &big,
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_https_answers_301() {
+    let ips = Ips::new();
+    let _backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), &["web.test"]);
+    let mut c = config_head(ports, "");
+    c.push_str(&format!(
+        r#"
+[tls]
+certs_dir = "certs"
+
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"], force_https = true }},
+]
+"#,
+        https = ports.https,
+        http = ports.http
+    ));
+    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    let tern = Tern::start_in(dir, &c, ports);
+    let out = tokio::task::spawn_blocking(move || {
+        http_get_raw(("127.0.0.1", ports.http), "/a/b?c=d", "web.test").unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+    let expected = format!("location: https://web.test:{}/a/b?c=d", tern.ports.https);
+    assert!(out.to_ascii_lowercase().contains(&expected), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_failure_moves_on_to_the_next_machine() {
+    let ips = Ips::new();
+    // m-dead has no process listening; m-live answers.
+    let _live = Backend::start("m-live", ips.get(2), 7000).await;
+    let ports = Ports::new();
+    let mut c = config_head(ports, "connect_attempts = 2");
+    c.push_str(&format!(
+        r#"
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+ports = [{{ port = {http}, handlers = ["http"] }}]
+"#,
+        http = ports.http
+    ));
+    c.push_str(&machine("m-dead", "web", "ams", ips.get(1)));
+    c.push_str(&machine("m-live", "web", "ams", ips.get(2)));
+    let _tern = Tern::start(&c, ports);
+    let out = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|_| http_get_raw(("127.0.0.1", ports.http), "/", "web.test").unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for o in &out {
+        assert!(o.starts_with("HTTP/1.1 200"), "{o}");
+        assert!(o.contains("machine=m-live"), "{o}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_only_machine_gives_upstream_connect_failed() {
+    let ips = Ips::new();
+    let ports = Ports::new();
+    let mut c = config_head(ports, "");
+    c.push_str(&format!(
+        r#"
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+ports = [{{ port = {http}, handlers = ["http"] }}]
+"#,
+        http = ports.http
+    ));
+    c.push_str(&machine("m-dead", "web", "ams", ips.get(1)));
+    let _tern = Tern::start(&c, ports);
+    let out = tokio::task::spawn_blocking(move || {
+        http_get_raw(("127.0.0.1", ports.http), "/", "web.test").unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: upstream_connect_failed"),
+        "{out}"
+    );
+}
