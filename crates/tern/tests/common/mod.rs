@@ -243,6 +243,8 @@ pub struct Backend {
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
     pub health_hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -260,12 +262,15 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let health_hits = Arc::new(AtomicUsize::new(0));
         let (h, c, hc) = (healthy.clone(), hits.clone(), health_hits.clone());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let accepted = conns.clone();
         let idc = id.to_owned();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (h, c, hc, id) = (h.clone(), c.clone(), hc.clone(), idc.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -284,6 +289,7 @@ impl Backend {
             healthy,
             hits,
             health_hits,
+            conns,
             task,
         }
     }

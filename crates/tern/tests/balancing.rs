@@ -1,0 +1,337 @@
+//! Balancing through a real `tern run`: hard limits with the wait queue, the
+//! nearest region first, soft limits spreading load, and health checks taking a
+//! machine out of rotation and back.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn one_app(ports: Ports, limits: &str, concurrency: &str, checks: &str, machines: &str) -> String {
+    let mut c = config_head(ports, limits);
+    c.push_str(&format!(
+        r#"
+[[region]]
+code = "ams"
+rtt = {{ ord = "90ms" }}
+
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+concurrency = {concurrency}
+ports = [{{ port = {http}, handlers = ["http"] }}]
+{checks}
+{machines}"#,
+        http = ports.http
+    ));
+    c
+}
+
+fn get(port: u16, path: &str) -> String {
+    http_get_raw(("127.0.0.1", port), path, "web.test").unwrap_or_else(|e| format!("io error: {e}"))
+}
+
+fn machine_of(resp: &str) -> Option<&str> {
+    resp.lines().find_map(|l| l.strip_prefix("machine="))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_hard_limit_a_request_waits_then_gets_503() {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let c = one_app(
+        ports,
+        "queue_timeout = \"700ms\"\nqueue_size = 10",
+        r#"{ type = "requests", soft_limit = 1, hard_limit = 2 }"#,
+        "",
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let _tern = Tern::start(&c, ports);
+
+    // Hold hard_limit (2) requests open at the machine.
+    let held: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || get(ports.http, "/slow?ms=2500")))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || backend
+            .hits
+            .load(Ordering::Relaxed)
+            == 2)
+        .await,
+        "the two slow requests never reached the machine"
+    );
+
+    // The next one waits in the queue for queue_timeout, then gets a coded 503.
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || get(ports.http, "/"))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: queue_timeout"),
+        "{out}"
+    );
+    assert!(
+        waited >= Duration::from_millis(600),
+        "answered after {waited:?}, did not wait"
+    );
+    assert_eq!(
+        backend.hits.load(Ordering::Relaxed),
+        2,
+        "the queued request reached the machine"
+    );
+
+    for h in held {
+        let r = h.join().unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_request_goes_through_when_a_unit_frees_up() {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let c = one_app(
+        ports,
+        "queue_timeout = \"5s\"",
+        r#"{ type = "requests", soft_limit = 1, hard_limit = 1 }"#,
+        "",
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let _tern = Tern::start(&c, ports);
+    let held = std::thread::spawn(move || get(ports.http, "/slow?ms=800"));
+    assert!(
+        eventually(Duration::from_secs(5), || backend
+            .hits
+            .load(Ordering::Relaxed)
+            == 1)
+        .await
+    );
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || get(ports.http, "/after"))
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("uri=/after"), "{out}");
+    // It had to wait for the slow one to finish.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(held.join().unwrap().starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nearest_region_takes_traffic_until_it_is_full() {
+    let ips = Ips::new();
+    let _ams = Backend::start("m-ams", ips.get(1), 7000).await;
+    let _ord = Backend::start("m-ord", ips.get(2), 7000).await;
+    let ports = Ports::new();
+    let machines =
+        machine("m-ams", "web", "ams", ips.get(1)) + &machine("m-ord", "web", "ord", ips.get(2));
+    let c = one_app(
+        ports,
+        "",
+        r#"{ type = "requests", soft_limit = 1, hard_limit = 1 }"#,
+        "",
+        &machines,
+    );
+    let _tern = Tern::start(&c, ports);
+    // Sequential requests: the ams machine is never full, so ord never sees one.
+    let outs = tokio::task::spawn_blocking(move || {
+        (0..20).map(|_| get(ports.http, "/")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for o in &outs {
+        assert_eq!(machine_of(o), Some("m-ams"), "{o}");
+    }
+    // With ams at its hard limit, the next request crosses to ord.
+    let held = std::thread::spawn(move || get(ports.http, "/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = tokio::task::spawn_blocking(move || get(ports.http, "/"))
+        .await
+        .unwrap();
+    assert_eq!(machine_of(&o), Some("m-ord"), "{o}");
+    assert_eq!(machine_of(&held.join().unwrap()), Some("m-ams"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn equal_machines_share_the_traffic() {
+    let ips = Ips::new();
+    let a = Backend::start("m-a", ips.get(1), 7000).await;
+    let b = Backend::start("m-b", ips.get(2), 7000).await;
+    let ports = Ports::new();
+    let machines =
+        machine("m-a", "web", "ams", ips.get(1)) + &machine("m-b", "web", "ams", ips.get(2));
+    let c = one_app(
+        ports,
+        "",
+        r#"{ type = "requests", soft_limit = 10, hard_limit = 20 }"#,
+        "",
+        &machines,
+    );
+    let _tern = Tern::start(&c, ports);
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..60 {
+            assert!(get(ports.http, "/").starts_with("HTTP/1.1 200"));
+        }
+    })
+    .await
+    .unwrap();
+    let (ha, hb) = (
+        a.hits.load(Ordering::Relaxed),
+        b.hits.load(Ordering::Relaxed),
+    );
+    assert_eq!(ha + hb, 60);
+    assert!(ha >= 10 && hb >= 10, "a={ha} b={hb}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_health_check_takes_the_machine_out_and_it_comes_back() {
+    let ips = Ips::new();
+    let sick = Backend::start("m-sick", ips.get(1), 7000).await;
+    let _well = Backend::start("m-well", ips.get(2), 7000).await;
+    let ports = Ports::new();
+    let machines =
+        machine("m-sick", "web", "ams", ips.get(1)) + &machine("m-well", "web", "ams", ips.get(2));
+    let checks = r#"http_checks = [{ path = "/healthz", interval = "100ms", timeout = "100ms", grace_period = "0s" }]"#;
+    let c = one_app(
+        ports,
+        "",
+        r#"{ type = "requests", soft_limit = 10, hard_limit = 20 }"#,
+        checks,
+        &machines,
+    );
+    let tern = Tern::start(&c, ports);
+
+    let healthy_of = |tern: &Tern, id: &str| {
+        let cat: serde_json::Value =
+            serde_json::from_str(&body_of(&tern.admin_get("/catalog"))).unwrap();
+        cat["apps"][0]["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["services"][0]["healthy"].as_bool().unwrap())
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || sick
+            .health_hits
+            .load(Ordering::Relaxed)
+            > 0)
+        .await
+    );
+    assert!(healthy_of(&tern, "m-sick"));
+
+    sick.healthy.store(false, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || !healthy_of(&tern, "m-sick")).await,
+        "the failing machine stayed in rotation"
+    );
+    let before = sick.hits.load(Ordering::Relaxed);
+    let outs = tokio::task::spawn_blocking(move || {
+        (0..20).map(|_| get(ports.http, "/")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for o in &outs {
+        assert_eq!(machine_of(o), Some("m-well"), "{o}");
+    }
+    assert_eq!(sick.hits.load(Ordering::Relaxed), before);
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains(
+            r#"tern_health_transitions_total{app="web",machine="m-sick",to="unhealthy"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    sick.healthy.store(true, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || healthy_of(&tern, "m-sick")).await,
+        "the recovered machine never came back"
+    );
+    let outs = tokio::task::spawn_blocking(move || {
+        (0..40).map(|_| get(ports.http, "/")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        outs.iter().any(|o| machine_of(o) == Some("m-sick")),
+        "no traffic after recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_healthy_machine_is_a_coded_503() {
+    let ips = Ips::new();
+    let sick = Backend::start("m1", ips.get(1), 7000).await;
+    sick.healthy.store(false, Ordering::Relaxed);
+    let ports = Ports::new();
+    let checks = r#"http_checks = [{ path = "/healthz", interval = "100ms", timeout = "100ms", grace_period = "0s" }]"#;
+    let c = one_app(
+        ports,
+        "",
+        r#"{ type = "requests", soft_limit = 10, hard_limit = 20 }"#,
+        checks,
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let _tern = Tern::start(&c, ports);
+    let mut last = String::new();
+    let ok = eventually(Duration::from_secs(5), || {
+        last = get(ports.http, "/");
+        last.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    assert!(ok, "{last}");
+    assert!(
+        last.to_ascii_lowercase()
+            .contains("tern-error: no_healthy_machine"),
+        "{last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopped_machines_take_no_traffic() {
+    let ips = Ips::new();
+    let stopped = Backend::start("m-stopped", ips.get(1), 7000).await;
+    let _started = Backend::start("m-started", ips.get(2), 7000).await;
+    let ports = Ports::new();
+    let machines = machine("m-stopped", "web", "ams", ips.get(1))
+        .replace("\"started\"", "\"stopped\"")
+        + &machine("m-started", "web", "ams", ips.get(2));
+    let c = one_app(
+        ports,
+        "",
+        r#"{ type = "requests", soft_limit = 10, hard_limit = 20 }"#,
+        "",
+        &machines,
+    );
+    let _tern = Tern::start(&c, ports);
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            assert_eq!(machine_of(&get(ports.http, "/")), Some("m-started"));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stopped.hits.load(Ordering::Relaxed), 0);
+}
+
+fn body_of(resp: &str) -> String {
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}

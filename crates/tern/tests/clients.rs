@@ -1,0 +1,212 @@
+//! Real clients against a real `tern run`: a Rust TLS client with SNI, a WebSocket
+//! client through an HTTP upgrade, and an h2c machine behind `h2_backend`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(ports: Ports, ips: &Ips, service_extra: &str) -> String {
+    let mut c = config_head(ports, "");
+    c.push_str(&format!(
+        r#"
+[tls]
+certs_dir = "certs"
+
+[[app]]
+name = "web"
+hostnames = ["web.test", "*.web.test"]
+
+[[app.service]]
+internal_port = 7000
+{service_extra}
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+"#,
+        https = ports.https,
+        http = ports.http
+    ));
+    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    c
+}
+
+fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_tls_client_with_sni_gets_the_right_app() {
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
+    let _tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+
+    let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
+    let tcp = TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("shop.web.test").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with SNI shop.web.test");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(b"GET /tls HTTP/1.1\r\nHost: shop.web.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("machine=m1"), "{out}");
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+
+    // A name no certificate covers is refused at the handshake (unknown_sni = reject).
+    let tcp = TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    let refused = connector
+        .connect(ServerName::try_from("other.example").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "unknown SNI was accepted");
+}
+
+/// A machine that speaks WebSocket: it echoes every message, upper-cased.
+async fn ws_machine(ip: std::net::IpAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind((ip, 7000)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) => {
+                            let _ = ws.send(Message::text(t.to_uppercase())).await;
+                        }
+                        Message::Binary(b) => {
+                            let _ = ws.send(Message::Binary(b)).await;
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_passes_through_both_ways() {
+    let ips = Ips::new();
+    let machine_task = ws_machine(ips.get(1)).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), &["web.test"]);
+    let _tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+
+    let tcp = TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap();
+    let url = format!("ws://web.test:{}/chat", ports.http);
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, tcp),
+    )
+    .await
+    .unwrap()
+    .expect("WebSocket handshake through Tern");
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Message::text(format!("HELLO {i}")));
+    }
+    let big = vec![7u8; 256 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_data().as_ref(), big.as_slice());
+    ws.close(None).await.unwrap();
+    machine_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_backend_speaks_h2c_to_the_machine() {
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), &["web.test"]);
+    let _tern = Tern::start_in(dir, &config(ports, &ips, "h2_backend = true"), ports);
+    let outs = tokio::task::spawn_blocking(move || {
+        (0..5)
+            .map(|i| {
+                http_get_raw(("127.0.0.1", ports.http), &format!("/h2c/{i}"), "web.test").unwrap()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (i, o) in outs.iter().enumerate() {
+        assert!(o.starts_with("HTTP/1.1 200"), "{o}");
+        assert!(o.contains("version=HTTP/2.0"), "{o}");
+        assert!(o.contains(&format!("uri=http://web.test/h2c/{i}")), "{o}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_reuses_one_upstream_connection() {
+    let ips = Ips::new();
+    let b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), &["web.test"]);
+    let tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+    // Many sequential requests on one client connection.
+    let mut s = TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap();
+    for _ in 0..10 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    // All ten went over one pooled upstream connection.
+    assert_eq!(b.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(tern);
+}
