@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod activity;
+mod binding;
 mod body;
 mod error;
 mod headers;
@@ -11,6 +12,7 @@ mod server;
 mod upstream;
 
 pub use activity::{Activity, ActivityIo};
+pub use binding::ConnBindings;
 pub use body::{full, Body, BoxError};
 pub use error::{ErrorCode, ProxyError};
 pub use proxy::{ConnInfo, Proxy, ProxySettings};

@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tern_balance::LoadGuard;
 use tern_catalog::{AdmitError, AppEntry, Catalog, Pick, ServiceEntry, Snapshot};
+use tern_config::ConcurrencyKind;
 
+use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, Forwarded};
@@ -36,6 +38,20 @@ pub struct ConnInfo {
     pub port: u16,
     pub tls: bool,
     pub sni: Option<String>,
+    /// Machines this connection is bound to, for services counting connections.
+    pub bindings: ConnBindings,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, port: u16, tls: bool, sni: Option<String>) -> Self {
+        ConnInfo {
+            peer,
+            port,
+            tls,
+            sni,
+            bindings: ConnBindings::default(),
+        }
+    }
 }
 
 /// The HTTP proxy: shared by every connection of every HTTP listener.
@@ -185,7 +201,9 @@ impl Proxy {
         };
 
         // choose + connect: the best machine with room; a failed connect moves on.
-        let (pick, guard, sender) = self.connect(&snapshot, &app, &service, h2, upgrade).await?;
+        let (pick, guard, sender) = self
+            .connect(&snapshot, &app, &service, conn, h2, upgrade)
+            .await?;
         *req.uri_mut() = upstream_uri(req.uri(), &host, pick.addr, h2)?;
 
         // send: the head must come back within the response-header timeout.
@@ -245,23 +263,53 @@ impl Proxy {
         snapshot: &Snapshot,
         app: &AppEntry,
         service: &ServiceEntry,
+        conn: &ConnInfo,
         h2: bool,
         upgrade: bool,
-    ) -> Result<(Pick, LoadGuard, Sender), ProxyError> {
+    ) -> Result<(Pick, Unit, Sender), ProxyError> {
+        let port = service.config.internal_port;
+        let per_connection = service.config.concurrency.kind == ConcurrencyKind::Connections;
         let mut tried: Vec<String> = Vec::new();
         let mut last_error: Option<ConnectError> = None;
+
+        if per_connection {
+            if let Some((pick, unit)) = conn.bindings.get(&app.name, port) {
+                let id = &pick.machine.config.id;
+                let still_eligible = snapshot
+                    .eligible(app, service)
+                    .iter()
+                    .any(|p| &p.machine.config.id == id);
+                if still_eligible {
+                    match self.upstreams.checkout(pick.addr, h2, upgrade).await {
+                        Ok(sender) => return Ok((pick, unit, sender)),
+                        Err(e) => {
+                            self.count_connect_error(app, &pick, &e);
+                            tried.push(id.clone());
+                            last_error = Some(e);
+                        }
+                    }
+                }
+                conn.bindings.unbind(&app.name, port);
+            }
+        }
+
         for _ in 0..self.settings.connect_attempts.max(1) {
             let (pick, guard) = match self.admit(snapshot, app, service, &tried).await {
                 Ok(p) => p,
                 Err(e) if last_error.is_some() && e.code == ErrorCode::NoHealthyMachine => break,
                 Err(e) => return Err(e),
             };
+            let unit = Arc::new(guard);
             match self.upstreams.checkout(pick.addr, h2, upgrade).await {
-                Ok(sender) => return Ok((pick, guard, sender)),
+                Ok(sender) => {
+                    if per_connection {
+                        conn.bindings
+                            .bind(&app.name, port, pick.clone(), Arc::clone(&unit));
+                    }
+                    return Ok((pick, unit, sender));
+                }
                 Err(e) => {
-                    tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
-                    metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.config.id.clone())
-                        .increment(1);
+                    self.count_connect_error(app, &pick, &e);
                     tried.push(pick.machine.config.id.clone());
                     last_error = Some(e);
                 }
@@ -276,6 +324,12 @@ impl Proxy {
             None => "no machine could be reached".to_owned(),
         };
         Err(ProxyError::new(code, detail))
+    }
+
+    fn count_connect_error(&self, app: &AppEntry, pick: &Pick, e: &ConnectError) {
+        tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
+        metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.config.id.clone())
+            .increment(1);
     }
 
     /// Takes a load unit on the best machine not yet tried (see `Snapshot::admit`).
@@ -347,7 +401,7 @@ impl Proxy {
 
 /// Gives the load unit back and the connection to the pool when the body is done.
 struct Release {
-    _guard: LoadGuard,
+    _guard: Unit,
     pool: Option<(
         Arc<Upstreams>,
         SocketAddr,

@@ -162,12 +162,7 @@ async fn dispatch<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if plan.http {
-        let info = ConnInfo {
-            peer,
-            port: plan.port,
-            tls: plan.tls,
-            sni,
-        };
+        let info = ConnInfo::new(peer, plan.port, plan.tls, sni);
         serve_connection(
             io,
             info,

@@ -335,3 +335,56 @@ fn body_of(resp: &str) -> String {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_concurrency_counts_client_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let c = one_app(
+        ports,
+        "queue_timeout = \"500ms\"",
+        r#"{ type = "connections", soft_limit = 1, hard_limit = 1 }"#,
+        "",
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let _tern = Tern::start(&c, ports);
+
+    // Client A: one request, then the keep-alive connection stays open and idle.
+    let mut a = tokio::net::TcpStream::connect(("127.0.0.1", ports.http))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..3 {
+        a.write_all(b"GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+
+    // Client B: the machine's only unit is A's connection, so B waits and gets 503.
+    let out = tokio::task::spawn_blocking(move || get(ports.http, "/b"))
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: queue_timeout"),
+        "{out}"
+    );
+
+    // Once A leaves, B gets through.
+    drop(a);
+    let mut last = String::new();
+    let ok = eventually(Duration::from_secs(5), || {
+        last = get(ports.http, "/b");
+        last.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(ok, "{last}");
+}
