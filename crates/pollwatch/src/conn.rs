@@ -1,0 +1,218 @@
+//! One watched connection: its counters, its context, and the waker that tells a
+//! self-wake from a wake by someone else.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Wake;
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+
+use crate::io::WatchedIo;
+use crate::registry::Registry;
+use crate::watched::Watched;
+use crate::SpinConfig;
+
+/// Counters and context of one connection. Shared by its futures, its I/O objects
+/// and the waker handed to the runtime.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) config: SpinConfig,
+    opened: Instant,
+    pub(crate) polls: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
+    pub(crate) self_wakes: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) eofs: AtomicU64,
+    /// Nanoseconds after `opened` of the last poll that made progress.
+    last_progress_ns: AtomicU64,
+    pub(crate) spins: AtomicU64,
+    /// Set by an I/O layer that knows it can never be woken (see `Probe::stuck`).
+    stuck: Mutex<Option<String>>,
+    pub(crate) stuck_flag: AtomicBool,
+    pub(crate) in_poll: AtomicBool,
+    pub(crate) woken_in_poll: AtomicBool,
+    /// The task's own waker, woken through ours.
+    pub(crate) task_waker: AtomicWaker,
+    context: Mutex<Vec<(&'static str, String)>>,
+    registry: Weak<Registry>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, config: SpinConfig, registry: Weak<Registry>) -> Self {
+        Conn {
+            id,
+            config,
+            opened: Instant::now(),
+            polls: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            self_wakes: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            eofs: AtomicU64::new(0),
+            last_progress_ns: AtomicU64::new(0),
+            spins: AtomicU64::new(0),
+            stuck: Mutex::new(None),
+            stuck_flag: AtomicBool::new(false),
+            in_poll: AtomicBool::new(false),
+            woken_in_poll: AtomicBool::new(false),
+            task_waker: AtomicWaker::new(),
+            context: Mutex::new(Vec::new()),
+            registry,
+        }
+    }
+
+    /// Grows whenever the connection's I/O moves a byte or sees end-of-stream.
+    pub(crate) fn progress_mark(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+            + self.bytes_out.load(Ordering::Relaxed)
+            + self.eofs.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_progress(&self, now: Instant) {
+        let ns = u64::try_from(now.saturating_duration_since(self.opened).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.last_progress_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_spin(&self) -> u64 {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.spins.fetch_add(1, Ordering::Relaxed);
+        }
+        self.spins.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn take_stuck(&self) -> Option<String> {
+        if !self.stuck_flag.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.stuck
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    pub(crate) fn context_string(&self) -> String {
+        let ctx = self.context.lock().unwrap_or_else(PoisonError::into_inner);
+        ctx.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub(crate) fn snapshot(&self) -> ConnSnapshot {
+        let age = self.opened.elapsed();
+        let last = Duration::from_nanos(self.last_progress_ns.load(Ordering::Relaxed));
+        ConnSnapshot {
+            id: self.id,
+            age,
+            polls: self.polls.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            self_wakes: self.self_wakes.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            since_progress: age.saturating_sub(last),
+            spins: self.spins.load(Ordering::Relaxed),
+            context: self
+                .context
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl Wake for Conn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+        if self.in_poll.load(Ordering::Acquire) {
+            self.woken_in_poll.store(true, Ordering::Release);
+        }
+        self.task_waker.wake();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.remove(self.id);
+        }
+    }
+}
+
+/// A point-in-time copy of one connection's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    pub age: Duration,
+    pub polls: u64,
+    pub wakeups: u64,
+    /// Wakes that came from inside the connection's own poll.
+    pub self_wakes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Time since the last poll that moved a byte (or since opening).
+    pub since_progress: Duration,
+    pub spins: u64,
+    pub context: Vec<(String, String)>,
+}
+
+/// The handle of one watched connection: wrap its I/O objects with [`Probe::io`]
+/// and its future with [`Probe::watch`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Probe(pub(crate) Arc<Conn>);
+
+impl Probe {
+    /// A connection id, unique within its `Watchdog`.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Adds or replaces a piece of context (peer, SNI, app, machine, state, ...)
+    /// that is logged with a spin and shown in snapshots.
+    pub fn set(&self, key: &'static str, value: impl Into<String>) {
+        let value = value.into();
+        let mut ctx = self
+            .0
+            .context
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match ctx.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => ctx.push((key, value)),
+        }
+    }
+
+    /// Wraps an I/O object so the bytes it moves count as progress.
+    pub fn io<IO>(&self, io: IO) -> WatchedIo<IO> {
+        WatchedIo::new(io, Arc::clone(&self.0))
+    }
+
+    /// Wraps the connection's future. It resolves to `Err(Spun)` if it is cut.
+    pub fn watch<F: std::future::Future>(&self, future: F) -> Watched<F> {
+        Watched::new(future, Arc::clone(&self.0))
+    }
+
+    /// Reports a state in which the connection cannot be woken by its sockets (for
+    /// example a TLS stream returning `Pending` while it wants neither to read nor
+    /// to write). The next poll of the watched future treats it as a spin.
+    pub fn stuck(&self, reason: impl Into<String>) {
+        let mut s = self.0.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.is_none() {
+            *s = Some(reason.into());
+        }
+        self.0.stuck_flag.store(true, Ordering::Release);
+    }
+
+    pub fn snapshot(&self) -> ConnSnapshot {
+        self.0.snapshot()
+    }
+}

@@ -1,0 +1,360 @@
+//! The watched future: counts polls, tells self-wakes apart, finds spins, and acts.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::conn::Conn;
+use crate::SpinAction;
+
+/// Why a watched future was cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spun {
+    /// Polls in the streak that tripped the threshold (0 for a stuck state).
+    pub polls: u64,
+    /// How long the streak lasted.
+    pub within: Duration,
+    /// Set when an I/O layer reported a state it can never wake from.
+    pub stuck: Option<String>,
+}
+
+impl fmt::Display for Spun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.stuck {
+            Some(reason) => write!(f, "stuck: {reason}"),
+            None => write!(
+                f,
+                "{} polls without progress within {:?}",
+                self.polls, self.within
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Spun {}
+
+pin_project_lite::pin_project! {
+    /// A future under watch. Resolves to `Ok(output)`, or `Err(Spun)` when the
+    /// action is `Close` and it was found spinning.
+    pub struct Watched<F> {
+        #[pin]
+        future: F,
+        conn: Arc<Conn>,
+        waker: Waker,
+        last_mark: u64,
+        streak: u64,
+        streak_start: Option<Instant>,
+        backoff: Option<Duration>,
+        #[pin]
+        pause: Option<tokio::time::Sleep>,
+        logged: bool,
+    }
+}
+
+impl<F> Watched<F> {
+    pub(crate) fn new(future: F, conn: Arc<Conn>) -> Self {
+        let waker = Waker::from(Arc::clone(&conn));
+        let last_mark = conn.progress_mark();
+        Watched {
+            future,
+            conn,
+            waker,
+            last_mark,
+            streak: 0,
+            streak_start: None,
+            backoff: None,
+            pause: None,
+            logged: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = Result<F::Output, Spun>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let conn = Arc::clone(this.conn);
+
+        if let Some(pause) = this.pause.as_mut().as_pin_mut() {
+            if pause.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause.set(None);
+        }
+
+        conn.task_waker.register(cx.waker());
+        conn.woken_in_poll.store(false, Ordering::Relaxed);
+        conn.in_poll.store(true, Ordering::Release);
+        let polled = this.future.poll(&mut Context::from_waker(this.waker));
+        conn.in_poll.store(false, Ordering::Release);
+        conn.polls.fetch_add(1, Ordering::Relaxed);
+
+        if let Poll::Ready(out) = polled {
+            return Poll::Ready(Ok(out));
+        }
+        if conn.woken_in_poll.load(Ordering::Acquire) {
+            conn.self_wakes.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let stuck = conn.take_stuck();
+        let mark = conn.progress_mark();
+        if mark != *this.last_mark && stuck.is_none() {
+            *this.last_mark = mark;
+            *this.streak = 0;
+            *this.streak_start = None;
+            *this.backoff = None;
+            conn.mark_progress(Instant::now());
+            return Poll::Pending;
+        }
+
+        let spun = match stuck {
+            Some(reason) => Some(Spun {
+                polls: 0,
+                within: Duration::ZERO,
+                stuck: Some(reason),
+            }),
+            None => {
+                *this.streak += 1;
+                let start = *this.streak_start.get_or_insert_with(Instant::now);
+                if *this.streak >= conn.config.polls {
+                    let within = start.elapsed();
+                    if within <= conn.config.window {
+                        Some(Spun {
+                            polls: *this.streak,
+                            within,
+                            stuck: None,
+                        })
+                    } else {
+                        // Too slow to be a spin: start a new window from here.
+                        *this.streak = 1;
+                        *this.streak_start = Some(Instant::now());
+                        None
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        let Some(spun) = spun else {
+            return Poll::Pending;
+        };
+
+        *this.streak = 0;
+        *this.streak_start = None;
+        let count = conn.count_spin();
+        let action = conn.config.action;
+        let kind = if spun.stuck.is_some() {
+            "stuck"
+        } else {
+            "polls"
+        };
+        metrics::counter!("pollwatch_spins_total", "action" => action.as_str(), "kind" => kind)
+            .increment(1);
+        if !*this.logged {
+            *this.logged = true;
+            let snap = conn.snapshot();
+            tracing::warn!(
+                conn = conn.id,
+                action = action.as_str(),
+                cause = %spun,
+                polls = snap.polls,
+                self_wakes = snap.self_wakes,
+                bytes_in = snap.bytes_in,
+                bytes_out = snap.bytes_out,
+                age = ?snap.age,
+                context = %conn.context_string(),
+                "spinning connection"
+            );
+        } else {
+            tracing::debug!(conn = conn.id, spins = count, cause = %spun, "spinning again");
+        }
+
+        match action {
+            SpinAction::Close => Poll::Ready(Err(spun)),
+            SpinAction::Log => Poll::Pending,
+            SpinAction::Backoff { initial, max } => {
+                let next = this.backoff.map_or(initial, |d| (d * 2).min(max));
+                *this.backoff = Some(next);
+                this.pause.set(Some(tokio::time::sleep(next)));
+                if let Some(pause) = this.pause.as_mut().as_pin_mut() {
+                    // Registers the timer; it cannot be due yet.
+                    let _ = pause.poll(cx);
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SpinConfig, Watchdog};
+    use std::sync::atomic::AtomicU64;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The shape of the incident: wake yourself, return Pending, forever.
+    fn self_waking(polls: Arc<AtomicU64>) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+    }
+
+    fn dog(action: SpinAction) -> Watchdog {
+        Watchdog::new(SpinConfig {
+            action,
+            ..SpinConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_self_waking_future_is_cut_within_the_window() {
+        let dog = dog(SpinAction::Close);
+        let probe = dog.register();
+        probe.set("peer", "192.0.2.1:1");
+        let started = Instant::now();
+        let polls = Arc::new(AtomicU64::new(0));
+        let out = probe.watch(self_waking(Arc::clone(&polls))).await;
+        let spun = out.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(spun.polls, 1000);
+        assert!(spun.stuck.is_none());
+        let snap = probe.snapshot();
+        assert_eq!(snap.polls, 1000);
+        assert_eq!(snap.self_wakes, 1000);
+        assert_eq!(snap.spins, 1);
+        assert_eq!(dog.spins(), 1);
+        assert_eq!(
+            snap.context,
+            vec![("peer".to_owned(), "192.0.2.1:1".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn backoff_parks_the_spinner_on_a_growing_timer() {
+        let dog = dog(SpinAction::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(80),
+        });
+        let probe = dog.register();
+        let polls = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(probe.watch(self_waking(Arc::clone(&polls))));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        task.abort();
+        let n = polls.load(Ordering::Relaxed);
+        // Unchecked, this loop runs millions of polls in 500 ms. Parked, each spin
+        // costs 1000 polls and a pause of 10, 20, 40, 80, 80... ms: under 10 spins.
+        assert!(n < 12_000, "{n} polls in 500 ms");
+        let spins = probe.snapshot().spins;
+        assert!((3..=12).contains(&spins), "{spins} spins");
+    }
+
+    #[tokio::test]
+    async fn log_only_counts_and_lets_the_future_finish() {
+        let dog = dog(SpinAction::Log);
+        let probe = dog.register();
+        let mut left = 2500u32;
+        let out = probe
+            .watch(std::future::poll_fn(move |cx| {
+                if left == 0 {
+                    return Poll::Ready(7);
+                }
+                left -= 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }))
+            .await;
+        assert_eq!(out, Ok(7));
+        assert_eq!(probe.snapshot().spins, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_report_is_a_spin_at_once() {
+        let dog = dog(SpinAction::Close);
+        let probe = dog.register();
+        let p2 = probe.clone();
+        let out = probe
+            .watch(std::future::poll_fn(move |cx| {
+                p2.stuck("wants neither read nor write");
+                cx.waker().wake_by_ref();
+                Poll::<()>::Pending
+            }))
+            .await;
+        let spun = out.unwrap_err();
+        assert_eq!(spun.stuck.as_deref(), Some("wants neither read nor write"));
+        assert_eq!(probe.snapshot().polls, 1);
+    }
+
+    #[tokio::test]
+    async fn busy_but_moving_bytes_is_not_a_spin() {
+        // A copy loop that yields after every chunk: many polls, each moving bytes.
+        let dog = dog(SpinAction::Close);
+        let probe = dog.register();
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = probe.io(a);
+        let writer = tokio::spawn(async move {
+            for _ in 0..20_000 {
+                b.write_all(&[1u8; 64]).await.unwrap();
+            }
+        });
+        let out = probe
+            .watch(async move {
+                let mut total = 0usize;
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = a.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return total;
+                    }
+                    total += n;
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+        writer.await.unwrap();
+        assert_eq!(out, Ok(20_000 * 64));
+        assert_eq!(probe.snapshot().spins, 0);
+    }
+
+    #[tokio::test]
+    async fn slow_wakeups_are_not_a_spin() {
+        // Woken by a timer every millisecond without I/O: ~100 polls per 100 ms.
+        let dog = dog(SpinAction::Close);
+        let probe = dog.register();
+        let out = probe
+            .watch(async {
+                for _ in 0..300 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+        assert!(out.is_ok());
+        assert_eq!(probe.snapshot().spins, 0);
+        assert_eq!(probe.snapshot().self_wakes, 0);
+    }
+
+    #[tokio::test]
+    async fn the_registry_lists_live_connections_only() {
+        let dog = dog(SpinAction::Close);
+        let a = dog.register();
+        let b = dog.register();
+        a.set("app", "web");
+        let mut ids: Vec<u64> = dog.connections().iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![a.id(), b.id()]);
+        drop(a);
+        assert_eq!(dog.connections().len(), 1);
+        assert_eq!(dog.connections()[0].id, b.id());
+    }
+}
