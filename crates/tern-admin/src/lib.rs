@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 mod catalog_json;
+mod connections;
 mod recorder;
 mod server;
 
 pub use catalog_json::catalog_json;
+pub use connections::connections_json;
 pub use recorder::{install_recorder, MetricsError};
 pub use server::{serve, AdminState};

@@ -15,11 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::catalog_json;
+use crate::connections::connections_json;
+use pollwatch::Watchdog;
+use std::time::Duration;
 
 /// What the admin endpoints read.
 pub struct AdminState {
     pub catalog: Arc<dyn Catalog>,
     pub metrics: PrometheusHandle,
+    /// The spin watchdog, for `/debug/connections`; admin connections run under it.
+    pub watchdog: Option<Watchdog>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -29,7 +34,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -41,20 +46,39 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let state = Arc::clone(&state);
+        let probe = state.watchdog.as_ref().map(|d| {
+            let p = d.register();
+            p.set("listener", "admin");
+            p.set("peer", peer.to_string());
+            p
+        });
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
-            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = conn.serve_connection(TokioIo::new(stream), svc).await {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let ended = match probe {
+                Some(p) => {
+                    let io = TokioIo::new(p.io(stream));
+                    match p.watch(builder.serve_connection(io, svc)).await {
+                        Ok(r) => r,
+                        Err(spun) => {
+                            tracing::debug!(%spun, "admin connection cut by the spin watchdog");
+                            return;
+                        }
+                    }
+                }
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
     }
 }
 
-fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,6 +96,21 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "text/plain; version=0.0.4",
             )
         }
+        "/debug/connections" => match &state.watchdog {
+            Some(dog) => {
+                let ms = query_u64(&req, "sample_ms").unwrap_or(200).clamp(10, 5000);
+                text(
+                    StatusCode::OK,
+                    connections_json(dog, Duration::from_millis(ms)).await,
+                    "application/json",
+                )
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "the spin watchdog is disabled ([watchdog] enabled = false)\n".into(),
+                "text/plain",
+            ),
+        },
         "/catalog" => text(
             StatusCode::OK,
             catalog_json(&state.catalog.snapshot()),
@@ -79,7 +118,7 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /catalog\n".into(),
+            "not found; try /metrics, /healthz, /catalog or /debug/connections\n".into(),
             "text/plain",
         ),
     }
@@ -131,7 +170,16 @@ mod tern_balance_band {
     pub const AT: &str = "at_hard";
 }
 
-fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {
+pub(crate) fn query_u64<B>(req: &Request<B>, key: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+pub(crate) fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

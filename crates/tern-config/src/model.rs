@@ -13,6 +13,7 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub log: Log,
+    pub watchdog: Watchdog,
     /// Measured round-trip times between regions, symmetric. Same region is zero.
     pub regions: RegionDistances,
     pub apps: Vec<App>,
@@ -76,6 +77,42 @@ pub struct Limits {
     pub connect_attempts: usize,
     /// How long in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
+}
+
+/// The spin watchdog (per connection) and the runtime watchdog (per process).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watchdog {
+    /// Run every connection under the spin watchdog.
+    pub enabled: bool,
+    /// Polls in a row without progress that make a spin...
+    pub spin_polls: u64,
+    /// ...when they happen within this window.
+    pub spin_window: Duration,
+    pub action: SpinAction,
+    /// First pause of the `backoff` action; it doubles at each further spin.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How often the runtime watchdog pings the runtime.
+    pub runtime_interval: Duration,
+    /// A ping unanswered for this long means the runtime has stalled.
+    pub runtime_deadline: Duration,
+    pub runtime_action: RuntimeAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinAction {
+    Close,
+    Backoff,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeAction {
+    /// Log stacks and a runtime snapshot, then exit with status 70 for a supervisor
+    /// to restart the process.
+    Exit,
+    /// Log only.
+    Log,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub tls: Option<RawTls>,
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
+    pub watchdog: Option<RawWatchdog>,
     #[serde(default)]
     pub region: Vec<RawRegion>,
     #[serde(default)]
@@ -72,6 +73,20 @@ pub(crate) struct RawLimits {
 pub(crate) struct RawLog {
     pub format: Opt<String>,
     pub level: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWatchdog {
+    pub enabled: Opt<bool>,
+    pub spin_polls: Opt<i64>,
+    pub spin_window: Opt<DurationText>,
+    pub action: Opt<String>,
+    pub backoff_initial: Opt<DurationText>,
+    pub backoff_max: Opt<DurationText>,
+    pub runtime_interval: Opt<DurationText>,
+    pub runtime_deadline: Opt<DurationText>,
+    pub runtime_action: Opt<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -422,7 +422,7 @@ fn unknown_key() {
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
-        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `region`, `app`, `machine`"
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `watchdog`, `region`, `app`, `machine`"
     );
 }
 
@@ -775,5 +775,42 @@ fn columns_count_characters() {
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[log]\nlevel = \"é\"; format = 1\n"),
         "t.toml:5:12: unexpected key or value, expected newline, `#`"
+    );
+}
+
+#[test]
+fn watchdog_defaults_and_values() {
+    let c = parse(
+        "[node]\nid = \"n\"\nregion = \"ams\"\n",
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    assert!(c.watchdog.enabled);
+    assert_eq!(c.watchdog.spin_polls, 1000);
+    assert_eq!(
+        c.watchdog.spin_window,
+        std::time::Duration::from_millis(100)
+    );
+    assert_eq!(c.watchdog.action, SpinAction::Close);
+    assert_eq!(c.watchdog.runtime_action, RuntimeAction::Exit);
+
+    let c = parse(
+        "[node]\nid = \"n\"\nregion = \"ams\"\n[watchdog]\naction = \"backoff\"\nspin_polls = 50\nruntime_action = \"log\"\nenabled = false\n",
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    assert!(!c.watchdog.enabled);
+    assert_eq!(c.watchdog.spin_polls, 50);
+    assert_eq!(c.watchdog.action, SpinAction::Backoff);
+    assert_eq!(c.watchdog.runtime_action, RuntimeAction::Log);
+
+    let e = parse(
+        "[node]\nid = \"n\"\nregion = \"ams\"\n[watchdog]\naction = \"kill\"\n",
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.toml:5:10: unknown watchdog.action \"kill\"; expected \"close\", \"backoff\" or \"log\""
     );
 }

@@ -74,6 +74,7 @@ impl Validator<'_> {
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
         let log = self.log(raw.log);
+        let watchdog = self.watchdog(raw.watchdog.unwrap_or_default());
         let regions = self.regions(raw.region);
         let apps = self.apps(raw.app, &node, &admin, admin_span.as_ref());
         let machines = self.machines(raw.machine, &apps);
@@ -83,9 +84,100 @@ impl Validator<'_> {
             tls,
             limits,
             log,
+            watchdog,
             regions,
             apps,
             machines,
+        }
+    }
+
+    fn watchdog(&mut self, raw: RawWatchdog) -> Watchdog {
+        let ms = Duration::from_millis;
+        let action = match &raw.action {
+            None => SpinAction::Close,
+            Some(a) => match a.get_ref().as_str() {
+                "close" => SpinAction::Close,
+                "backoff" => SpinAction::Backoff,
+                "log" => SpinAction::Log,
+                other => {
+                    self.error(
+                        &a.span(),
+                        format!("unknown watchdog.action \"{other}\"; expected \"close\", \"backoff\" or \"log\""),
+                    );
+                    SpinAction::Close
+                }
+            },
+        };
+        let runtime_action = match &raw.runtime_action {
+            None => RuntimeAction::Exit,
+            Some(a) => match a.get_ref().as_str() {
+                "exit" => RuntimeAction::Exit,
+                "log" => RuntimeAction::Log,
+                other => {
+                    self.error(
+                        &a.span(),
+                        format!("unknown watchdog.runtime_action \"{other}\"; expected \"exit\" or \"log\""),
+                    );
+                    RuntimeAction::Exit
+                }
+            },
+        };
+        let spin_polls = self.int(
+            &raw.spin_polls,
+            "watchdog.spin_polls",
+            1000,
+            2,
+            u64::from(u32::MAX),
+        );
+        let backoff_initial = self.duration(
+            &raw.backoff_initial,
+            "watchdog.backoff_initial",
+            ms(1),
+            false,
+        );
+        let backoff_max = self.duration(&raw.backoff_max, "watchdog.backoff_max", ms(1000), false);
+        if backoff_initial > backoff_max {
+            if let Some(b) = &raw.backoff_initial {
+                self.error(
+                    &b.span(),
+                    format!(
+                        "watchdog.backoff_initial ({backoff_initial:?}) must not exceed watchdog.backoff_max ({backoff_max:?})"
+                    ),
+                );
+            }
+        }
+        let runtime_interval = self.duration(
+            &raw.runtime_interval,
+            "watchdog.runtime_interval",
+            ms(1000),
+            false,
+        );
+        let runtime_deadline = self.duration(
+            &raw.runtime_deadline,
+            "watchdog.runtime_deadline",
+            ms(5000),
+            false,
+        );
+        if runtime_deadline < runtime_interval {
+            if let Some(d) = &raw.runtime_deadline {
+                self.error(
+                    &d.span(),
+                    format!(
+                        "watchdog.runtime_deadline ({runtime_deadline:?}) must be at least watchdog.runtime_interval ({runtime_interval:?})"
+                    ),
+                );
+            }
+        }
+        Watchdog {
+            enabled: raw.enabled.as_ref().is_none_or(|e| *e.get_ref()),
+            spin_polls,
+            spin_window: self.duration(&raw.spin_window, "watchdog.spin_window", ms(100), false),
+            action,
+            backoff_initial,
+            backoff_max,
+            runtime_interval,
+            runtime_deadline,
+            runtime_action,
         }
     }
 

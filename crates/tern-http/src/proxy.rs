@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// Machines this connection is bound to, for services counting connections.
     pub bindings: ConnBindings,
+    /// The connection's spin-watchdog probe, told the app and machine it serves.
+    pub probe: Option<pollwatch::Probe>,
 }
 
 impl ConnInfo {
@@ -50,6 +52,7 @@ impl ConnInfo {
             tls,
             sni,
             bindings: ConnBindings::default(),
+            probe: None,
         }
     }
 }
@@ -140,6 +143,9 @@ impl Proxy {
             )
         })?;
         outcome.app = app.name.clone();
+        if let Some(p) = &conn.probe {
+            p.set("app", app.name.clone());
+        }
         let service = app.service_for_port(conn.port).cloned().ok_or_else(|| {
             ProxyError::new(
                 ErrorCode::NoServiceForPort,
@@ -205,6 +211,9 @@ impl Proxy {
             .connect(&snapshot, &app, &service, conn, h2, upgrade)
             .await?;
         *req.uri_mut() = upstream_uri(req.uri(), &host, pick.addr, h2)?;
+        if let Some(p) = &conn.probe {
+            p.set("machine", pick.machine.config.id.clone());
+        }
 
         // send: the head must come back within the response-header timeout.
         let (resp, sender) = self.send(req, sender, pick.addr).await?;

@@ -12,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
+use pollwatch::{Probe, Watchdog, WatchedIo};
+use tokio_util::either::Either;
 
 /// Why no connection to a machine could be made. The request was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +52,26 @@ pub struct Upstreams {
     /// A pooled connection unused for this long is closed rather than reused.
     idle_timeout: Duration,
     max_idle_per_machine: usize,
+    /// Upstream connections run under the spin watchdog too.
+    watchdog: Option<Watchdog>,
 }
 
+/// A socket to a machine, watched or not.
+type UpstreamIo = TokioIo<Either<WatchedIo<TcpStream>, TcpStream>>;
+
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        watchdog: Option<Watchdog>,
+    ) -> Self {
         Upstreams {
             idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle_per_machine: 256,
+            watchdog,
         }
     }
 
@@ -96,15 +108,11 @@ impl Upstreams {
                 }
             }
         }
-        let io = self.connect_tcp(addr).await?;
+        let (io, probe) = self.connect_tcp(addr).await?;
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
+        tokio::spawn(watched(probe, addr, conn.with_upgrades()));
         Ok(Sender::H1 { tx, reused: false })
     }
 
@@ -138,15 +146,11 @@ impl Upstreams {
         if let Some(tx) = existing {
             return Ok(Sender::H2(tx));
         }
-        let io = self.connect_tcp(addr).await?;
+        let (io, probe) = self.connect_tcp(addr).await?;
         let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-            }
-        });
+        tokio::spawn(watched(probe, addr, conn));
         self.h2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -154,7 +158,10 @@ impl Upstreams {
         Ok(Sender::H2(tx))
     }
 
-    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
+    async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(UpstreamIo, Option<Probe>), ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -164,6 +171,34 @@ impl Upstreams {
             .map_err(|source| ConnectError::Io { addr, source })?;
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        match self.watchdog.as_ref().map(Watchdog::register) {
+            Some(probe) => {
+                probe.set("upstream", addr.to_string());
+                probe.set("state", "upstream-http");
+                Ok((TokioIo::new(Either::Left(probe.io(stream))), Some(probe)))
+            }
+            None => Ok((TokioIo::new(Either::Right(stream)), None)),
+        }
+    }
+}
+
+/// Drives an upstream connection, under the watchdog when there is one.
+async fn watched<F, E>(probe: Option<Probe>, addr: SocketAddr, conn: F)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let ended = match probe {
+        Some(p) => match p.watch(conn).await {
+            Ok(r) => r,
+            Err(spun) => {
+                tracing::debug!(%addr, %spun, "upstream connection cut by the spin watchdog");
+                return;
+            }
+        },
+        None => conn.await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%addr, error = %e, "upstream connection ended");
     }
 }

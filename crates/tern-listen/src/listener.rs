@@ -5,11 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pollwatch::{Probe, Watchdog};
 use tern_catalog::Catalog;
 use tern_http::{serve_connection, ConnInfo, Proxy, ServerSettings};
 use tern_tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub max_connections: usize,
     /// Every connection task, so shutdown can wait for them to drain.
     pub tracker: TaskTracker,
+    /// The spin watchdog every connection runs under; `None` when disabled.
+    pub watchdog: Option<Watchdog>,
 }
 
 /// A bound public port.
@@ -109,24 +112,48 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
         let shutdown = shutdown.clone();
         shared.tracker.spawn(async move {
             let _permit = permit;
-            handle(stream, peer, plan, shared2, shutdown).await;
+            let _ = stream.set_nodelay(true);
+            let local = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::new(peer.ip(), plan.port));
+            match shared2.watchdog.as_ref().map(Watchdog::register) {
+                Some(probe) => {
+                    probe.set("peer", peer.to_string());
+                    probe.set("listener", plan.port.to_string());
+                    probe.set("state", if plan.tls { "tls-handshake" } else { "accepted" });
+                    let io = probe.io(stream);
+                    let conn = handle(io, peer, local, plan, &shared2, shutdown, Some(probe.clone()));
+                    if let Err(spun) = probe.watch(conn).await {
+                        tracing::debug!(%peer, port = plan.port, %spun, "connection cut by the spin watchdog");
+                    }
+                }
+                None => handle(stream, peer, local, plan, &shared2, shutdown, None).await,
+            }
         });
     }
 }
 
-async fn handle(
-    stream: TcpStream,
+async fn handle<IO>(
+    stream: IO,
     peer: SocketAddr,
+    local: SocketAddr,
     plan: PortPlan,
-    shared: Arc<Shared>,
+    shared: &Shared,
     shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::new(peer.ip(), plan.port));
+    probe: Option<Probe>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     if !plan.tls {
-        return dispatch(stream, peer, local, plan, None, false, &shared, shutdown).await;
+        let conn = Conn {
+            peer,
+            local,
+            plan,
+            sni: None,
+            h2: false,
+            probe,
+        };
+        return dispatch(stream, conn, shared, shutdown).await;
     }
     let acceptor = if plan.http {
         shared.http_tls.as_ref()
@@ -139,8 +166,23 @@ async fn handle(
     match acceptor.accept(stream).await {
         Ok(tls) => {
             let info = tern_tls::handshake_info(&tls);
-            let h2 = info.is_h2();
-            dispatch(tls, peer, local, plan, info.sni, h2, &shared, shutdown).await;
+            if let Some(p) = &probe {
+                if let Some(sni) = &info.sni {
+                    p.set("sni", sni.clone());
+                }
+                if let Some(alpn) = &info.alpn {
+                    p.set("alpn", String::from_utf8_lossy(alpn).into_owned());
+                }
+            }
+            let conn = Conn {
+                peer,
+                local,
+                plan,
+                sni: info.sni.clone(),
+                h2: info.is_h2(),
+                probe,
+            };
+            dispatch(tls, conn, shared, shutdown).await;
         }
         Err(e) => {
             tracing::debug!(%peer, port = plan.port, error = %e, "TLS handshake failed");
@@ -148,31 +190,39 @@ async fn handle(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn dispatch<IO>(
-    io: IO,
-    peer: SocketAddr,
-    local: SocketAddr,
-    plan: PortPlan,
-    sni: Option<String>,
-    h2: bool,
-    shared: &Shared,
-    shutdown: watch::Receiver<bool>,
-) where
+/// What is known of a client connection once any TLS is done.
+pub(crate) struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub plan: PortPlan,
+    pub sni: Option<String>,
+    pub h2: bool,
+    pub probe: Option<Probe>,
+}
+
+async fn dispatch<IO>(io: IO, conn: Conn, shared: &Shared, shutdown: watch::Receiver<bool>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if plan.http {
-        let info = ConnInfo::new(peer, plan.port, plan.tls, sni);
+    if conn.plan.http {
+        if let Some(p) = &conn.probe {
+            p.set("state", "http");
+        }
+        let mut info = ConnInfo::new(conn.peer, conn.plan.port, conn.plan.tls, conn.sni);
+        info.probe = conn.probe;
         serve_connection(
             io,
             info,
-            h2,
+            conn.h2,
             Arc::clone(&shared.proxy),
             &shared.server,
             shutdown,
         )
         .await;
     } else {
-        tcp::serve(io, peer, local, plan, sni, shared).await;
+        if let Some(p) = &conn.probe {
+            p.set("state", "tcp");
+        }
+        tcp::serve(io, conn, shared).await;
     }
 }

@@ -1,30 +1,32 @@
 //! A raw TCP connection (plain or after TLS): pick the app by port or SNI, admit it
 //! to a machine, send the PROXY header if asked, then splice.
 
-use std::net::SocketAddr;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::listener::Shared;
-use crate::plan::PortPlan;
+use crate::listener::{Conn, Shared};
 
-pub(crate) async fn serve<IO>(
-    mut io: IO,
-    peer: SocketAddr,
-    local: SocketAddr,
-    plan: PortPlan,
-    sni: Option<String>,
-    shared: &Shared,
-) where
+pub(crate) async fn serve<IO>(mut io: IO, conn: Conn, shared: &Shared)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let Conn {
+        peer,
+        local,
+        plan,
+        sni,
+        probe,
+        ..
+    } = conn;
     let snap = shared.catalog.snapshot();
     let app = if plan.tls {
         sni.as_deref().and_then(|s| snap.hosts.lookup(s))
     } else {
         snap.tcp_owner(plan.port)
     };
+    if let (Some(p), Some(app)) = (&probe, app) {
+        p.set("app", app.name.clone());
+    }
     let Some(app) = app.cloned() else {
         tracing::info!(%peer, port = plan.port, sni = ?sni, "no app for this TCP connection");
         count("-", "no_app");
@@ -56,7 +58,7 @@ pub(crate) async fn serve<IO>(
             }
         };
         let connect = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(pick.addr));
-        let mut machine = match connect.await {
+        let machine = match connect.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
@@ -70,6 +72,14 @@ pub(crate) async fn serve<IO>(
             }
         };
         let _ = machine.set_nodelay(true);
+        if let Some(p) = &probe {
+            p.set("machine", pick.machine.config.id.clone());
+        }
+        // The machine side is this connection's I/O too: bytes there are progress.
+        let mut machine = match &probe {
+            Some(p) => tokio_util::either::Either::Left(p.io(machine)),
+            None => tokio_util::either::Either::Right(machine),
+        };
         let header = proxy_proto
             .map(|v| tern_tcp::proxy_header(v, peer, local))
             .unwrap_or_default();

@@ -38,6 +38,26 @@ pub fn check_certificates(config: &Config) -> anyhow::Result<Option<Arc<CertStor
     }
 }
 
+/// The spin watchdog as configured; `None` when disabled, so nothing is wrapped.
+fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
+    if !w.enabled {
+        return None;
+    }
+    let action = match w.action {
+        tern_config::SpinAction::Close => pollwatch::SpinAction::Close,
+        tern_config::SpinAction::Log => pollwatch::SpinAction::Log,
+        tern_config::SpinAction::Backoff => pollwatch::SpinAction::Backoff {
+            initial: w.backoff_initial,
+            max: w.backoff_max,
+        },
+    };
+    Some(pollwatch::Watchdog::new(pollwatch::SpinConfig {
+        polls: w.spin_polls,
+        window: w.spin_window,
+        action,
+    }))
+}
+
 /// Runs the node until a signal. `ready` learns the bound addresses.
 pub fn run(config: Config, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -94,8 +114,13 @@ pub async fn serve(
         None => (None, None),
     };
 
+    let watchdog = spin_watchdog(&config.watchdog);
     let limits = &config.limits;
-    let upstreams = Arc::new(Upstreams::new(limits.connect_timeout, limits.idle_timeout));
+    let upstreams = Arc::new(Upstreams::new(
+        limits.connect_timeout,
+        limits.idle_timeout,
+        watchdog.clone(),
+    ));
     let proxy = Arc::new(Proxy::new(
         Arc::clone(&catalog),
         upstreams,
@@ -124,6 +149,7 @@ pub async fn serve(
         queue_timeout: limits.queue_timeout,
         max_connections: limits.max_connections_per_listener,
         tracker: tracker.clone(),
+        watchdog: watchdog.clone(),
     });
 
     // Bind everything before serving anything: a port in use is a startup error.
@@ -151,6 +177,7 @@ pub async fn serve(
     let admin_state = Arc::new(AdminState {
         catalog: Arc::clone(&catalog),
         metrics,
+        watchdog,
     });
     tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
     let mut health_stop = shutdown_rx.clone();
