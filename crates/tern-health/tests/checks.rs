@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tern_catalog::{Catalog, FileCatalog, ServiceSlot};
 use tern_config::{
-    Admin, App, Concurrency, ConcurrencyKind, Config, HttpCheck, Limits, Log, LogFormat, Machine,
-    MachineState, Node, RegionDistances, Service, TcpCheck, Tls, UnknownSni,
+    App, Concurrency, ConcurrencyKind, Config, HttpCheck, Machine, MachineState, Service, TcpCheck,
 };
 use tern_health::HealthChecker;
 use tokio::net::TcpListener;
@@ -29,45 +28,15 @@ const INTERVAL: Duration = Duration::from_millis(50);
 // ---- fleet -------------------------------------------------------------------
 
 fn config(apps: Vec<App>, machines: Vec<Machine>) -> Config {
-    let secs = Duration::from_secs;
-    Config {
-        node: Node {
-            id: "test-1".into(),
-            region: "ams".into(),
-            workers: 1,
-            bind: LOCALHOST,
-        },
-        admin: Admin {
-            listen: SocketAddr::new(LOCALHOST, 0),
-        },
-        tls: Tls {
-            certs_dir: None,
-            unknown_sni: UnknownSni::Reject,
-            handshake_timeout: secs(5),
-            reload_interval: secs(5),
-        },
-        limits: Limits {
-            header_read_timeout: secs(5),
-            idle_timeout: secs(60),
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_request_body: 1 << 20,
-            connect_timeout: secs(1),
-            response_header_timeout: secs(5),
-            max_connections_per_listener: 1000,
-            queue_size: 10,
-            queue_timeout: secs(1),
-            connect_attempts: 2,
-            drain_timeout: secs(5),
-        },
-        log: Log {
-            format: LogFormat::Text,
-            level: "info".into(),
-        },
-        regions: RegionDistances::default(),
-        apps,
-        machines,
-    }
+    // Defaults come from the real parser; the fleet is built in code.
+    let mut c = tern_config::parse(
+        "[node]\nid = \"test-1\"\nregion = \"ams\"\nworkers = 1\nbind = \"127.0.0.1\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        std::path::Path::new("test.toml"),
+    )
+    .expect("minimal config parses");
+    c.apps = apps;
+    c.machines = machines;
+    c
 }
 
 fn app(port: u16, tcp_checks: Vec<TcpCheck>, http_checks: Vec<HttpCheck>) -> App {

@@ -11,9 +11,11 @@ use tern_catalog::Pick;
 /// One unit of load, shared by every request that rides on it.
 pub(crate) type Unit = Arc<LoadGuard>;
 
+type ByService = HashMap<(String, u16), (Pick, Unit)>;
+
 /// A client connection's bindings, keyed by app and internal port.
 #[derive(Debug, Default, Clone)]
-pub struct ConnBindings(Arc<Mutex<HashMap<(String, u16), (Pick, Unit)>>>);
+pub struct ConnBindings(Arc<Mutex<ByService>>);
 
 impl ConnBindings {
     pub(crate) fn get(&self, app: &str, port: u16) -> Option<(Pick, Unit)> {
