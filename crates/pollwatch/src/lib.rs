@@ -34,10 +34,12 @@ mod config;
 mod conn;
 mod io;
 mod registry;
+mod stall;
 mod watched;
 
 pub use config::{SpinAction, SpinConfig};
 pub use conn::{ConnSnapshot, Probe};
 pub use io::WatchedIo;
 pub use registry::Watchdog;
+pub use stall::{runtime_snapshot, thread_dump, StallConfig, StallReport, StallWatchdog};
 pub use watched::{Spun, Watched};

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::catalog_json;
 use crate::connections::connections_json;
+use crate::runtime_metrics::BusyTracker;
 use pollwatch::Watchdog;
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// The spin watchdog, for `/debug/connections`; admin connections run under it.
     pub watchdog: Option<Watchdog>,
+    pub busy: BusyTracker,
+    /// Test-only endpoints under /debug/test/ (TERN_TEST_HOOKS=1).
+    pub test_hooks: bool,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -88,8 +92,22 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/debug/test/block-runtime" if state.test_hooks => {
+            // Blocks every worker thread, as a stuck poll or a blocking call would.
+            let ms = query_u64(&req, "ms").unwrap_or(5000);
+            let workers = tokio::runtime::Handle::current().metrics().num_workers();
+            for _ in 0..workers {
+                tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) });
+            }
+            text(
+                StatusCode::OK,
+                format!("blocking {workers} workers for {ms} ms\n"),
+                "text/plain",
+            )
+        }
         "/metrics" => {
             publish_gauges(state);
+            state.busy.publish();
             text(
                 StatusCode::OK,
                 state.metrics.render(),

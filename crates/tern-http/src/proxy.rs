@@ -28,6 +28,9 @@ pub struct ProxySettings {
     pub connect_attempts: usize,
     pub response_header_timeout: Duration,
     pub queue_timeout: Duration,
+    /// Test-only: `/__tern_test/spin` never completes and wakes itself forever,
+    /// the shape of the close_notify busy loop, for testing the spin watchdog.
+    pub test_hooks: bool,
 }
 
 /// The connection a request arrived on.
@@ -85,6 +88,13 @@ impl Proxy {
 
     /// Serves one request. Never fails: Tern's own errors become coded responses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        if self.settings.test_hooks && req.uri().path() == "/__tern_test/spin" {
+            std::future::poll_fn(|cx| {
+                cx.waker().wake_by_ref();
+                std::task::Poll::<()>::Pending
+            })
+            .await;
+        }
         let started = Instant::now();
         let request_id = headers::request_id();
         let method = req.method().clone();

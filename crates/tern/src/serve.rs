@@ -38,6 +38,42 @@ pub fn check_certificates(config: &Config) -> anyhow::Result<Option<Arc<CertStor
     }
 }
 
+/// Test-only hooks (a spinning request, a blocked runtime), never for production.
+fn test_hooks() -> bool {
+    std::env::var("TERN_TEST_HOOKS").is_ok_and(|v| v == "1")
+}
+
+/// Exit status when the runtime watchdog finds the runtime stalled, so that a
+/// supervisor can tell it from a crash and restart.
+pub const EXIT_RUNTIME_STALLED: i32 = 70;
+
+/// The runtime watchdog: a thread outside the runtime that pings it.
+fn stall_watchdog(w: &tern_config::Watchdog) -> anyhow::Result<pollwatch::StallWatchdog> {
+    let action = w.runtime_action;
+    let config = pollwatch::StallConfig {
+        interval: w.runtime_interval,
+        deadline: w.runtime_deadline,
+    };
+    let dog =
+        pollwatch::StallWatchdog::spawn(tokio::runtime::Handle::current(), config, move |r| {
+            tracing::error!(
+                waited = ?r.waited,
+                runtime = %r.runtime,
+                "runtime stalled: a ping went unanswered; thread stacks follow\n{}",
+                r.threads
+            );
+            if action == tern_config::RuntimeAction::Exit {
+                eprintln!(
+                    "tern: runtime stalled for {:?}; exiting with status {EXIT_RUNTIME_STALLED}",
+                    r.waited
+                );
+                std::process::exit(EXIT_RUNTIME_STALLED);
+            }
+        })
+        .context("starting the runtime watchdog")?;
+    Ok(dog)
+}
+
 /// The spin watchdog as configured; `None` when disabled, so nothing is wrapped.
 fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
     if !w.enabled {
@@ -94,6 +130,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
+    let _stall = stall_watchdog(&config.watchdog)?;
     let file_catalog = Arc::new(FileCatalog::new(&config));
     let catalog: Arc<dyn Catalog> = file_catalog;
 
@@ -129,6 +166,7 @@ pub async fn serve(
             connect_attempts: limits.connect_attempts,
             response_header_timeout: limits.response_header_timeout,
             queue_timeout: limits.queue_timeout,
+            test_hooks: test_hooks(),
         },
     ));
     let tracker = TaskTracker::new();
@@ -178,6 +216,8 @@ pub async fn serve(
         catalog: Arc::clone(&catalog),
         metrics,
         watchdog,
+        busy: Default::default(),
+        test_hooks: test_hooks(),
     });
     tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
     let mut health_stop = shutdown_rx.clone();
