@@ -295,18 +295,20 @@ impl Backend {
     }
 }
 
+type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
 async fn answer(
     req: Request<Incoming>,
     id: &str,
     healthy: &AtomicBool,
     hits: &AtomicUsize,
     health_hits: &AtomicUsize,
-) -> Response<Full<Bytes>> {
+) -> Response<TestBody> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
         health_hits.fetch_add(1, Ordering::Relaxed);
         let ok = healthy.load(Ordering::Relaxed);
-        let mut r = Response::new(Full::new(Bytes::from_static(b"health\n")));
+        let mut r = Response::new(Full::new(Bytes::from_static(b"health\n")).boxed_unsync());
         if !ok {
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         }
@@ -321,6 +323,31 @@ async fn answer(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    if path == "/big" {
+        // Streams `bytes` bytes in 64 KiB chunks.
+        let total: u64 = query
+            .get("bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64) as usize;
+                Some((
+                    Ok::<_, Infallible>(http_body::Frame::data(chunk.slice(..n))),
+                    left - n as u64,
+                ))
+            }
+        });
+        let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+        r.headers_mut()
+            .insert("content-length", http::HeaderValue::from(total));
+        return r;
+    }
     if path == "/slow" {
         let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -340,7 +367,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     text.push_str(&format!("body-bytes={}\n", body.len()));
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed_unsync());
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse().ok()) {
         *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     }
