@@ -4,12 +4,15 @@
 
 mod catalog_json;
 mod connections;
+mod flamegraph;
+mod profile;
 mod recorder;
 mod runtime_metrics;
 mod server;
 
 pub use catalog_json::catalog_json;
 pub use connections::connections_json;
+pub use profile::{profile, ProfileError, ProfileFormat};
 pub use recorder::{install_recorder, MetricsError};
 pub use runtime_metrics::BusyTracker;
 pub use server::{serve, AdminState};

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::catalog_json;
 use crate::connections::connections_json;
+use crate::profile::{profile, ProfileError, ProfileFormat};
 use crate::runtime_metrics::BusyTracker;
 use pollwatch::Watchdog;
 use std::time::Duration;
@@ -129,6 +130,31 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 "text/plain",
             ),
         },
+        "/debug/pprof/flamegraph" | "/debug/pprof/profile" => {
+            let format = if req.uri().path().ends_with("flamegraph") {
+                ProfileFormat::FlamegraphSvg
+            } else {
+                ProfileFormat::PprofProtobuf
+            };
+            let seconds = query_u64(&req, "seconds").unwrap_or(5);
+            match profile(seconds, format).await {
+                Ok(body) => {
+                    let ctype = match format {
+                        ProfileFormat::FlamegraphSvg => "image/svg+xml",
+                        ProfileFormat::PprofProtobuf => "application/octet-stream",
+                    };
+                    bytes_response(StatusCode::OK, body, ctype)
+                }
+                Err(e @ ProfileError::Busy) => {
+                    text(StatusCode::CONFLICT, format!("{e}\n"), "text/plain")
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{e}\n"),
+                    "text/plain",
+                ),
+            }
+        }
         "/catalog" => text(
             StatusCode::OK,
             catalog_json(&state.catalog.snapshot()),
@@ -136,7 +162,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /catalog or /debug/connections\n".into(),
+            "not found; try /metrics, /healthz, /catalog, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
             "text/plain",
         ),
     }
@@ -195,6 +221,16 @@ pub(crate) fn query_u64<B>(req: &Request<B>, key: &str) -> Option<u64> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
+}
+
+fn bytes_response(status: StatusCode, body: Vec<u8>, ctype: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    resp
 }
 
 pub(crate) fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {

@@ -180,9 +180,16 @@ async fn handle<IO>(
                 plan,
                 sni: info.sni.clone(),
                 h2: info.is_h2(),
-                probe,
+                probe: probe.clone(),
             };
-            dispatch(tls, conn, shared, shutdown).await;
+            match probe {
+                // The TLS-specific check: Pending while rustls wants neither to read
+                // nor to write can never be woken, so it counts as a spin at once.
+                Some(p) => {
+                    dispatch(tern_tls::TlsStuckCheck::new(tls, p), conn, shared, shutdown).await
+                }
+                None => dispatch(tls, conn, shared, shutdown).await,
+            }
         }
         Err(e) => {
             tracing::debug!(%peer, port = plan.port, error = %e, "TLS handshake failed");

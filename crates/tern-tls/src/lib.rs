@@ -10,6 +10,7 @@ mod reload;
 mod resolve;
 mod selfsigned;
 mod store;
+mod stuck;
 
 pub use acceptor::{
     handshake_info, http_alpn, server_config, HandshakeInfo, TlsAcceptor, ALPN_H2, ALPN_HTTP11,
@@ -19,5 +20,6 @@ pub use reload::{spawn_reloader, ReloadSummary};
 pub use resolve::CertInfo;
 pub use selfsigned::generate_self_signed;
 pub use store::CertStore;
+pub use stuck::{TlsStuckCheck, STUCK_REASON};
 pub use tern_config::UnknownSni;
 pub use tokio_rustls::server::TlsStream;

@@ -1,0 +1,419 @@
+//! Raw TCP services through a real `tern run`: plain pass-through with half-close,
+//! PROXY protocol v1 and v2 headers toward the machine, TLS terminated by SNI with
+//! raw bytes behind, and a connection closed when no machine can take it.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ppp::PartialResult;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+/// What the echo machine learned from a PROXY header.
+#[derive(Debug, Clone, Copy)]
+struct Proxied {
+    version: &'static str,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+/// A raw TCP machine: optionally reads a PROXY header first (reporting it on the
+/// channel), then echoes every byte; when the client's stream ends it writes
+/// `EOF-SEEN <n>` (n = bytes echoed) and closes.
+struct EchoMachine {
+    conns: Arc<AtomicUsize>,
+    headers: mpsc::UnboundedReceiver<Result<Proxied, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoMachine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EchoMachine {
+    async fn start(ip: IpAddr, port: u16, expect_proxy_header: bool) -> EchoMachine {
+        let listener = TcpListener::bind((ip, port))
+            .await
+            .expect("bind echo machine");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (tx, headers) = mpsc::unbounded_channel();
+        let counter = Arc::clone(&conns);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = echo(s, expect_proxy_header, tx).await;
+                });
+            }
+        });
+        EchoMachine {
+            conns,
+            headers,
+            task,
+        }
+    }
+}
+
+async fn echo(
+    mut s: TcpStream,
+    expect_proxy_header: bool,
+    tx: mpsc::UnboundedSender<Result<Proxied, String>>,
+) -> std::io::Result<()> {
+    let mut pending = Vec::new();
+    if expect_proxy_header {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                let _ = tx.send(Err(format!("EOF inside the PROXY header: {pending:?}")));
+                return Ok(());
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let parsed = ppp::HeaderResult::parse(&pending);
+            if parsed.is_incomplete() {
+                continue;
+            }
+            let (header, used) = match parsed {
+                ppp::HeaderResult::V1(Ok(h)) => {
+                    let used = h.header.len();
+                    match h.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => (
+                            Ok(Proxied {
+                                version: "v1",
+                                src: (a.source_address, a.source_port).into(),
+                                dst: (a.destination_address, a.destination_port).into(),
+                            }),
+                            used,
+                        ),
+                        other => (Err(format!("v1 addresses {other:?}")), used),
+                    }
+                }
+                ppp::HeaderResult::V2(Ok(h)) => {
+                    let used = h.len();
+                    match (h.command, h.addresses) {
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => (
+                            Ok(Proxied {
+                                version: "v2",
+                                src: (a.source_address, a.source_port).into(),
+                                dst: (a.destination_address, a.destination_port).into(),
+                            }),
+                            used,
+                        ),
+                        other => (Err(format!("v2 command/addresses {other:?}")), used),
+                    }
+                }
+                other => {
+                    let _ = tx.send(Err(format!("bad PROXY header {other:?}")));
+                    return Ok(());
+                }
+            };
+            let _ = tx.send(header);
+            pending.drain(..used);
+            break;
+        }
+    }
+    let mut total = pending.len();
+    s.write_all(&pending).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        s.write_all(&buf[..n]).await?;
+    }
+    s.write_all(format!("EOF-SEEN {total}").as_bytes()).await?;
+    s.shutdown().await?;
+    Ok(())
+}
+
+/// Deterministic, non-repeating-looking test bytes.
+fn payload(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes `data` then half-closes, while reading everything back; returns what came
+/// back. Bounded by `T`.
+async fn send_and_collect<S>(stream: S, data: Vec<u8>) -> Vec<u8>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.flush().await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut back = Vec::new();
+    let read = timeout(T, r.read_to_end(&mut back)).await;
+    let _w = timeout(T, writer).await.expect("writer finished").unwrap();
+    match read {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("read failed after {} bytes: {e}", back.len()),
+        Err(_) => panic!("no end of stream within {T:?} after {} bytes", back.len()),
+    }
+    back
+}
+
+fn expect_echo(back: &[u8], sent: &[u8]) {
+    let trailer = format!("EOF-SEEN {}", sent.len());
+    assert_eq!(
+        back.len(),
+        sent.len() + trailer.len(),
+        "echoed length (sent {})",
+        sent.len()
+    );
+    assert!(back[..sent.len()] == *sent, "echoed bytes differ from sent");
+    assert_eq!(
+        String::from_utf8_lossy(&back[sent.len()..]),
+        trailer,
+        "machine saw the client's end of stream"
+    );
+}
+
+/// A config with one app, `db`, whose services each have one public port.
+/// `services` is (internal_port, public port entry).
+fn tcp_config(ports: Ports, ips: &Ips, services: &[(u16, String)], state: &str) -> String {
+    let mut c = config_head(ports, "");
+    c.push_str(
+        "\n[tls]\ncerts_dir = \"certs\"\n\n[[app]]\nname = \"db\"\nhostnames = [\"db.test\"]\n",
+    );
+    for (internal, port) in services {
+        c.push_str(&format!(
+            "\n[[app.service]]\ninternal_port = {internal}\nports = [{port}]\n"
+        ));
+    }
+    c.push_str(&machine("m1", "db", "ams", ips.get(1)).replace("\"started\"", state));
+    c
+}
+
+struct Setup {
+    tern: Tern,
+    certs: Certs,
+}
+
+fn start(ports: Ports, ips: &Ips, services: &[(u16, String)], state: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["db.test"]);
+    let config = tcp_config(ports, ips, services, state);
+    let tern = Tern::start_in(dir, &config, ports);
+    Setup { tern, certs }
+}
+
+async fn connect(port: u16) -> TcpStream {
+    timeout(T, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connect in time")
+        .expect("connect to tern")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_tcp_echo_and_half_close() {
+    let ips = Ips::new();
+    let ports = Ports::new();
+    let mut m = EchoMachine::start(ips.get(1), 7100, false).await;
+    let s = start(
+        ports,
+        &ips,
+        &[(7100, format!("{{ port = {}, handlers = [] }}", ports.http))],
+        "\"started\"",
+    );
+
+    // Interactive: a line goes through and comes back before the client ends.
+    let mut c = connect(s.tern.ports.http).await;
+    c.write_all(b"ping\n").await.unwrap();
+    let mut got = [0u8; 5];
+    timeout(T, c.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&got, b"ping\n");
+    // Half-close: the client ends its side and still reads the machine's answer,
+    // which the machine only writes after seeing the end of stream.
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    timeout(T, c.read_to_end(&mut rest))
+        .await
+        .expect("reply after half-close in time")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), "EOF-SEEN 5");
+
+    // A bigger stream, both ways at once, arrives intact.
+    let data = payload(2 * 1024 * 1024 + 17, 1);
+    let back = send_and_collect(connect(s.tern.ports.http).await, data.clone()).await;
+    expect_echo(&back, &data);
+    assert_eq!(m.conns.load(Ordering::SeqCst), 2);
+    assert!(m.headers.try_recv().is_err(), "no PROXY header expected");
+}
+
+async fn proxy_proto_case(version: &str) {
+    let ips = Ips::new();
+    let ports = Ports::new();
+    let mut m = EchoMachine::start(ips.get(1), 7200, true).await;
+    let s = start(
+        ports,
+        &ips,
+        &[(
+            7200,
+            format!(
+                "{{ port = {}, handlers = [\"proxy_proto\"], proxy_proto_options = {{ version = \"{version}\" }} }}",
+                ports.http
+            ),
+        )],
+        "\"started\"",
+    );
+
+    for round in 0..2u32 {
+        let c = connect(s.tern.ports.http).await;
+        let client_addr = c.local_addr().unwrap();
+        let data = payload(256 * 1024 + round as usize, 7 + round);
+        let back = send_and_collect(c, data.clone()).await;
+
+        let header = timeout(T, m.headers.recv())
+            .await
+            .expect("machine got a header in time")
+            .expect("channel open")
+            .unwrap_or_else(|e| panic!("PROXY header: {e}"));
+        assert_eq!(header.version, version, "PROXY header version");
+        assert_eq!(header.src, client_addr, "PROXY source is the client");
+        assert_eq!(header.dst.port(), s.tern.ports.http, "PROXY dest port");
+        assert_eq!(
+            header.dst.ip(),
+            IpAddr::from([127, 0, 0, 1]),
+            "PROXY dest address"
+        );
+        // The header is not echoed back: only the client's own bytes follow it.
+        expect_echo(&back, &data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_v1_header_then_bytes() {
+    proxy_proto_case("v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_v2_header_then_bytes() {
+    proxy_proto_case("v2").await;
+}
+
+fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_terminated_raw_tcp_routed_by_sni() {
+    let ips = Ips::new();
+    let ports = Ports::new();
+    let m = EchoMachine::start(ips.get(1), 7300, false).await;
+    let s = start(
+        ports,
+        &ips,
+        &[(
+            7300,
+            format!("{{ port = {}, handlers = [\"tls\"] }}", ports.https),
+        )],
+        "\"started\"",
+    );
+    let connector = tls_connector(&s.certs.ca_pem);
+
+    let tcp = connect(s.tern.ports.https).await;
+    let tls = timeout(
+        T,
+        connector.connect(ServerName::try_from("db.test").unwrap(), tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("TLS handshake with SNI db.test");
+    let (_, conn) = tls.get_ref();
+    assert_eq!(conn.alpn_protocol(), None, "raw TLS ports offer no ALPN");
+    let data = payload(512 * 1024 + 3, 42);
+    let back = send_and_collect(tls, data.clone()).await;
+    expect_echo(&back, &data);
+    assert_eq!(m.conns.load(Ordering::SeqCst), 1);
+
+    // A name that belongs to no app gets no certificate (unknown_sni = reject).
+    let tcp = connect(s.tern.ports.https).await;
+    let refused = timeout(
+        T,
+        connector.connect(ServerName::try_from("other.test").unwrap(), tcp),
+    )
+    .await
+    .expect("handshake outcome in time");
+    assert!(refused.is_err(), "unknown SNI must fail the handshake");
+    assert_eq!(m.conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_started_machine_closes_without_data() {
+    let ips = Ips::new();
+    let ports = Ports::new();
+    // The machine's port is open, so a wrongly routed connection would be seen.
+    let m = EchoMachine::start(ips.get(1), 7400, false).await;
+    let s = start(
+        ports,
+        &ips,
+        &[(7400, format!("{{ port = {}, handlers = [] }}", ports.http))],
+        "\"started\"",
+    );
+    for _ in 0..3 {
+        let mut c = connect(s.tern.ports.http).await;
+        // The client may speak first; nothing must come back either way.
+        let _ = c.write_all(b"hello?").await;
+        let mut buf = Vec::new();
+        let read = timeout(T, c.read_to_end(&mut buf))
+            .await
+            .expect("tern closes the connection in time");
+        match read {
+            Ok(_) => {}
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "unexpected error {e}"
+            ),
+        }
+        assert!(buf.is_empty(), "no data expected, got {buf:?}");
+    }
+    assert_eq!(
+        m.conns.load(Ordering::SeqCst),
+        0,
+        "a stopped machine must get no connection"
+    );
+}
