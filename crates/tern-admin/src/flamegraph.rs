@@ -81,10 +81,9 @@ fn draw(
     let y = HEADER + (depth - 1 - level) as f64 * ROW;
     let pct = 100.0 * node.value as f64 / total as f64;
     let label = fit(name, w);
-    let _ = write!(
+    let _ = writeln!(
         out,
-        r#"<g><title>{t} ({v} samples, {pct:.2}%)</title><rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h}" fill="{c}" rx="2"/><text x="{tx:.2}" y="{ty:.1}">{label}</text></g>
-"#,
+        r#"<g><title>{t} ({v} samples, {pct:.2}%)</title><rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h}" fill="{c}" rx="2"/><text x="{tx:.2}" y="{ty:.1}">{label}</text></g>"#,
         t = escape(name),
         v = node.value,
         h = ROW - 1.0,

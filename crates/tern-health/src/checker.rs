@@ -32,6 +32,7 @@ pub struct HealthChecker {
     running: HashMap<CheckKey, Running>,
     slots: HashMap<(String, u16), Arc<SlotHealth>>,
     next_id: u64,
+    watchdog: Option<pollwatch::Watchdog>,
 }
 
 struct Running {
@@ -58,7 +59,14 @@ impl HealthChecker {
             running: HashMap::new(),
             slots: HashMap::new(),
             next_id: 0,
+            watchdog: None,
         }
+    }
+
+    /// Runs every HTTP check's exchange under the spin watchdog.
+    pub fn with_watchdog(mut self, watchdog: Option<pollwatch::Watchdog>) -> Self {
+        self.watchdog = watchdog;
+        self
     }
 
     /// Spawns `HealthChecker::new(catalog).run(shutdown)` on the current runtime.
@@ -125,7 +133,12 @@ impl HealthChecker {
             let id = self.next_id;
             self.next_id += 1;
             health.add(id, key.to_string(), previous);
-            let task = tokio::spawn(run_check(id, planned.spec.clone(), Arc::clone(&health)));
+            let task = tokio::spawn(run_check(
+                id,
+                planned.spec.clone(),
+                Arc::clone(&health),
+                self.watchdog.clone(),
+            ));
             self.running.insert(
                 key,
                 Running {

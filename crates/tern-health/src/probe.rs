@@ -1,6 +1,8 @@
 //! One run of one check against one machine: a TCP connect or an HTTP/1.1 request.
 
 use std::io;
+
+use pollwatch::Watchdog;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
@@ -20,6 +22,8 @@ pub const USER_AGENT_VALUE: &str = "tern-health";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProbeError {
+    #[error("cut by the spin watchdog: {0}")]
+    Spun(String),
     #[error("connection refused")]
     ConnectRefused,
     #[error("connect timed out after {0:?}")]
@@ -63,6 +67,11 @@ impl Probe {
 
     /// One attempt, bounded as a whole by the probe's timeout.
     pub async fn run(&self) -> Result<(), ProbeError> {
+        self.run_watched(None).await
+    }
+
+    /// One attempt, with the HTTP exchange under the spin watchdog when given.
+    pub async fn run_watched(&self, watchdog: Option<&Watchdog>) -> Result<(), ProbeError> {
         match self {
             Probe::Tcp { addr, timeout } => {
                 let deadline = Instant::now() + *timeout;
@@ -79,9 +88,20 @@ impl Probe {
                 let deadline = Instant::now() + *timeout;
                 let request = build_request(method, path, host)?;
                 let stream = connect(*addr, deadline, *timeout).await?;
-                timeout_at(deadline, exchange(stream, request))
-                    .await
-                    .map_err(|_| ProbeError::ResponseTimeout(*timeout))?
+                let exchanged = match watchdog.map(Watchdog::register) {
+                    Some(p) => {
+                        p.set("state", "health-check");
+                        p.set("upstream", addr.to_string());
+                        let watched = p.watch(exchange(p.io(stream), request));
+                        match timeout_at(deadline, watched).await {
+                            Ok(Ok(r)) => Ok(r),
+                            Ok(Err(spun)) => Ok(Err(ProbeError::Spun(spun.to_string()))),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => timeout_at(deadline, exchange(stream, request)).await,
+                };
+                exchanged.map_err(|_| ProbeError::ResponseTimeout(*timeout))?
             }
         }
     }
@@ -120,7 +140,10 @@ fn build_request(
         .map_err(|e| invalid("path", &e))
 }
 
-async fn exchange(stream: TcpStream, request: Request<Empty<Bytes>>) -> Result<(), ProbeError> {
+async fn exchange<IO>(stream: IO, request: Request<Empty<Bytes>>) -> Result<(), ProbeError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection is driven here rather than spawned, so it cannot outlive the
     // probe: when the response head arrives (or the timeout fires) it is dropped.

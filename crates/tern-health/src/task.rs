@@ -14,7 +14,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Runs until aborted by the checker. Each probe is bounded by its own timeout,
 /// so a hung machine delays the next tick rather than stacking probes up.
-pub(crate) async fn run_check(id: u64, spec: CheckSpec, health: Arc<SlotHealth>) {
+pub(crate) async fn run_check(
+    id: u64,
+    spec: CheckSpec,
+    health: Arc<SlotHealth>,
+    watchdog: Option<pollwatch::Watchdog>,
+) {
     // A machine that has just started is still booting; failing it now would only
     // log noise and flap it out of rotation.
     tokio::time::sleep(spec.grace_period).await;
@@ -22,7 +27,7 @@ pub(crate) async fn run_check(id: u64, spec: CheckSpec, health: Arc<SlotHealth>)
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = spec.probe.run().await;
+        let result = spec.probe.run_watched(watchdog.as_ref()).await;
         metrics::counter!(
             "tern_health_checks_total",
             "app" => spec.app.clone(),

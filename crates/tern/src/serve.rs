@@ -215,15 +215,19 @@ pub async fn serve(
     let admin_state = Arc::new(AdminState {
         catalog: Arc::clone(&catalog),
         metrics,
-        watchdog,
+        watchdog: watchdog.clone(),
         busy: Default::default(),
         test_hooks: test_hooks(),
     });
     tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
     let mut health_stop = shutdown_rx.clone();
-    let health = HealthChecker::spawn(Arc::clone(&catalog), async move {
-        let _ = health_stop.wait_for(|s| *s).await;
-    });
+    let health = tokio::spawn(
+        HealthChecker::new(Arc::clone(&catalog))
+            .with_watchdog(watchdog)
+            .run(async move {
+                let _ = health_stop.wait_for(|s| *s).await;
+            }),
+    );
 
     tracing::info!(
         node = %config.node.id,

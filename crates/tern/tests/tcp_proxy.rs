@@ -391,7 +391,7 @@ async fn no_started_machine_closes_without_data() {
         ports,
         &ips,
         &[(7400, format!("{{ port = {}, handlers = [] }}", ports.http))],
-        "\"started\"",
+        "\"stopped\"",
     );
     for _ in 0..3 {
         let mut c = connect(s.tern.ports.http).await;
