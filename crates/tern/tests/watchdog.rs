@@ -44,10 +44,22 @@ ports = [
 
 /// Starts Tern with the test hooks on.
 fn start(ports: Ports, ips: &Ips, watchdog: &str, limits: &str) -> (Tern, Certs) {
+    start_with_workers(ports, ips, watchdog, limits, 2)
+}
+
+fn start_with_workers(
+    ports: Ports,
+    ips: &Ips,
+    watchdog: &str,
+    limits: &str,
+    workers: usize,
+) -> (Tern, Certs) {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["web.test"]);
     std::env::set_var("TERN_TEST_HOOKS", "1");
-    let tern = Tern::start_in(dir, &config(ports, ips, watchdog, limits), ports);
+    let config = config(ports, ips, watchdog, limits)
+        .replace("workers = 2", &format!("workers = {workers}"));
+    let tern = Tern::start_in(dir, &config, ports);
     (tern, certs)
 }
 
@@ -381,11 +393,13 @@ async fn the_runtime_watchdog_exits_70_on_a_blocked_runtime() {
     let ips = Ips::new();
     let _b = Backend::start("m1", ips.get(1), 7000).await;
     let ports = Ports::new();
-    let (mut tern, _c) = start(
+    // One worker, so blocking it blocks the whole runtime.
+    let (mut tern, _c) = start_with_workers(
         ports,
         &ips,
         "runtime_interval = \"100ms\"\nruntime_deadline = \"500ms\"",
         "",
+        1,
     );
     let reply = tern.admin_get("/debug/test/block-runtime?ms=4000");
     assert!(reply.contains("blocking"), "{reply}");
@@ -412,11 +426,12 @@ async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
     let ips = Ips::new();
     let _b = Backend::start("m1", ips.get(1), 7000).await;
     let ports = Ports::new();
-    let (mut tern, _c) = start(
+    let (mut tern, _c) = start_with_workers(
         ports,
         &ips,
-        "runtime_interval = \"100ms\"\nruntime_deadline = \"500ms\"\nruntime_action = \"log\"",
+        "runtime_interval = \"100ms\"\nruntime_deadline = \"1s\"\nruntime_action = \"log\"",
         "",
+        1,
     );
     // Normal load first: 400 requests from 8 threads, no stall reported.
     let load: Vec<_> = (0..8)
@@ -434,7 +449,7 @@ async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
     assert!(!tern.log_text().contains("runtime stalled"));
 
     // Then a blocked runtime: logged, and the process lives on.
-    tern.admin_get("/debug/test/block-runtime?ms=1500");
+    tern.admin_get("/debug/test/block-runtime?ms=2500");
     let mut logged = false;
     for _ in 0..400 {
         if tern.log_text().contains("runtime stalled") {
