@@ -470,3 +470,116 @@ async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
     }
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_profiles_and_the_connection_list_come_from_the_admin_port() {
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let (tern, _c) = start(ports, &ips, r#"action = "close""#, "");
+
+    // A held-open client connection shows up with its context.
+    let mut held = StdTcpStream::connect(("127.0.0.1", ports.http)).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(held.read(&mut buf).unwrap() > 0);
+    let conns: serde_json::Value =
+        serde_json::from_str(body(&tern.admin_get("/debug/connections?sample_ms=50"))).unwrap();
+    let list = conns["connections"].as_array().unwrap();
+    let client = list
+        .iter()
+        .find(|c| c["context"]["listener"] == ports.http.to_string())
+        .unwrap_or_else(|| panic!("no client connection in {conns}"));
+    assert_eq!(client["context"]["app"], "web");
+    assert_eq!(client["context"]["machine"], "m1");
+    assert!(client["bytes_in"].as_u64().unwrap() > 0);
+    assert!(
+        list.iter()
+            .any(|c| c["context"]["state"] == "upstream-http"),
+        "{conns}"
+    );
+
+    // Load while profiling, so there is something to sample.
+    let load = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut n = 0;
+        while Instant::now() < until {
+            let _ = get(ports.http, "/");
+            n += 1;
+        }
+        n
+    });
+    let admin = tern.ports.admin;
+    let svg = std::thread::spawn(move || {
+        http_get_raw(
+            ("127.0.0.1", admin),
+            "/debug/pprof/flamegraph?seconds=1",
+            "admin",
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // One profile at a time.
+    let busy = tern.admin_get("/debug/pprof/profile?seconds=1");
+    assert!(busy.starts_with("HTTP/1.1 409"), "{busy}");
+    let svg = svg.join().unwrap();
+    let requests = load.join().unwrap();
+    eprintln!("{requests} requests during the profile");
+    assert!(
+        svg.starts_with("HTTP/1.1 200"),
+        "{}",
+        &svg[..svg.len().min(300)]
+    );
+    assert!(svg.contains("image/svg+xml"));
+    let svg_body = body(&svg);
+    assert!(
+        svg_body.starts_with("<?xml"),
+        "{}",
+        &svg_body[..svg_body.len().min(300)]
+    );
+    assert!(svg_body.trim_end().ends_with("</svg>"));
+    // What the samples show is checked under a real spin below; light load may
+    // land almost every sample in libc, which the profiler skips.
+
+    // The protobuf is binary: read it as bytes.
+    let mut s = StdTcpStream::connect(("127.0.0.1", tern.ports.admin)).unwrap();
+    s.write_all(
+        b"GET /debug/pprof/profile?seconds=1 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut pb = Vec::new();
+    s.read_to_end(&mut pb).unwrap();
+    let head = String::from_utf8_lossy(&pb[..pb.len().min(200)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/octet-stream"), "{head}");
+    let split = pb.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    // A pprof Profile always carries its sample types and string table.
+    assert!(pb.len() - split - 4 > 10, "empty profile");
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flamegraph_of_a_spinning_proxy_shows_the_spin() {
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let (tern, _c) = start(ports, &ips, r#"action = "log""#, "");
+    let spinner = std::thread::spawn(move || spin_request(ports.http, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(300));
+    let svg = tern.admin_get("/debug/pprof/flamegraph?seconds=1");
+    let _ = spinner.join();
+    let samples: u64 = svg
+        .split(" samples;")
+        .next()
+        .and_then(|s| s.rsplit('>').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!("{samples} samples of a spinning core");
+    assert!(samples >= 20, "{}", &svg[..svg.len().min(2000)]);
+    assert!(svg.contains("Watched"), "the spin's frames are missing");
+}
