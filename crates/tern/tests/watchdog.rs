@@ -490,7 +490,7 @@ async fn live_profiles_and_the_connection_list_come_from_the_admin_port() {
     let list = conns["connections"].as_array().unwrap();
     let client = list
         .iter()
-        .find(|c| c["context"]["listener"] == ports.http.to_string())
+        .find(|c| c["context"]["listener"].as_str() == Some(ports.http.to_string().as_str()))
         .unwrap_or_else(|| panic!("no client connection in {conns}"));
     assert_eq!(client["context"]["app"], "web");
     assert_eq!(client["context"]["machine"], "m1");
