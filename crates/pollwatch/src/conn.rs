@@ -191,6 +191,21 @@ impl Probe {
         }
     }
 
+    /// Like `set`, but allocates only when the value changes: for per-request
+    /// context (the app, the machine) on a long-lived connection.
+    pub fn note(&self, key: &'static str, value: &str) {
+        let mut ctx = self
+            .0
+            .context
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match ctx.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) if entry.1 == value => {}
+            Some(entry) => entry.1 = value.to_owned(),
+            None => ctx.push((key, value.to_owned())),
+        }
+    }
+
     /// Wraps an I/O object so the bytes it moves count as progress.
     pub fn io<IO>(&self, io: IO) -> WatchedIo<IO> {
         WatchedIo::new(io, Arc::clone(&self.0))

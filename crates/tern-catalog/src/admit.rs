@@ -26,8 +26,8 @@ impl Snapshot {
         tried: &[String],
         queue_timeout: Duration,
     ) -> Result<(Pick, LoadGuard), AdmitError> {
-        let untried = &|p: &Pick| !tried.contains(&p.machine.config.id);
-        if !self.eligible(app, service).iter().any(untried) {
+        let untried = |p: &Pick| !tried.contains(&p.machine.config.id);
+        if !self.any_eligible(app, service, tried) {
             return Err(AdmitError::NoHealthyMachine {
                 app: app.name.clone(),
             });
@@ -35,7 +35,7 @@ impl Snapshot {
         let attempt = || async move {
             self.ranked(app, service)
                 .into_iter()
-                .filter(untried)
+                .filter(|p| untried(p))
                 .find_map(|p| {
                     let guard = p.slot.load.try_acquire(p.slot.limits.hard)?;
                     Some((p, guard))
@@ -55,5 +55,102 @@ impl Snapshot {
                     waited,
                 },
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Catalog, FileCatalog};
+
+    fn catalog() -> FileCatalog {
+        let toml = r#"
+[node]
+id = "n"
+region = "ams"
+[[region]]
+code = "ams"
+rtt = { ord = "90ms" }
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+[[app.service]]
+internal_port = 7000
+concurrency = { type = "requests", soft_limit = 1, hard_limit = 2 }
+ports = [{ port = 80, handlers = ["http"] }]
+[[machine]]
+id = "near"
+app = "web"
+region = "ams"
+ip = "127.0.0.2"
+[[machine]]
+id = "far"
+app = "web"
+region = "ord"
+ip = "127.0.0.3"
+[[machine]]
+id = "off"
+app = "web"
+region = "ams"
+ip = "127.0.0.4"
+state = "stopped"
+"#;
+        FileCatalog::new(&tern_config::parse(toml, std::path::Path::new("t.toml")).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bands_then_distance_then_the_queue() {
+        let cat = catalog();
+        let snap = cat.snapshot();
+        let app = &snap.apps["web"];
+        let svc = &app.services[0];
+        let wait = Duration::from_millis(100);
+        let id = |p: &Pick| p.machine.config.id.clone();
+
+        // Under the soft limit everywhere: the near region wins; stopped never.
+        let (p1, g1) = snap.admit(app, svc, &[], wait).await.unwrap();
+        assert_eq!(id(&p1), "near");
+        // near is now over its soft limit; far is under it, so far wins.
+        let (p2, g2) = snap.admit(app, svc, &[], wait).await.unwrap();
+        assert_eq!(id(&p2), "far");
+        // Both over soft: nearest again, up to its hard limit.
+        let (p3, _g3) = snap.admit(app, svc, &[], wait).await.unwrap();
+        assert_eq!(id(&p3), "near");
+        let (p4, _g4) = snap.admit(app, svc, &[], wait).await.unwrap();
+        assert_eq!(id(&p4), "far");
+        // Everything at the hard limit: the queue times out.
+        let err = snap.admit(app, svc, &[], wait).await.unwrap_err();
+        assert!(matches!(err, AdmitError::QueueTimeout { .. }), "{err}");
+        // A release lets the next one in.
+        drop(g1);
+        let (p5, _g5) = snap.admit(app, svc, &[], wait).await.unwrap();
+        assert_eq!(id(&p5), "near");
+        drop(g2);
+        // Excluding machines already tried.
+        let tried = vec!["near".to_owned(), "far".to_owned()];
+        let err = snap.admit(app, svc, &tried, wait).await.unwrap_err();
+        assert!(matches!(err, AdmitError::NoHealthyMachine { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unhealthy_machines_are_not_eligible() {
+        let cat = catalog();
+        let snap = cat.snapshot();
+        let app = &snap.apps["web"];
+        let svc = &app.services[0];
+        for m in &app.machines {
+            m.live.slot(7000).unwrap().set_healthy(false);
+        }
+        let err = snap
+            .admit(app, svc, &[], Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdmitError::NoHealthyMachine { .. }));
+        app.machines[1].live.slot(7000).unwrap().set_healthy(true);
+        let (p, _g) = snap
+            .admit(app, svc, &[], Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(p.machine.config.id, "far");
     }
 }

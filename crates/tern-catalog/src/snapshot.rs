@@ -77,7 +77,12 @@ impl Snapshot {
     /// hard limit are left out (the caller queues when the list is empty but
     /// `eligible` is not).
     pub fn ranked(&self, app: &AppEntry, service: &ServiceEntry) -> Vec<Pick> {
-        let eligible = self.eligible(app, service);
+        let mut eligible = self.eligible(app, service);
+        if eligible.len() <= 1 {
+            // Nothing to rank; only the hard limit can rule it out.
+            eligible.retain(|p| p.slot.band() != tern_balance::Band::AtHard);
+            return eligible;
+        }
         let candidates: Vec<Candidate> = eligible
             .iter()
             .map(|p| Candidate {
@@ -90,6 +95,17 @@ impl Snapshot {
             .collect();
         let order = choose(&candidates, &mut rand::rng());
         order.into_iter().map(|i| eligible[i].clone()).collect()
+    }
+
+    /// Whether any started, healthy machine not in `tried` serves `service`;
+    /// allocates nothing.
+    pub fn any_eligible(&self, app: &AppEntry, service: &ServiceEntry, tried: &[String]) -> bool {
+        let port = service.config.internal_port;
+        app.machines.iter().any(|m| {
+            m.config.state == MachineState::Started
+                && m.live.slot(port).is_some_and(|s| s.healthy())
+                && !tried.contains(&m.config.id)
+        })
     }
 
     /// Started, healthy machines of `app` for `service`, whatever their load.

@@ -8,6 +8,7 @@ mod body;
 mod error;
 mod headers;
 mod proxy;
+mod request_metrics;
 mod server;
 mod upstream;
 

@@ -18,6 +18,7 @@ use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, Forwarded};
+use crate::request_metrics::RequestMetrics;
 use crate::upstream::{ConnectError, Sender, Upstreams};
 
 /// What the proxy needs from the configuration.
@@ -65,6 +66,7 @@ pub struct Proxy {
     catalog: Arc<dyn Catalog>,
     upstreams: Arc<Upstreams>,
     settings: ProxySettings,
+    metrics: RequestMetrics,
 }
 
 /// What a finished request is labelled with in metrics and logs.
@@ -83,6 +85,7 @@ impl Proxy {
             catalog,
             upstreams,
             settings,
+            metrics: RequestMetrics::default(),
         }
     }
 
@@ -120,16 +123,12 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("tern-request-id", v);
         }
-        let status = resp.status().as_u16().to_string();
-        let app = if outcome.app.is_empty() {
-            "-".to_owned()
-        } else {
-            outcome.app
-        };
-        metrics::counter!("tern_requests_total", "app" => app.clone(), "code" => outcome.code, "status" => status)
-            .increment(1);
-        metrics::histogram!("tern_request_duration_seconds", "app" => app)
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.record(
+            &outcome.app,
+            outcome.code,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
         tracing::debug!(request_id = %request_id, %method, status = resp.status().as_u16(), "request done");
         resp
     }
@@ -154,7 +153,7 @@ impl Proxy {
         })?;
         outcome.app = app.name.clone();
         if let Some(p) = &conn.probe {
-            p.set("app", app.name.clone());
+            p.note("app", &app.name);
         }
         let service = app.service_for_port(conn.port).cloned().ok_or_else(|| {
             ProxyError::new(
@@ -222,7 +221,7 @@ impl Proxy {
             .await?;
         *req.uri_mut() = upstream_uri(req.uri(), &host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
-            p.set("machine", pick.machine.config.id.clone());
+            p.note("machine", &pick.machine.config.id);
         }
 
         // send: the head must come back within the response-header timeout.

@@ -25,7 +25,7 @@ where
         snap.tcp_owner(plan.port)
     };
     if let (Some(p), Some(app)) = (&probe, app) {
-        p.set("app", app.name.clone());
+        p.note("app", &app.name);
     }
     let Some(app) = app.cloned() else {
         tracing::info!(%peer, port = plan.port, sni = ?sni, "no app for this TCP connection");
@@ -73,7 +73,7 @@ where
         };
         let _ = machine.set_nodelay(true);
         if let Some(p) = &probe {
-            p.set("machine", pick.machine.config.id.clone());
+            p.note("machine", &pick.machine.config.id);
         }
         // The machine side is this connection's I/O too: bytes there are progress.
         let mut machine = match &probe {

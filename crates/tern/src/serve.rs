@@ -96,13 +96,26 @@ fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
 
 /// Runs the node until a signal. `ready` learns the bound addresses.
 pub fn run(config: Config, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.node.workers)
+    let runtime = build_runtime(config.node.workers)?;
+    runtime.block_on(serve(config, ready, shutdown_signal()))
+}
+
+/// The runtime: with one worker, tokio's current-thread scheduler, which skips the
+/// work-stealing machinery that a single worker cannot use; otherwise the
+/// multi-thread scheduler with `workers` threads.
+pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
         .enable_all()
         .thread_name("tern-worker")
         .build()
-        .context("starting the runtime")?;
-    runtime.block_on(serve(config, ready, shutdown_signal()))
+        .context("starting the runtime")
 }
 
 /// Completes on SIGTERM or SIGINT.
