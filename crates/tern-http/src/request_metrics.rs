@@ -11,10 +11,13 @@ use metrics::{Counter, Histogram};
 /// flood of odd status codes cannot grow memory.
 const MAX_CACHED: usize = 4096;
 
+/// One app's request counters, by (code, status).
+type AppCounters = HashMap<(&'static str, u16), Counter>;
+
 #[derive(Default)]
 pub(crate) struct RequestMetrics {
     /// By app, then by (code, status): looked up by `&str`, without allocating.
-    counters: Mutex<HashMap<String, HashMap<(&'static str, u16), Counter>>>,
+    counters: Mutex<HashMap<String, AppCounters>>,
     latencies: Mutex<HashMap<String, Histogram>>,
 }
 
