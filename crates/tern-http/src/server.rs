@@ -72,7 +72,10 @@ pub async fn serve_connection<IO>(
         // idle keep-alive connection is governed by the idle timeout alone.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(settings.max_headers);
+        .max_headers(settings.max_headers)
+        // A client that ends its side right after a request (a POST followed by
+        // close_notify or FIN) still gets its answer, as nginx and HAProxy give it.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -189,8 +189,9 @@ fn tls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
 }
 
 /// One storm client: handshake, then a small POST, close_notify and the first four
-/// bytes of another record, all in one TCP write; TCP stays open. Returns when
-/// Tern closes the connection (or after `wait`), with the time that took.
+/// bytes of another record, all in one TCP write; TCP stays open. Returns, once
+/// Tern has answered and closed the connection, the time that took; `None` if it
+/// did not answer or did not close within `wait`.
 fn storm_client(
     port: u16,
     cfg: Arc<rustls::ClientConfig>,
@@ -215,17 +216,28 @@ fn storm_client(
     let sent = Instant::now();
     sock.write_all(&wire).unwrap();
     sock.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
+    let mut wire_in = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 4096];
         match sock.read(&mut buf) {
-            Ok(0) => return Some(sent.elapsed()),
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Some(sent.elapsed())
-            }
-            Err(_) => return None,
+            Ok(0) => break true,
+            Ok(n) => wire_in.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let took = sent.elapsed();
+    // Decrypt what came back: it must hold Tern's answer to the POST.
+    let mut rd = &wire_in[..];
+    while !rd.is_empty() {
+        if conn.read_tls(&mut rd).is_err() || conn.process_new_packets().is_err() {
+            break;
         }
     }
+    let mut plain = Vec::new();
+    let _ = conn.reader().read_to_end(&mut plain);
+    let answered = plain.starts_with(b"HTTP/1.1 200");
+    (closed && answered).then_some(took)
 }
 
 #[tokio::test(flavor = "multi_thread")]
