@@ -41,5 +41,7 @@ pub use config::{SpinAction, SpinConfig};
 pub use conn::{ConnSnapshot, Probe};
 pub use io::WatchedIo;
 pub use registry::Watchdog;
-pub use stall::{runtime_snapshot, thread_dump, StallConfig, StallReport, StallWatchdog};
+pub use stall::{
+    debugger_stacks, runtime_snapshot, thread_dump, StallConfig, StallReport, StallWatchdog,
+};
 pub use watched::{Spun, Watched};

@@ -59,8 +59,12 @@ fn stall_watchdog(w: &tern_config::Watchdog) -> anyhow::Result<pollwatch::StallW
             tracing::error!(
                 waited = ?r.waited,
                 runtime = %r.runtime,
-                "runtime stalled: a ping went unanswered; thread stacks follow\n{}",
+                "runtime stalled: a ping went unanswered; threads:\n{}",
                 r.threads
+            );
+            tracing::error!(
+                "stacks of the stalled process:\n{}",
+                pollwatch::debugger_stacks()
             );
             if action == tern_config::RuntimeAction::Exit {
                 eprintln!(

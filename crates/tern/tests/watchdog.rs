@@ -415,7 +415,7 @@ async fn the_runtime_watchdog_exits_70_on_a_blocked_runtime() {
     );
     let reply = tern.admin_get("/debug/test/block-runtime?ms=4000");
     assert!(reply.contains("blocking"), "{reply}");
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = tern.child.try_wait().unwrap() {
             break s;
@@ -464,7 +464,7 @@ async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
     // Then a blocked runtime: logged, and the process lives on.
     tern.admin_get("/debug/test/block-runtime?ms=2500");
     let mut logged = false;
-    for _ in 0..400 {
+    for _ in 0..600 {
         if tern.log_text().contains("runtime stalled") {
             logged = true;
             break;
