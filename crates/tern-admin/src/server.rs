@@ -20,6 +20,7 @@ use crate::profile::{profile, ProfileError, ProfileFormat};
 use crate::runtime_metrics::BusyTracker;
 use pollwatch::Watchdog;
 use std::time::Duration;
+use tern_balance::Band;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -180,18 +181,11 @@ fn publish_gauges(state: &AdminState) {
                     ("port", port.to_string()),
                 ];
                 metrics::gauge!("tern_machine_load", &labels).set(f64::from(slot.load.active()));
-                for band in [
-                    tern_balance_band::UNDER,
-                    tern_balance_band::OVER,
-                    tern_balance_band::AT,
-                ] {
+                let current = slot.band();
+                for band in Band::ALL {
                     let mut l = labels.to_vec();
-                    l.push(("band", band.to_owned()));
-                    let v = if slot.band().as_str() == band {
-                        1.0
-                    } else {
-                        0.0
-                    };
+                    l.push(("band", band.as_str().to_owned()));
+                    let v = if current == band { 1.0 } else { 0.0 };
                     metrics::gauge!("tern_machine_band", &l).set(v);
                 }
                 metrics::gauge!("tern_machine_healthy", &labels).set(if slot.healthy() {
@@ -206,12 +200,6 @@ fn publish_gauges(state: &AdminState) {
                 .set(s.queue.waiting() as f64);
         }
     }
-}
-
-mod tern_balance_band {
-    pub const UNDER: &str = "under_soft";
-    pub const OVER: &str = "over_soft";
-    pub const AT: &str = "at_hard";
 }
 
 pub(crate) fn query_u64<B>(req: &Request<B>, key: &str) -> Option<u64> {

@@ -17,6 +17,8 @@ pub enum Band {
 }
 
 impl Band {
+    pub const ALL: [Band; 3] = [Band::UnderSoft, Band::OverSoft, Band::AtHard];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Band::UnderSoft => "under_soft",

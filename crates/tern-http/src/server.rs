@@ -89,7 +89,7 @@ pub async fn serve_connection<IO>(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    tracing::debug!(peer = %info_peer(&activity), error = %e, "client connection ended with an error");
+                    tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
                 }
                 return;
             }
@@ -116,10 +116,6 @@ pub async fn serve_connection<IO>(
             }
         }
     }
-}
-
-fn info_peer(activity: &Activity) -> String {
-    format!("age {:?}", activity.age())
 }
 
 /// When the earliest timer could fire, given what the connection is doing now.

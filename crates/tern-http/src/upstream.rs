@@ -75,11 +75,6 @@ impl Upstreams {
         }
     }
 
-    /// Idle pooled HTTP/1.1 connections, over all machines.
-    pub fn idle_count(&self) -> usize {
-        self.lock_idle().values().map(Vec::len).sum()
-    }
-
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }

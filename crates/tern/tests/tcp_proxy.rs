@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use ppp::PartialResult;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -324,20 +323,6 @@ async fn proxy_protocol_v2_header_then_bytes() {
     proxy_proto_case("v2").await;
 }
 
-fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_terminated_raw_tcp_routed_by_sni() {
     let ips = Ips::new();
@@ -352,7 +337,7 @@ async fn tls_terminated_raw_tcp_routed_by_sni() {
         )],
         "\"started\"",
     );
-    let connector = tls_connector(&s.certs.ca_pem);
+    let connector = tls_connector(&s.certs.ca_pem, &[]);
 
     let tcp = connect(s.tern.ports.https).await;
     let tls = timeout(

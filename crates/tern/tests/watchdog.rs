@@ -10,8 +10,6 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 fn config(ports: Ports, ips: &Ips, watchdog: &str, limits: &str) -> String {
     let mut c = config_head(ports, limits);
@@ -173,21 +171,6 @@ async fn log_only_counts_and_logs_once() {
     // Tern is dropped (killed) here: a logged spin never ends by itself.
 }
 
-fn tls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 /// One storm client: handshake, then a small POST, close_notify and the first four
 /// bytes of another record, all in one TCP write; TCP stays open. Returns, once
 /// Tern has answered and closed the connection, the time that took; `None` if it
@@ -248,7 +231,7 @@ async fn the_close_notify_storm_ends_every_connection_without_a_spin() {
     let ports = Ports::new();
     let (tern, certs) = start(ports, &ips, r#"action = "close""#, "");
     let pid = tern.child.id();
-    let cfg = tls_client_config(&certs.ca_pem);
+    let cfg = client_tls_config(&certs.ca_pem, &[b"http/1.1"]);
     let go = Arc::new(Barrier::new(CLIENTS));
     let cpu0 = cpu_time(pid);
     let clients: Vec<_> = (0..CLIENTS)
