@@ -3,18 +3,33 @@
 
 use std::net::SocketAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+};
+
+// Built once: a name from a string is parsed on every use, and these are used on
+// every request (the profile in bench/PROFILE.md found a quarter of Tern's
+// user-space instructions in header-name parsing and formatting).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const TERN_CLIENT_IP: HeaderName = HeaderName::from_static("tern-client-ip");
+const TERN_REGION: HeaderName = HeaderName::from_static("tern-region");
+pub(crate) const TERN_REQUEST_ID: HeaderName = HeaderName::from_static("tern-request-id");
 
 /// Headers that describe one hop and never pass through a proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers and any header named in `Connection`. `Upgrade` is
@@ -34,7 +49,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -56,69 +71,96 @@ pub(crate) fn strip_tern_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The forwarding values that are the same for every request on a connection,
+/// made once when it is accepted.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnValues {
+    /// The client's address; an IPv4-mapped IPv6 address is shown as IPv4.
+    client_ip: HeaderValue,
+    port: HeaderValue,
+}
+
+impl ConnValues {
+    pub(crate) fn new(peer: SocketAddr, port: u16) -> Self {
+        ConnValues {
+            client_ip: HeaderValue::try_from(peer.ip().to_canonical().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            port: HeaderValue::from(port),
+        }
+    }
+}
+
 /// What Tern tells the machine about the client and itself.
 pub(crate) struct Forwarded<'a> {
-    pub client: SocketAddr,
+    pub conn: &'a ConnValues,
     pub tls: bool,
-    pub port: u16,
-    pub region: &'a str,
-    pub request_id: &'a str,
+    /// This node's region; `None` when it cannot be a header value.
+    pub region: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
     pub version: http::Version,
 }
 
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let ip = f.client.ip().to_canonical().to_string();
-    let xff = match headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-    {
-        prior if prior.is_empty() => ip.clone(),
-        prior => format!("{}, {ip}", prior.join(", ")),
-    };
-    headers.remove("x-forwarded-for");
-    insert(headers, "x-forwarded-for", &xff);
-    insert(
-        headers,
-        "x-forwarded-proto",
-        if f.tls { "https" } else { "http" },
-    );
-    insert(headers, "x-forwarded-port", &f.port.to_string());
-    let via = format!("{} tern", via_version(f.version));
-    match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let joined = format!("{prior}, {via}");
-            insert(headers, "via", &joined);
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let xff = match prior.next() {
+        None => f.conn.client_ip.clone(),
+        Some(first) => {
+            // Every prior value, in order, then the client.
+            let mut joined = first.as_bytes().to_vec();
+            for v in prior {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(f.conn.client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| f.conn.client_ip.clone())
         }
-        None => insert(headers, "via", &via),
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if f.tls { "https" } else { "http" }),
+    );
+    headers.insert(X_FORWARDED_PORT, f.conn.port.clone());
+    let via = via_value(f.version);
+    let via = match headers.get(VIA) {
+        Some(prior) => {
+            let mut joined = prior.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or(via)
+        }
+        None => via,
+    };
+    headers.insert(VIA, via);
+    headers.insert(TERN_CLIENT_IP, f.conn.client_ip.clone());
+    if let Some(region) = f.region {
+        headers.insert(TERN_REGION, region.clone());
     }
-    insert(headers, "tern-client-ip", &ip);
-    insert(headers, "tern-region", f.region);
-    insert(headers, "tern-request-id", f.request_id);
+    headers.insert(TERN_REQUEST_ID, f.request_id.clone());
 }
 
-pub(crate) fn via_version(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "0.9",
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_3 => "3",
-        _ => "1.1",
-    }
+/// `Via`'s entry for Tern on a message of this version (RFC 9110 §7.6.3).
+pub(crate) fn via_value(v: http::Version) -> HeaderValue {
+    HeaderValue::from_static(match v {
+        http::Version::HTTP_09 => "0.9 tern",
+        http::Version::HTTP_10 => "1.0 tern",
+        http::Version::HTTP_2 => "2 tern",
+        http::Version::HTTP_3 => "3 tern",
+        _ => "1.1 tern",
+    })
 }
 
-/// Sets a header from text Tern built; values that cannot be a header are skipped
-/// rather than sent corrupted.
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+/// A fresh request id: 128 random bits as 32 lowercase hex digits.
+pub(crate) fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        let nibble = (bits >> (124 - 4 * i)) & 0xf;
+        *digit = HEX[nibble as usize];
     }
-}
-
-/// A fresh request id: 128 random bits as hex.
-pub(crate) fn request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -173,14 +215,15 @@ mod tests {
     #[test]
     fn forwarding_headers_append_and_set() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 cdn")]);
+        let conn = ConnValues::new("[::ffff:192.0.2.7]:5555".parse().unwrap(), 443);
+        let region = HeaderValue::from_static("ams");
         add_forwarding(
             &mut h,
             &Forwarded {
-                client: "[::ffff:192.0.2.7]:5555".parse().unwrap(),
+                conn: &conn,
                 tls: true,
-                port: 443,
-                region: "ams",
-                request_id: "abc",
+                region: Some(&region),
+                request_id: &HeaderValue::from_static("abc"),
                 version: http::Version::HTTP_2,
             },
         );
@@ -191,5 +234,44 @@ mod tests {
         assert_eq!(h["tern-client-ip"], "192.0.2.7");
         assert_eq!(h["tern-region"], "ams");
         assert_eq!(h["tern-request-id"], "abc");
+    }
+
+    #[test]
+    fn every_prior_forwarded_for_is_kept_in_order() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ]);
+        let conn = ConnValues::new("198.51.100.9:1234".parse().unwrap(), 80);
+        add_forwarding(
+            &mut h,
+            &Forwarded {
+                conn: &conn,
+                tls: false,
+                region: None,
+                request_id: &request_id(),
+                version: http::Version::HTTP_11,
+            },
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 10.0.0.2, 10.0.0.3, 198.51.100.9"]
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-port"], "80");
+        assert_eq!(h["via"], "1.1 tern");
+        assert!(!h.contains_key("tern-region"));
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let a = request_id();
+        let b = request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
     }
 }

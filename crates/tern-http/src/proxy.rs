@@ -17,7 +17,7 @@ use tern_config::ConcurrencyKind;
 use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd};
 use crate::error::{ErrorCode, ProxyError};
-use crate::headers::{self, Forwarded};
+use crate::headers::{self, ConnValues, Forwarded};
 use crate::request_metrics::RequestMetrics;
 use crate::upstream::{ConnectError, Sender, Upstreams};
 
@@ -46,6 +46,8 @@ pub struct ConnInfo {
     pub bindings: ConnBindings,
     /// The connection's spin-watchdog probe, told the app and machine it serves.
     pub probe: Option<pollwatch::Probe>,
+    /// Forwarding header values, made once per connection.
+    pub(crate) values: ConnValues,
 }
 
 impl ConnInfo {
@@ -57,6 +59,7 @@ impl ConnInfo {
             sni,
             bindings: ConnBindings::default(),
             probe: None,
+            values: ConnValues::new(peer, port),
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Proxy {
     catalog: Arc<dyn Catalog>,
     upstreams: Arc<Upstreams>,
     settings: ProxySettings,
+    /// `settings.region` as a header value, or `None` if it cannot be one.
+    region: Option<HeaderValue>,
     metrics: RequestMetrics,
 }
 
@@ -84,6 +89,7 @@ impl Proxy {
         Proxy {
             catalog,
             upstreams,
+            region: HeaderValue::from_str(&settings.region).ok(),
             settings,
             metrics: RequestMetrics::default(),
         }
@@ -110,7 +116,7 @@ impl Proxy {
             Err(e) => {
                 outcome.code = e.code.as_str();
                 tracing::info!(
-                    request_id = %request_id,
+                    request_id = request_id.to_str().unwrap_or_default(),
                     app = %outcome.app,
                     peer = %conn.peer,
                     code = e.code.as_str(),
@@ -120,16 +126,15 @@ impl Proxy {
                 e.into_response()
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("tern-request-id", v);
-        }
+        resp.headers_mut()
+            .insert(headers::TERN_REQUEST_ID, request_id.clone());
         self.metrics.record(
             &outcome.app,
             outcome.code,
             resp.status().as_u16(),
             started.elapsed(),
         );
-        tracing::debug!(request_id = %request_id, %method, status = resp.status().as_u16(), "request done");
+        tracing::debug!(request_id = request_id.to_str().unwrap_or_default(), %method, status = resp.status().as_u16(), "request done");
         resp
     }
 
@@ -137,7 +142,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
-        request_id: &str,
+        request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         let snapshot = self.catalog.snapshot();
@@ -189,10 +194,9 @@ impl Proxy {
             headers::add_forwarding(
                 h,
                 &Forwarded {
-                    client: conn.peer,
+                    conn: &conn.values,
                     tls: conn.tls,
-                    port: conn.port,
-                    region: &self.settings.region,
+                    region: self.region.as_ref(),
                     request_id,
                     version,
                 },
@@ -219,7 +223,8 @@ impl Proxy {
         let (pick, guard, sender) = self
             .connect(&snapshot, &app, &service, conn, h2, upgrade)
             .await?;
-        *req.uri_mut() = upstream_uri(req.uri(), &host, pick.addr, h2)?;
+        let uri = std::mem::take(req.uri_mut());
+        *req.uri_mut() = upstream_uri(uri, &host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
             p.note("machine", &pick.machine.config.id);
         }
@@ -231,10 +236,8 @@ impl Proxy {
         let mut resp = resp;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-        let via = format!("{} tern", headers::via_version(resp.version()));
-        if let Ok(v) = HeaderValue::from_str(&via) {
-            resp.headers_mut().append(http::header::VIA, v);
-        }
+        let via = headers::via_value(resp.version());
+        resp.headers_mut().append(http::header::VIA, via);
 
         if switching {
             let Some(client_upgrade) = client_upgrade else {
@@ -540,7 +543,11 @@ fn redirect_to_https<B>(req: &Request<B>, host: &str, app: &AppEntry) -> Respons
 }
 
 /// HTTP/1.1 machines get origin-form; h2c machines need scheme and authority.
-fn upstream_uri(uri: &Uri, host: &str, addr: SocketAddr, h2: bool) -> Result<Uri, ProxyError> {
+fn upstream_uri(uri: Uri, host: &str, addr: SocketAddr, h2: bool) -> Result<Uri, ProxyError> {
+    if !h2 && uri.scheme().is_none() && uri.authority().is_none() {
+        // Already origin-form (the usual HTTP/1.1 request): nothing to rebuild.
+        return Ok(uri);
+    }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let built = if h2 {
         let authority = if host.is_empty() {
