@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
+use crate::clock::Clock;
 use crate::io::WatchedIo;
 use crate::registry::Registry;
 use crate::watched::Watched;
@@ -15,25 +16,31 @@ use crate::SpinConfig;
 
 /// Counters and context of one connection. Shared by its futures, its I/O objects
 /// and the waker handed to the runtime.
+///
+/// `repr(C)` with the counters touched on every poll and every read or write
+/// first, so that they share a cache line with the reference counts; the rest is
+/// read when something goes wrong or someone looks.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Conn {
-    pub(crate) id: u64,
-    pub(crate) config: SpinConfig,
-    opened: Instant,
     pub(crate) polls: AtomicU64,
-    pub(crate) wakeups: AtomicU64,
-    pub(crate) self_wakes: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) eofs: AtomicU64,
-    /// Nanoseconds after `opened` of the last poll that made progress.
-    last_progress_ns: AtomicU64,
-    pub(crate) spins: AtomicU64,
-    /// Set by an I/O layer that knows it can never be woken (see `Probe::stuck`).
-    stuck: Mutex<Option<String>>,
+    /// `clock` milliseconds of the last poll that made progress.
+    last_progress_ms: AtomicU64,
     pub(crate) stuck_flag: AtomicBool,
     pub(crate) in_poll: AtomicBool,
     pub(crate) woken_in_poll: AtomicBool,
+    pub(crate) wakeups: AtomicU64,
+    pub(crate) self_wakes: AtomicU64,
+    pub(crate) spins: AtomicU64,
+    pub(crate) id: u64,
+    pub(crate) config: SpinConfig,
+    clock: Arc<Clock>,
+    opened: Instant,
+    /// Set by an I/O layer that knows it can never be woken (see `Probe::stuck`).
+    stuck: Mutex<Option<String>>,
     /// The task's own waker, woken through ours.
     pub(crate) task_waker: AtomicWaker,
     context: Mutex<Vec<(&'static str, String)>>,
@@ -41,23 +48,29 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, config: SpinConfig, registry: Weak<Registry>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        config: SpinConfig,
+        registry: Weak<Registry>,
+        clock: Arc<Clock>,
+    ) -> Self {
         Conn {
-            id,
-            config,
-            opened: Instant::now(),
             polls: AtomicU64::new(0),
-            wakeups: AtomicU64::new(0),
-            self_wakes: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             eofs: AtomicU64::new(0),
-            last_progress_ns: AtomicU64::new(0),
-            spins: AtomicU64::new(0),
-            stuck: Mutex::new(None),
+            last_progress_ms: AtomicU64::new(clock.now_ms()),
             stuck_flag: AtomicBool::new(false),
             in_poll: AtomicBool::new(false),
             woken_in_poll: AtomicBool::new(false),
+            wakeups: AtomicU64::new(0),
+            self_wakes: AtomicU64::new(0),
+            spins: AtomicU64::new(0),
+            id,
+            config,
+            clock,
+            opened: Instant::now(),
+            stuck: Mutex::new(None),
             task_waker: AtomicWaker::new(),
             context: Mutex::new(Vec::new()),
             registry,
@@ -71,10 +84,10 @@ impl Conn {
             + self.eofs.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn mark_progress(&self, now: Instant) {
-        let ns = u64::try_from(now.saturating_duration_since(self.opened).as_nanos())
-            .unwrap_or(u64::MAX);
-        self.last_progress_ns.store(ns, Ordering::Relaxed);
+    /// Stamps progress with the coarse clock (to `clock::TICK`).
+    pub(crate) fn mark_progress(&self) {
+        self.last_progress_ms
+            .store(self.clock.coarse_ms(), Ordering::Relaxed);
     }
 
     pub(crate) fn count_spin(&self) -> u64 {
@@ -85,7 +98,11 @@ impl Conn {
     }
 
     pub(crate) fn take_stuck(&self) -> Option<String> {
-        if !self.stuck_flag.swap(false, Ordering::AcqRel) {
+        // A plain load first: this runs on every poll, and a swap is a locked
+        // instruction even when the flag is clear.
+        if !self.stuck_flag.load(Ordering::Acquire)
+            || !self.stuck_flag.swap(false, Ordering::AcqRel)
+        {
             return None;
         }
         self.stuck
@@ -103,17 +120,16 @@ impl Conn {
     }
 
     pub(crate) fn snapshot(&self) -> ConnSnapshot {
-        let age = self.opened.elapsed();
-        let last = Duration::from_nanos(self.last_progress_ns.load(Ordering::Relaxed));
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
         ConnSnapshot {
             id: self.id,
-            age,
+            age: self.opened.elapsed(),
             polls: self.polls.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
             self_wakes: self.self_wakes.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            since_progress: age.saturating_sub(last),
+            since_progress: Duration::from_millis(self.clock.now_ms().saturating_sub(last)),
             spins: self.spins.load(Ordering::Relaxed),
             context: self
                 .context
@@ -124,6 +140,17 @@ impl Conn {
                 .collect(),
         }
     }
+}
+
+/// Adds to a counter that one task writes: a relaxed load and store rather than a
+/// locked read-modify-write, since this runs on every poll and every read or
+/// write. Were two threads to race on one counter, a count would be lost, never
+/// invented, so progress still shows as a change of the mark.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 impl Wake for Conn {
@@ -159,7 +186,7 @@ pub struct ConnSnapshot {
     pub self_wakes: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Time since the last poll that moved a byte (or since opening).
+    /// Time since the last poll that moved a byte (or since opening), to 10 ms.
     pub since_progress: Duration,
     pub spins: u64,
     pub context: Vec<(String, String)>,

@@ -2,13 +2,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn::Conn;
+use crate::conn::{bump, Conn};
 
 pin_project_lite::pin_project! {
     /// Counts the bytes read and written through `io` for its connection.
@@ -49,10 +48,10 @@ impl<IO: AsyncRead> AsyncRead for WatchedIo<IO> {
         let n = buf.filled().len() - before;
         if let Poll::Ready(Ok(())) = polled {
             if n > 0 {
-                this.conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                bump(&this.conn.bytes_in, n as u64);
             } else if buf.remaining() > 0 {
                 // End of stream: progress too, since the future has news to act on.
-                this.conn.eofs.fetch_add(1, Ordering::Relaxed);
+                bump(&this.conn.eofs, 1);
             }
         }
         polled
@@ -68,7 +67,7 @@ impl<IO: AsyncWrite> AsyncWrite for WatchedIo<IO> {
         let this = self.project();
         let polled = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            this.conn.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            bump(&this.conn.bytes_out, n as u64);
         }
         polled
     }
@@ -81,7 +80,7 @@ impl<IO: AsyncWrite> AsyncWrite for WatchedIo<IO> {
         let this = self.project();
         let polled = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            this.conn.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            bump(&this.conn.bytes_out, n as u64);
         }
         polled
     }

@@ -30,6 +30,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 mod conn;
 mod io;
@@ -44,4 +45,4 @@ pub use registry::Watchdog;
 pub use stall::{
     debugger_stacks, runtime_snapshot, thread_dump, StallConfig, StallReport, StallWatchdog,
 };
-pub use watched::{Spun, Watched};
+pub use watched::{Spun, Watched, INSPECT_AFTER};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::conn::Conn;
+use crate::conn::{bump, Conn};
 use crate::SpinAction;
 
 /// Why a watched future was cut.
@@ -52,8 +52,19 @@ pin_project_lite::pin_project! {
         #[pin]
         pause: Option<tokio::time::Sleep>,
         logged: bool,
+        // Polled through `waker` (counting wakeups and self-wakes) from the first
+        // streak of `INSPECT_AFTER` polls without progress on; never switched back,
+        // since wakers registered inside may be ours.
+        inspecting: bool,
+        polled_before: bool,
     }
 }
+
+/// Polls without progress after which a connection is polled through the counting
+/// waker. Until then the task's own waker is passed straight through: a wrapped
+/// waker costs an atomic registration on every poll and an extra hop on every wake,
+/// which a healthy connection need not pay (docs/spin-watchdog.md, "Cost").
+pub const INSPECT_AFTER: u64 = 32;
 
 impl<F> Watched<F> {
     pub(crate) fn new(future: F, conn: Arc<Conn>) -> Self {
@@ -69,6 +80,8 @@ impl<F> Watched<F> {
             backoff: None,
             pause: None,
             logged: false,
+            inspecting: false,
+            polled_before: false,
         }
     }
 }
@@ -78,7 +91,7 @@ impl<F: Future> Future for Watched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let conn = Arc::clone(this.conn);
+        let conn: &Conn = this.conn;
 
         if let Some(pause) = this.pause.as_mut().as_pin_mut() {
             if pause.poll(cx).is_pending() {
@@ -87,18 +100,28 @@ impl<F: Future> Future for Watched<F> {
             this.pause.set(None);
         }
 
-        conn.task_waker.register(cx.waker());
-        conn.woken_in_poll.store(false, Ordering::Relaxed);
-        conn.in_poll.store(true, Ordering::Release);
-        let polled = this.future.poll(&mut Context::from_waker(this.waker));
-        conn.in_poll.store(false, Ordering::Release);
-        conn.polls.fetch_add(1, Ordering::Relaxed);
+        let polled = if *this.inspecting {
+            conn.task_waker.register(cx.waker());
+            conn.woken_in_poll.store(false, Ordering::Relaxed);
+            conn.in_poll.store(true, Ordering::Release);
+            let polled = this.future.poll(&mut Context::from_waker(this.waker));
+            conn.in_poll.store(false, Ordering::Release);
+            if polled.is_pending() && conn.woken_in_poll.load(Ordering::Acquire) {
+                bump(&conn.self_wakes, 1);
+            }
+            polled
+        } else {
+            // The runtime polls a task again only when it was woken.
+            if *this.polled_before {
+                bump(&conn.wakeups, 1);
+            }
+            *this.polled_before = true;
+            this.future.poll(cx)
+        };
+        bump(&conn.polls, 1);
 
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Ok(out));
-        }
-        if conn.woken_in_poll.load(Ordering::Acquire) {
-            conn.self_wakes.fetch_add(1, Ordering::Relaxed);
         }
 
         let stuck = conn.take_stuck();
@@ -108,7 +131,7 @@ impl<F: Future> Future for Watched<F> {
             *this.streak = 0;
             *this.streak_start = None;
             *this.backoff = None;
-            conn.mark_progress(Instant::now());
+            conn.mark_progress();
             return Poll::Pending;
         }
 
@@ -120,6 +143,9 @@ impl<F: Future> Future for Watched<F> {
             }),
             None => {
                 *this.streak += 1;
+                if *this.streak >= INSPECT_AFTER {
+                    *this.inspecting = true;
+                }
                 let start = *this.streak_start.get_or_insert_with(Instant::now);
                 if *this.streak >= conn.config.polls {
                     let within = start.elapsed();
@@ -232,7 +258,9 @@ mod tests {
         assert!(spun.stuck.is_none());
         let snap = probe.snapshot();
         assert_eq!(snap.polls, 1000);
-        assert_eq!(snap.self_wakes, 1000);
+        // Self-wakes are told apart once the connection is under inspection.
+        assert_eq!(snap.self_wakes, 1000 - INSPECT_AFTER);
+        assert_eq!(snap.wakeups, 999);
         assert_eq!(snap.spins, 1);
         assert_eq!(dog.spins(), 1);
         assert_eq!(

@@ -49,13 +49,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(&name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // One scan over the (few) names present, rather than a removal per
+    // hop-by-hop name: most messages carry none of them.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || (!keep_upgrade && *n == UPGRADE))
+        .cloned()
+        .collect();
+    for name in present {
+        headers.remove(&name);
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 

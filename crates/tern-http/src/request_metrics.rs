@@ -7,54 +7,81 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
-/// Most distinct label sets kept; past it, handles are looked up each time, so a
-/// flood of odd status codes cannot grow memory.
-const MAX_CACHED: usize = 4096;
+/// Most apps whose handles are kept; past it, handles are looked up each time, so
+/// a flood of apps cannot grow memory.
+const MAX_APPS: usize = 4096;
+/// Most (code, status) pairs kept per app, for the same reason.
+const MAX_PER_APP: usize = 64;
 
-/// One app's request counters, by (code, status).
-type AppCounters = HashMap<(&'static str, u16), Counter>;
+/// One app's handles. An app sees few distinct (code, status) pairs, so a short
+/// list scanned in order beats hashing them.
+struct AppMetrics {
+    latency: Histogram,
+    counters: Vec<((&'static str, u16), Counter)>,
+}
 
 #[derive(Default)]
 pub(crate) struct RequestMetrics {
-    /// By app, then by (code, status): looked up by `&str`, without allocating.
-    counters: Mutex<HashMap<String, AppCounters>>,
-    latencies: Mutex<HashMap<String, Histogram>>,
+    /// By app, looked up by `&str` without allocating: one hash per request.
+    apps: Mutex<HashMap<String, AppMetrics>>,
+}
+
+fn counter(app: &str, code: &'static str, status: u16) -> Counter {
+    metrics::counter!("tern_requests_total", "app" => app.to_owned(), "code" => code, "status" => status.to_string())
+}
+
+fn latency(app: &str) -> Histogram {
+    metrics::histogram!("tern_request_duration_seconds", "app" => app.to_owned())
 }
 
 impl RequestMetrics {
     pub(crate) fn record(&self, app: &str, code: &'static str, status: u16, took: Duration) {
         let app = if app.is_empty() { "-" } else { app };
-        {
-            let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-            match counters.get(app).and_then(|m| m.get(&(code, status))) {
-                Some(c) => c.increment(1),
-                None => {
-                    let c = metrics::counter!("tern_requests_total", "app" => app.to_owned(), "code" => code, "status" => status.to_string());
-                    c.increment(1);
-                    let cached: usize = counters.values().map(HashMap::len).sum();
-                    if cached < MAX_CACHED {
-                        counters
-                            .entry(app.to_owned())
-                            .or_default()
-                            .insert((code, status), c);
-                    }
-                }
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if !apps.contains_key(app) {
+            if apps.len() >= MAX_APPS {
+                counter(app, code, status).increment(1);
+                latency(app).record(took.as_secs_f64());
+                return;
             }
+            let fresh = AppMetrics {
+                latency: latency(app),
+                counters: Vec::new(),
+            };
+            apps.insert(app.to_owned(), fresh);
         }
-        let mut latencies = self
-            .latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match latencies.get(app) {
-            Some(h) => h.record(took.as_secs_f64()),
+        let Some(m) = apps.get_mut(app) else {
+            return;
+        };
+        m.latency.record(took.as_secs_f64());
+        match m.counters.iter().find(|(k, _)| *k == (code, status)) {
+            Some((_, c)) => c.increment(1),
             None => {
-                let h =
-                    metrics::histogram!("tern_request_duration_seconds", "app" => app.to_owned());
-                h.record(took.as_secs_f64());
-                if latencies.len() < MAX_CACHED {
-                    latencies.insert(app.to_owned(), h);
+                let c = counter(app, code, status);
+                c.increment(1);
+                if m.counters.len() < MAX_PER_APP {
+                    m.counters.push(((code, status), c));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_cached_per_app_and_bounded() {
+        let m = RequestMetrics::default();
+        for status in 0..(MAX_PER_APP as u16 + 10) {
+            m.record("web", "ok", 100 + status, Duration::from_millis(1));
+            m.record("web", "ok", 100 + status, Duration::from_millis(1));
+        }
+        m.record("", "no_app_for_host", 404, Duration::ZERO);
+        let apps = m.apps.lock().unwrap();
+        assert_eq!(apps.len(), 2);
+        assert_eq!(apps["web"].counters.len(), MAX_PER_APP);
+        assert_eq!(apps["-"].counters.len(), 1);
     }
 }
