@@ -97,6 +97,7 @@ impl Conn {
         self.spins.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    #[inline]
     pub(crate) fn take_stuck(&self) -> Option<String> {
         // A plain load first: this runs on every poll, and a swap is a locked
         // instruction even when the flag is clear.

@@ -7,6 +7,7 @@ mod binding;
 mod body;
 mod error;
 mod headers;
+mod noted;
 mod proxy;
 mod request_metrics;
 mod server;

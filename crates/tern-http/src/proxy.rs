@@ -11,13 +11,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tern_balance::LoadGuard;
-use tern_catalog::{AdmitError, AppEntry, Catalog, Pick, ServiceEntry, Snapshot};
+use tern_catalog::{AdmitError, AppEntry, Catalog, MachineEntry, Pick, ServiceEntry, Snapshot};
 use tern_config::ConcurrencyKind;
 
 use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, ConnValues, Forwarded};
+use crate::noted::Noted;
 use crate::request_metrics::RequestMetrics;
 use crate::upstream::{ConnectError, Sender, Upstreams};
 
@@ -35,7 +36,7 @@ pub struct ProxySettings {
 }
 
 /// The connection a request arrived on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The public port the client connected to.
@@ -48,6 +49,9 @@ pub struct ConnInfo {
     pub probe: Option<pollwatch::Probe>,
     /// Forwarding header values, made once per connection.
     pub(crate) values: ConnValues,
+    /// What the probe was last told, so an unchanged app or machine is not re-noted.
+    noted_app: Noted<AppEntry>,
+    noted_machine: Noted<MachineEntry>,
 }
 
 impl ConnInfo {
@@ -60,6 +64,8 @@ impl ConnInfo {
             bindings: ConnBindings::default(),
             probe: None,
             values: ConnValues::new(peer, port),
+            noted_app: Noted::default(),
+            noted_machine: Noted::default(),
         }
     }
 }
@@ -158,7 +164,9 @@ impl Proxy {
         })?;
         outcome.app = app.name.clone();
         if let Some(p) = &conn.probe {
-            p.note("app", &app.name);
+            if conn.noted_app.changed(&app) {
+                p.note("app", &app.name);
+            }
         }
         let service = app.service_for_port(conn.port).cloned().ok_or_else(|| {
             ProxyError::new(
@@ -226,7 +234,9 @@ impl Proxy {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = upstream_uri(uri, &host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
-            p.note("machine", &pick.machine.config.id);
+            if conn.noted_machine.changed(&pick.machine) {
+                p.note("machine", &pick.machine.config.id);
+            }
         }
 
         // send: the head must come back within the response-header timeout.
