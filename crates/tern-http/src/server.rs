@@ -55,13 +55,16 @@ pub async fn serve_connection<IO>(
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
         let activity = Arc::clone(&svc_activity);
-        async move {
+        // Boxed per request: hyper keeps room for one in-flight service future per
+        // connection for the connection's whole life, and Tern's (over 4 KiB) would
+        // otherwise weigh on every idle keep-alive connection.
+        Box::pin(async move {
             activity.request_started();
             let resp = proxy.handle(req, &info).await;
             let (parts, body) = resp.into_parts();
             let body = Guarded::new(body, Box::new(Finished(activity))).boxed_unsync();
             Ok::<_, Infallible>(http::Response::from_parts(parts, body))
-        }
+        })
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -163,7 +163,11 @@ async fn handle<IO>(
     let Some(acceptor) = acceptor else {
         return;
     };
-    match acceptor.accept(stream).await {
+    // The handshake's state is boxed so that it is freed once the handshake is
+    // done, and the TLS stream too: it is large (rustls' connection state), and
+    // every future it passes through would otherwise keep room for it for the
+    // connection's whole life (bench/NOTES.md, scenario 5).
+    match Box::pin(acceptor.accept(stream)).await {
         Ok(tls) => {
             let info = tern_tls::handshake_info(&tls);
             if let Some(p) = &probe {
@@ -186,9 +190,10 @@ async fn handle<IO>(
                 // The TLS-specific check: Pending while rustls wants neither to read
                 // nor to write can never be woken, so it counts as a spin at once.
                 Some(p) => {
-                    dispatch(tern_tls::TlsStuckCheck::new(tls, p), conn, shared, shutdown).await
+                    let tls = Box::new(tern_tls::TlsStuckCheck::new(tls, p));
+                    dispatch(tls, conn, shared, shutdown).await
                 }
-                None => dispatch(tls, conn, shared, shutdown).await,
+                None => dispatch(Box::new(tls), conn, shared, shutdown).await,
             }
         }
         Err(e) => {
@@ -217,19 +222,22 @@ where
         }
         let mut info = ConnInfo::new(conn.peer, conn.plan.port, conn.plan.tls, conn.sni);
         info.probe = conn.probe;
-        serve_connection(
+        // Each branch is boxed: a future holds room for the largest of its
+        // branches, and an idle HTTP connection should not carry the TCP relay's
+        // state (nor the other way round) for its whole life.
+        Box::pin(serve_connection(
             io,
             info,
             conn.h2,
             Arc::clone(&shared.proxy),
             &shared.server,
             shutdown,
-        )
+        ))
         .await;
     } else {
         if let Some(p) = &conn.probe {
             p.set("state", "tcp");
         }
-        tcp::serve(io, conn, shared).await;
+        Box::pin(tcp::serve(io, conn, shared)).await;
     }
 }
