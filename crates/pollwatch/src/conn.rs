@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
-use crate::clock::Clock;
+use crate::clock::clock;
 use crate::io::WatchedIo;
 use crate::registry::Registry;
 use crate::watched::Watched;
@@ -27,9 +27,10 @@ pub(crate) struct Conn {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) eofs: AtomicU64,
-    /// `clock` milliseconds of the last poll that made progress.
+    /// Coarse-clock milliseconds of the last poll that made progress.
     last_progress_ms: AtomicU64,
     pub(crate) stuck_flag: AtomicBool,
+    // Inspection only (see `Watched`).
     pub(crate) in_poll: AtomicBool,
     pub(crate) woken_in_poll: AtomicBool,
     pub(crate) wakeups: AtomicU64,
@@ -37,7 +38,6 @@ pub(crate) struct Conn {
     pub(crate) spins: AtomicU64,
     pub(crate) id: u64,
     pub(crate) config: SpinConfig,
-    clock: Arc<Clock>,
     opened: Instant,
     /// Set by an I/O layer that knows it can never be woken (see `Probe::stuck`).
     stuck: Mutex<Option<String>>,
@@ -52,14 +52,13 @@ impl Conn {
         id: u64,
         config: SpinConfig,
         registry: Weak<Registry>,
-        clock: Arc<Clock>,
     ) -> Self {
         Conn {
             polls: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             eofs: AtomicU64::new(0),
-            last_progress_ms: AtomicU64::new(clock.now_ms()),
+            last_progress_ms: AtomicU64::new(clock().now_ms()),
             stuck_flag: AtomicBool::new(false),
             in_poll: AtomicBool::new(false),
             woken_in_poll: AtomicBool::new(false),
@@ -68,7 +67,6 @@ impl Conn {
             spins: AtomicU64::new(0),
             id,
             config,
-            clock,
             opened: Instant::now(),
             stuck: Mutex::new(None),
             task_waker: AtomicWaker::new(),
@@ -87,7 +85,7 @@ impl Conn {
     /// Stamps progress with the coarse clock (to `clock::TICK`).
     pub(crate) fn mark_progress(&self) {
         self.last_progress_ms
-            .store(self.clock.coarse_ms(), Ordering::Relaxed);
+            .store(clock().coarse_ms(), Ordering::Relaxed);
     }
 
     pub(crate) fn count_spin(&self) -> u64 {
@@ -130,7 +128,7 @@ impl Conn {
             self_wakes: self.self_wakes.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            since_progress: Duration::from_millis(self.clock.now_ms().saturating_sub(last)),
+            since_progress: Duration::from_millis(clock().now_ms().saturating_sub(last)),
             spins: self.spins.load(Ordering::Relaxed),
             context: self
                 .context

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::clock::Clock;
 use crate::conn::{Conn, ConnSnapshot, Probe};
 use crate::SpinConfig;
 
@@ -14,7 +13,6 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Weak<Conn>>>,
     pub(crate) spins: AtomicU64,
-    clock: Arc<Clock>,
 }
 
 impl Registry {
@@ -40,7 +38,6 @@ impl Watchdog {
                 next_id: AtomicU64::new(1),
                 live: Mutex::new(HashMap::new()),
                 spins: AtomicU64::new(0),
-                clock: Clock::start(),
             }),
         }
     }
@@ -53,12 +50,7 @@ impl Watchdog {
     pub fn register(&self) -> Probe {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let config = self.inner.config;
-        let conn = Arc::new(Conn::new(
-            id,
-            config,
-            Arc::downgrade(&self.inner),
-            Arc::clone(&self.inner.clock),
-        ));
+        let conn = Arc::new(Conn::new(id, config, Arc::downgrade(&self.inner)));
         self.inner
             .live
             .lock()
