@@ -74,6 +74,9 @@ mod tests {
         assert!(coarse <= exact, "{coarse} > {exact}");
         // Generous: a loaded machine may delay the ticking thread.
         assert!(exact - coarse < 100, "coarse {coarse} ms, exact {exact} ms");
-        assert!(coarse >= first + 20, "the clock did not tick: {first} -> {coarse} ms");
+        assert!(
+            coarse >= first + 20,
+            "the clock did not tick: {first} -> {coarse} ms"
+        );
     }
 }

@@ -48,11 +48,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(
-        id: u64,
-        config: SpinConfig,
-        registry: Weak<Registry>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, config: SpinConfig, registry: Weak<Registry>) -> Self {
         Conn {
             polls: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
