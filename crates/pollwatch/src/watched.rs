@@ -56,7 +56,6 @@ pin_project_lite::pin_project! {
         // streak of `INSPECT_AFTER` polls without progress on; never switched back,
         // since wakers registered inside may be ours.
         inspecting: bool,
-        polled_before: bool,
     }
 }
 
@@ -81,7 +80,6 @@ impl<F> Watched<F> {
             pause: None,
             logged: false,
             inspecting: false,
-            polled_before: false,
         }
     }
 }
@@ -112,10 +110,9 @@ impl<F: Future> Future for Watched<F> {
             polled
         } else {
             // The runtime polls a task again only when it was woken.
-            if *this.polled_before {
+            if conn.polls.load(Ordering::Relaxed) > 0 {
                 bump(&conn.wakeups, 1);
             }
-            *this.polled_before = true;
             this.future.poll(cx)
         };
         bump(&conn.polls, 1);

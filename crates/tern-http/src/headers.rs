@@ -106,43 +106,36 @@ pub(crate) struct Forwarded<'a> {
 }
 
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
-    let xff = match prior.next() {
-        None => f.conn.client_ip.clone(),
-        Some(first) => {
-            // Every prior value, in order, then the client.
-            let mut joined = first.as_bytes().to_vec();
-            for v in prior {
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(v.as_bytes());
-            }
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(f.conn.client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| f.conn.client_ip.clone())
-        }
-    };
-    headers.insert(X_FORWARDED_FOR, xff);
+    append_to_list(headers, X_FORWARDED_FOR, &f.conn.client_ip);
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if f.tls { "https" } else { "http" }),
     );
     headers.insert(X_FORWARDED_PORT, f.conn.port.clone());
-    let via = via_value(f.version);
-    let via = match headers.get(VIA) {
-        Some(prior) => {
-            let mut joined = prior.as_bytes().to_vec();
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or(via)
-        }
-        None => via,
-    };
-    headers.insert(VIA, via);
+    append_to_list(headers, VIA, &via_value(f.version));
     headers.insert(TERN_CLIENT_IP, f.conn.client_ip.clone());
     if let Some(region) = f.region {
         headers.insert(TERN_REGION, region.clone());
     }
     headers.insert(TERN_REQUEST_ID, f.request_id.clone());
+}
+
+/// Sets a comma-separated list header (`X-Forwarded-For`, `Via`) to every prior
+/// value, in order, followed by `ours`.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue) {
+    let mut prior = headers.get_all(&name).iter();
+    let value = match prior.next() {
+        None => ours.clone(),
+        Some(first) => {
+            let mut joined = first.as_bytes().to_vec();
+            for v in prior.chain(std::iter::once(ours)) {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(v.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
+        }
+    };
+    headers.insert(name, value);
 }
 
 /// `Via`'s entry for Tern on a message of this version (RFC 9110 §7.6.3).
@@ -247,10 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn every_prior_forwarded_for_is_kept_in_order() {
+    fn every_prior_list_value_is_kept_in_order() {
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+            ("via", "1.0 edge"),
+            ("via", "1.1 cdn"),
         ]);
         let conn = ConnValues::new("198.51.100.9:1234".parse().unwrap(), 80);
         add_forwarding(
@@ -269,7 +264,10 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-port"], "80");
-        assert_eq!(h["via"], "1.1 tern");
+        assert_eq!(
+            h.get_all("via").iter().collect::<Vec<_>>(),
+            ["1.0 edge, 1.1 cdn, 1.1 tern"]
+        );
         assert!(!h.contains_key("tern-region"));
     }
 

@@ -34,36 +34,45 @@ fn latency(app: &str) -> Histogram {
     metrics::histogram!("tern_request_duration_seconds", "app" => app.to_owned())
 }
 
-impl RequestMetrics {
-    pub(crate) fn record(&self, app: &str, code: &'static str, status: u16, took: Duration) {
-        let app = if app.is_empty() { "-" } else { app };
-        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        if !apps.contains_key(app) {
-            if apps.len() >= MAX_APPS {
-                counter(app, code, status).increment(1);
-                latency(app).record(took.as_secs_f64());
-                return;
-            }
-            let fresh = AppMetrics {
-                latency: latency(app),
-                counters: Vec::new(),
-            };
-            apps.insert(app.to_owned(), fresh);
+impl AppMetrics {
+    fn new(app: &str) -> Self {
+        AppMetrics {
+            latency: latency(app),
+            counters: Vec::new(),
         }
-        let Some(m) = apps.get_mut(app) else {
-            return;
-        };
-        m.latency.record(took.as_secs_f64());
-        match m.counters.iter().find(|(k, _)| *k == (code, status)) {
+    }
+
+    fn record(&mut self, app: &str, code: &'static str, status: u16, took: Duration) {
+        self.latency.record(took.as_secs_f64());
+        match self.counters.iter().find(|(k, _)| *k == (code, status)) {
             Some((_, c)) => c.increment(1),
             None => {
                 let c = counter(app, code, status);
                 c.increment(1);
-                if m.counters.len() < MAX_PER_APP {
-                    m.counters.push(((code, status), c));
+                if self.counters.len() < MAX_PER_APP {
+                    self.counters.push(((code, status), c));
                 }
             }
         }
+    }
+}
+
+impl RequestMetrics {
+    pub(crate) fn record(&self, app: &str, code: &'static str, status: u16, took: Duration) {
+        let app = if app.is_empty() { "-" } else { app };
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = apps.get_mut(app) {
+            m.record(app, code, status, took);
+            return;
+        }
+        if apps.len() >= MAX_APPS {
+            counter(app, code, status).increment(1);
+            latency(app).record(took.as_secs_f64());
+            return;
+        }
+        let mut fresh = AppMetrics::new(app);
+        fresh.record(app, code, status, took);
+        apps.insert(app.to_owned(), fresh);
     }
 }
 

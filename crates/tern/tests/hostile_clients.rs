@@ -23,18 +23,9 @@ async fn setup(extra_limits: &str) -> Setup {
     let backend = Backend::start("m1", ips.get(1), 7000).await;
     let ports = Ports::new();
     let mut c = config_head(ports, extra_limits);
-    c.push_str(&format!(
-        r#"
-[[app]]
-name = "web"
-hostnames = ["web.test"]
-
-[[app.service]]
-internal_port = 7000
-concurrency = {{ type = "requests", soft_limit = 500, hard_limit = 1000 }}
-ports = [{{ port = {http}, handlers = ["http"] }}]
-"#,
-        http = ports.http
+    c.push_str(&web_app(
+        ports.http,
+        r#"concurrency = { type = "requests", soft_limit = 500, hard_limit = 1000 }"#,
     ));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
     let tern = Tern::start(&c, ports);

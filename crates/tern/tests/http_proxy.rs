@@ -319,18 +319,7 @@ async fn connect_failure_moves_on_to_the_next_machine() {
     let _live = Backend::start("m-live", ips.get(2), 7000).await;
     let ports = Ports::new();
     let mut c = config_head(ports, "connect_attempts = 2");
-    c.push_str(&format!(
-        r#"
-[[app]]
-name = "web"
-hostnames = ["web.test"]
-
-[[app.service]]
-internal_port = 7000
-ports = [{{ port = {http}, handlers = ["http"] }}]
-"#,
-        http = ports.http
-    ));
+    c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m-dead", "web", "ams", ips.get(1)));
     c.push_str(&machine("m-live", "web", "ams", ips.get(2)));
     let _tern = Tern::start(&c, ports);
@@ -352,18 +341,7 @@ async fn a_dead_only_machine_gives_upstream_connect_failed() {
     let ips = Ips::new();
     let ports = Ports::new();
     let mut c = config_head(ports, "");
-    c.push_str(&format!(
-        r#"
-[[app]]
-name = "web"
-hostnames = ["web.test"]
-
-[[app.service]]
-internal_port = 7000
-ports = [{{ port = {http}, handlers = ["http"] }}]
-"#,
-        http = ports.http
-    ));
+    c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m-dead", "web", "ams", ips.get(1)));
     let _tern = Tern::start(&c, ports);
     let out = tokio::task::spawn_blocking(move || {

@@ -18,18 +18,9 @@ fn config(ports: Ports, ips: &Ips, drain_timeout: &str) -> String {
     );
     assert!(head.contains(&format!("drain_timeout = \"{drain_timeout}\"")));
     let mut c = head;
-    c.push_str(&format!(
-        r#"
-[[app]]
-name = "web"
-hostnames = ["web.test"]
-
-[[app.service]]
-internal_port = 7000
-concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
-ports = [{{ port = {http}, handlers = ["http"] }}]
-"#,
-        http = ports.http
+    c.push_str(&web_app(
+        ports.http,
+        r#"concurrency = { type = "requests", soft_limit = 50, hard_limit = 100 }"#,
     ));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
     c

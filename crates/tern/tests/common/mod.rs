@@ -421,6 +421,24 @@ drain_timeout = "5s"
     )
 }
 
+/// App `web` (host `web.test`) with one service on machine port 7000, served over
+/// plain HTTP on `http_port`; `service_extra` adds lines to the service (a
+/// `concurrency = ...`, say).
+pub fn web_app(http_port: u16, service_extra: &str) -> String {
+    format!(
+        r#"
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+{service_extra}
+ports = [{{ port = {http_port}, handlers = ["http"] }}]
+"#
+    )
+}
+
 /// A machine entry for a config.
 pub fn machine(id: &str, app: &str, region: &str, ip: IpAddr) -> String {
     format!(
