@@ -31,6 +31,9 @@ pub(crate) struct Conn {
     last_progress_ms: AtomicU64,
     pub(crate) stuck_flag: AtomicBool,
     // Inspection only (see `Watched`).
+    /// Set once polls go through the counting waker. Before that every poll but
+    /// the first was a wakeup, so `wakeups` is derived rather than counted.
+    pub(crate) inspecting: AtomicBool,
     pub(crate) in_poll: AtomicBool,
     pub(crate) woken_in_poll: AtomicBool,
     pub(crate) wakeups: AtomicU64,
@@ -56,6 +59,7 @@ impl Conn {
             eofs: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(clock().now_ms()),
             stuck_flag: AtomicBool::new(false),
+            inspecting: AtomicBool::new(false),
             in_poll: AtomicBool::new(false),
             woken_in_poll: AtomicBool::new(false),
             wakeups: AtomicU64::new(0),
@@ -72,6 +76,7 @@ impl Conn {
     }
 
     /// Grows whenever the connection's I/O moves a byte or sees end-of-stream.
+    #[inline]
     pub(crate) fn progress_mark(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)
             + self.bytes_out.load(Ordering::Relaxed)
@@ -79,9 +84,28 @@ impl Conn {
     }
 
     /// Stamps progress with the coarse clock (to `clock::TICK`).
+    #[inline]
     pub(crate) fn mark_progress(&self) {
         self.last_progress_ms
             .store(clock().coarse_ms(), Ordering::Relaxed);
+    }
+
+    /// Starts counting wakeups through the counting waker. The runtime polls a
+    /// task again only when it was woken, so the wakeups so far are the polls
+    /// after the first, plus the one that will end the current wait: it was
+    /// registered with the task's own waker, which is not counted.
+    pub(crate) fn start_inspecting(&self) {
+        let polls = self.polls.load(Ordering::Relaxed);
+        self.wakeups.store(polls, Ordering::Relaxed);
+        self.inspecting.store(true, Ordering::Release);
+    }
+
+    fn wakeups(&self) -> u64 {
+        if self.inspecting.load(Ordering::Acquire) {
+            self.wakeups.load(Ordering::Relaxed)
+        } else {
+            self.polls.load(Ordering::Relaxed).saturating_sub(1)
+        }
     }
 
     pub(crate) fn count_spin(&self) -> u64 {
@@ -120,7 +144,7 @@ impl Conn {
             id: self.id,
             age: self.opened.elapsed(),
             polls: self.polls.load(Ordering::Relaxed),
-            wakeups: self.wakeups.load(Ordering::Relaxed),
+            wakeups: self.wakeups(),
             self_wakes: self.self_wakes.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
@@ -181,7 +205,7 @@ pub struct ConnSnapshot {
     pub self_wakes: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Time since the last poll that moved a byte (or since opening), to 10 ms.
+    /// Time since the last poll that moved a byte (or since opening), to 100 ms.
     pub since_progress: Duration,
     pub spins: u64,
     pub context: Vec<(String, String)>,

@@ -37,6 +37,7 @@ impl<IO> WatchedIo<IO> {
 }
 
 impl<IO: AsyncRead> AsyncRead for WatchedIo<IO> {
+    #[inline(always)]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -59,6 +60,7 @@ impl<IO: AsyncRead> AsyncRead for WatchedIo<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for WatchedIo<IO> {
+    #[inline(always)]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -72,6 +74,7 @@ impl<IO: AsyncWrite> AsyncWrite for WatchedIo<IO> {
         polled
     }
 
+    #[inline(always)]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -85,14 +88,17 @@ impl<IO: AsyncWrite> AsyncWrite for WatchedIo<IO> {
         polled
     }
 
+    #[inline(always)]
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    #[inline(always)]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
     }
 
+    #[inline(always)]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
     }

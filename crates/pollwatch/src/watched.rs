@@ -47,6 +47,7 @@ pin_project_lite::pin_project! {
         waker: Waker,
         last_mark: u64,
         streak: u64,
+        // When the current streak's second poll ran (see `Streak::no_progress`).
         streak_start: Option<Instant>,
         backoff: Option<Duration>,
         #[pin]
@@ -87,6 +88,10 @@ impl<F> Watched<F> {
 impl<F: Future> Future for Watched<F> {
     type Output = Result<F::Output, Spun>;
 
+    // Inlined so the wrapper adds no frame of its own around the connection's
+    // future: on a keep-alive request the prologue and epilogue of a large poll
+    // function cost more than the counting does (bench/NOTES.md, scenario 7).
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let conn: &Conn = this.conn;
@@ -109,10 +114,6 @@ impl<F: Future> Future for Watched<F> {
             }
             polled
         } else {
-            // The runtime polls a task again only when it was woken.
-            if conn.polls.load(Ordering::Relaxed) > 0 {
-                bump(&conn.wakeups, 1);
-            }
             this.future.poll(cx)
         };
         bump(&conn.polls, 1);
@@ -121,95 +122,130 @@ impl<F: Future> Future for Watched<F> {
             return Poll::Ready(Ok(out));
         }
 
-        let stuck = conn.take_stuck();
         let mark = conn.progress_mark();
-        if mark != *this.last_mark && stuck.is_none() {
+        if mark != *this.last_mark && !conn.stuck_flag.load(Ordering::Acquire) {
             *this.last_mark = mark;
             *this.streak = 0;
-            *this.streak_start = None;
             *this.backoff = None;
             conn.mark_progress();
             return Poll::Pending;
         }
+        let streak = Streak {
+            conn,
+            streak: this.streak,
+            streak_start: this.streak_start,
+            inspecting: this.inspecting,
+        };
+        match streak.no_progress() {
+            None => Poll::Pending,
+            Some(spun) => act(conn, spun, this.logged, this.backoff, this.pause, cx),
+        }
+    }
+}
 
-        let spun = match stuck {
-            Some(reason) => Some(Spun {
+/// The streak state of a `Watched`, borrowed for a poll that made no progress.
+struct Streak<'a> {
+    conn: &'a Conn,
+    streak: &'a mut u64,
+    streak_start: &'a mut Option<Instant>,
+    inspecting: &'a mut bool,
+}
+
+impl Streak<'_> {
+    /// Counts a poll without progress; returns the spin it completes, if any.
+    #[inline(never)]
+    fn no_progress(self) -> Option<Spun> {
+        let conn = self.conn;
+        if let Some(reason) = conn.take_stuck() {
+            *self.streak = 0;
+            return Some(Spun {
                 polls: 0,
                 within: Duration::ZERO,
                 stuck: Some(reason),
-            }),
-            None => {
-                *this.streak += 1;
-                if *this.streak >= INSPECT_AFTER {
-                    *this.inspecting = true;
-                }
-                let start = *this.streak_start.get_or_insert_with(Instant::now);
-                if *this.streak >= conn.config.polls {
-                    let within = start.elapsed();
-                    if within <= conn.config.window {
-                        Some(Spun {
-                            polls: *this.streak,
-                            within,
-                            stuck: None,
-                        })
-                    } else {
-                        // Too slow to be a spin: start a new window from here.
-                        *this.streak = 1;
-                        *this.streak_start = Some(Instant::now());
-                        None
-                    }
-                } else {
-                    None
-                }
-            }
-        };
-        let Some(spun) = spun else {
-            return Poll::Pending;
-        };
-
-        *this.streak = 0;
-        *this.streak_start = None;
-        let count = conn.count_spin();
-        let action = conn.config.action;
-        let kind = if spun.stuck.is_some() {
-            "stuck"
-        } else {
-            "polls"
-        };
-        metrics::counter!("pollwatch_spins_total", "action" => action.as_str(), "kind" => kind)
-            .increment(1);
-        if !*this.logged {
-            *this.logged = true;
-            let snap = conn.snapshot();
-            tracing::warn!(
-                conn = conn.id,
-                action = action.as_str(),
-                cause = %spun,
-                polls = snap.polls,
-                self_wakes = snap.self_wakes,
-                bytes_in = snap.bytes_in,
-                bytes_out = snap.bytes_out,
-                age = ?snap.age,
-                context = %conn.context_string(),
-                "spinning connection"
-            );
-        } else {
-            tracing::debug!(conn = conn.id, spins = count, cause = %spun, "spinning again");
+            });
         }
+        *self.streak += 1;
+        if *self.streak == 2 {
+            // Timed from the second poll: a healthy connection often has one poll
+            // without progress between two that move bytes, and should not pay
+            // for a clock read each time. The streak's first interval goes
+            // untimed, so a spin is, if anything, judged faster than it was.
+            *self.streak_start = Some(Instant::now());
+        }
+        if *self.streak >= INSPECT_AFTER && !*self.inspecting {
+            *self.inspecting = true;
+            self.conn.start_inspecting();
+        }
+        if *self.streak < conn.config.polls {
+            return None;
+        }
+        let within = self.streak_start.map_or(Duration::ZERO, |t| t.elapsed());
+        if within > conn.config.window {
+            // Too slow to be a spin: start a new window from here.
+            *self.streak = 1;
+            *self.streak_start = None;
+            return None;
+        }
+        let polls = std::mem::take(self.streak);
+        Some(Spun {
+            polls,
+            within,
+            stuck: None,
+        })
+    }
+}
 
-        match action {
-            SpinAction::Close => Poll::Ready(Err(spun)),
-            SpinAction::Log => Poll::Pending,
-            SpinAction::Backoff { initial, max } => {
-                let next = this.backoff.map_or(initial, |d| (d * 2).min(max));
-                *this.backoff = Some(next);
-                this.pause.set(Some(tokio::time::sleep(next)));
-                if let Some(pause) = this.pause.as_mut().as_pin_mut() {
-                    // Registers the timer; it cannot be due yet.
-                    let _ = pause.poll(cx);
-                }
-                Poll::Pending
+/// Counts, logs (once per connection) and acts on a spin.
+#[cold]
+#[inline(never)]
+fn act<T>(
+    conn: &Conn,
+    spun: Spun,
+    logged: &mut bool,
+    backoff: &mut Option<Duration>,
+    mut pause: Pin<&mut Option<tokio::time::Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, Spun>> {
+    let count = conn.count_spin();
+    let action = conn.config.action;
+    let kind = if spun.stuck.is_some() {
+        "stuck"
+    } else {
+        "polls"
+    };
+    metrics::counter!("pollwatch_spins_total", "action" => action.as_str(), "kind" => kind)
+        .increment(1);
+    if !*logged {
+        *logged = true;
+        let snap = conn.snapshot();
+        tracing::warn!(
+            conn = conn.id,
+            action = action.as_str(),
+            cause = %spun,
+            polls = snap.polls,
+            self_wakes = snap.self_wakes,
+            bytes_in = snap.bytes_in,
+            bytes_out = snap.bytes_out,
+            age = ?snap.age,
+            context = %conn.context_string(),
+            "spinning connection"
+        );
+    } else {
+        tracing::debug!(conn = conn.id, spins = count, cause = %spun, "spinning again");
+    }
+
+    match action {
+        SpinAction::Close => Poll::Ready(Err(spun)),
+        SpinAction::Log => Poll::Pending,
+        SpinAction::Backoff { initial, max } => {
+            let next = backoff.map_or(initial, |d| (d * 2).min(max));
+            *backoff = Some(next);
+            pause.set(Some(tokio::time::sleep(next)));
+            if let Some(pause) = pause.as_mut().as_pin_mut() {
+                // Registers the timer; it cannot be due yet.
+                let _ = pause.poll(cx);
             }
+            Poll::Pending
         }
     }
 }
@@ -257,7 +293,8 @@ mod tests {
         assert_eq!(snap.polls, 1000);
         // Self-wakes are told apart once the connection is under inspection.
         assert_eq!(snap.self_wakes, 1000 - INSPECT_AFTER);
-        assert_eq!(snap.wakeups, 999);
+        // Every poll woke the task, the last one included (then it was cut).
+        assert_eq!(snap.wakeups, 1000);
         assert_eq!(snap.spins, 1);
         assert_eq!(dog.spins(), 1);
         assert_eq!(
@@ -371,8 +408,13 @@ mod tests {
             })
             .await;
         assert!(out.is_ok());
-        assert_eq!(probe.snapshot().spins, 0);
-        assert_eq!(probe.snapshot().self_wakes, 0);
+        let snap = probe.snapshot();
+        assert_eq!(snap.spins, 0);
+        assert_eq!(snap.self_wakes, 0);
+        // Every poll after the first was a wakeup, before and after inspection
+        // began (300 polls without progress reach `INSPECT_AFTER`).
+        assert_eq!(snap.polls, 301, "{snap:?}");
+        assert_eq!(snap.wakeups, 300, "{snap:?}");
     }
 
     #[tokio::test]

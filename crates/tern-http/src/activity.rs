@@ -140,6 +140,7 @@ impl<IO> ActivityIo<IO> {
 }
 
 impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -161,6 +162,7 @@ impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,6 +176,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
         polled
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -187,14 +190,17 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
         polled
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
     }

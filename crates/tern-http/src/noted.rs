@@ -24,15 +24,21 @@ impl<T> Default for Noted<T> {
 
 impl<T> Noted<T> {
     /// Remembers `current` and says whether it differs from what was remembered.
+    #[inline]
     pub(crate) fn changed(&self, current: &Arc<T>) -> bool {
         let addr = Arc::as_ptr(current) as usize;
         if self.addr.load(Ordering::Acquire) == addr {
             return false;
         }
+        self.remember(current, addr);
+        true
+    }
+
+    #[cold]
+    fn remember(&self, current: &Arc<T>, addr: usize) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         *held = Some(Arc::clone(current));
         self.addr.store(addr, Ordering::Release);
-        true
     }
 }
 

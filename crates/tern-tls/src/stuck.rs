@@ -83,6 +83,7 @@ impl<IO> std::fmt::Debug for TlsStuckCheck<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStuckCheck<IO> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,6 +99,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStuckCheck<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStuckCheck<IO> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -106,6 +108,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStuckCheck<IO> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -114,14 +117,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStuckCheck<IO> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
