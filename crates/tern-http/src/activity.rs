@@ -25,6 +25,12 @@ pub struct Activity {
     /// HTTP/2 multiplexes: no request head ever "hangs" the connection, so the
     /// header timer does not apply; the idle timer does.
     multiplexed: AtomicBool,
+    /// The last read found nothing to read: the reader waits on the socket.
+    read_waiting: AtomicBool,
+    /// The last write or flush could not finish: bytes wait to go out.
+    write_blocked: AtomicBool,
+    /// The last request came with a body, which may not have been read to its end.
+    body_sent: AtomicBool,
 }
 
 impl Default for Activity {
@@ -37,6 +43,9 @@ impl Default for Activity {
             head_started_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
+            read_waiting: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            body_sent: AtomicBool::new(false),
         }
     }
 }
@@ -63,9 +72,10 @@ impl Activity {
     }
 
     /// A request was dispatched: its head is complete.
-    pub fn request_started(&self) {
+    pub fn request_started(&self, with_body: bool) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
+        self.body_sent.store(with_body, Ordering::Release);
     }
 
     /// A response was written to its end (or abandoned).
@@ -102,11 +112,24 @@ impl Activity {
         ))
     }
 
+    /// Whether an HTTP/1.1 connection may drop its HTTP state until the client
+    /// sends again: nothing in flight or half-read, nothing waiting to be
+    /// written, the server waiting for a new request, for at least `after`.
+    pub(crate) fn parkable(&self, after: Duration) -> bool {
+        self.read_waiting.load(Ordering::Acquire)
+            && !self.write_blocked.load(Ordering::Acquire)
+            && !self.body_sent.load(Ordering::Acquire)
+            && self.head_started_ms.load(Ordering::Acquire) == 0
+            && self.idle_for().is_some_and(|t| t >= after)
+    }
+
+    // The time of the last byte matters only while nothing is in flight (see
+    // `idle_for`; `request_finished` stamps it too), so the clock is read only then.
     fn on_read(&self, n: usize) {
-        let now = self.now_ms();
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_io_ms.store(now, Ordering::Release);
         if self.in_flight() == 0 {
+            let now = self.now_ms();
+            self.last_io_ms.store(now, Ordering::Release);
             let _ = self.head_started_ms.compare_exchange(
                 0,
                 now + 1,
@@ -116,9 +139,19 @@ impl Activity {
         }
     }
 
+    fn on_write_polled(&self, polled: &Poll<io::Result<usize>>) {
+        self.write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.on_write(*n);
+        }
+    }
+
     fn on_write(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_io_ms.store(self.now_ms(), Ordering::Release);
+        if self.in_flight() == 0 {
+            self.last_io_ms.store(self.now_ms(), Ordering::Release);
+        }
     }
 }
 
@@ -149,6 +182,9 @@ impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.io.poll_read(cx, buf);
+        this.activity
+            .read_waiting
+            .store(polled.is_pending(), Ordering::Relaxed);
         let n = buf.filled().len() - before;
         if n > 0 && this.activity.bytes_in() == 0 && buf.filled()[before..].starts_with(H2_PREFACE)
         {
@@ -170,9 +206,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.activity.on_write(n);
-        }
+        this.activity.on_write_polled(&polled);
         polled
     }
 
@@ -184,9 +218,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.activity.on_write(n);
-        }
+        this.activity.on_write_polled(&polled);
         polled
     }
 
@@ -197,7 +229,12 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
 
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let polled = this.io.poll_flush(cx);
+        this.activity
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
     }
 
     #[inline]

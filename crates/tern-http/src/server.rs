@@ -2,19 +2,22 @@
 //! header and idle timers, size limits, upgrades and a graceful end on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::activity::{Activity, ActivityIo};
-use crate::body::{Guarded, OnEnd};
+use crate::body::{Body, Guarded, OnEnd};
+use crate::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
 use http_body_util::BodyExt;
 
@@ -32,6 +35,12 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
 }
 
+/// An HTTP/1.1 keep-alive connection idle this long gives up its HTTP state
+/// (hyper's read and write buffers, 24 KiB) until the client sends again. Short
+/// enough that idle connections cost little memory soon after their last request,
+/// long enough that a busy connection never pays for rebuilding it.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
 /// Serves HTTP on `io` until the client leaves, a timer fires, or `shutdown` turns true.
 pub async fn serve_connection<IO>(
     io: IO,
@@ -47,7 +56,7 @@ pub async fn serve_connection<IO>(
     if h2_by_alpn {
         activity.set_multiplexed();
     }
-    let io = TokioIo::new(ActivityIo::new(io, Arc::clone(&activity)));
+    let mut io = Prefixed::new(ActivityIo::new(io, Arc::clone(&activity)));
 
     let svc_activity = Arc::clone(&activity);
     let info = Arc::new(info);
@@ -59,7 +68,7 @@ pub async fn serve_connection<IO>(
         // connection for the connection's whole life, and Tern's (over 4 KiB) would
         // otherwise weigh on every idle keep-alive connection.
         Box::pin(async move {
-            activity.request_started();
+            activity.request_started(!http_body::Body::is_end_stream(req.body()));
             let resp = proxy.handle(req, &info).await;
             let (parts, body) = resp.into_parts();
             let body = Guarded::new(body, Box::new(Finished(activity))).boxed_unsync();
@@ -67,34 +76,218 @@ pub async fn serve_connection<IO>(
         })
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if h2_by_alpn {
+        return serve_h2(io, service, &activity, settings, &mut shutdown).await;
+    }
+    let mut first = true;
+    loop {
+        // No HTTP state is attached while waiting: a new connection before its
+        // first byte, or a parked keep-alive connection.
+        if !wait_for_bytes(&mut io, &activity, settings, &mut shutdown).await {
+            return;
+        }
+        if first && H2_PREFACE.starts_with(io.prefix()) {
+            return serve_h2(io, service, &activity, settings, &mut shutdown).await;
+        }
+        first = false;
+        match serve_h1(io, service.clone(), &activity, settings, &mut shutdown).await {
+            Some(parked) => io = parked,
+            None => return,
+        }
+    }
+}
+
+/// The preface an HTTP/2 client with prior knowledge opens with (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes the client sends, with no HTTP state attached; enough to
+/// tell an HTTP/2 preface from HTTP/1.1 on a new connection. Returns false when
+/// the connection is done: the client left, the idle timer fired or shutdown began.
+async fn wait_for_bytes<IO>(
+    io: &mut Prefixed<IO>,
+    activity: &Activity,
+    settings: &ServerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let have = io.prefix().len();
+        if have > 0 && (have >= H2_PREFACE.len() || !H2_PREFACE.starts_with(io.prefix())) {
+            return true;
+        }
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let want = H2_PREFACE.len() - have;
+        let wait = next_check(activity, settings);
+        tokio::select! {
+            read = io.get_mut().read(&mut buf[..want]) => match read {
+                // A prefix that began like a preface and then ended: the HTTP/1.1
+                // parser answers it.
+                Ok(0) => {
+                    if have == 0 {
+                        close_quietly(io).await;
+                    }
+                    return have > 0;
+                }
+                Err(_) => return have > 0,
+                Ok(n) => io.append(&buf[..n]),
+            },
+            _ = tokio::time::sleep(wait) => {
+                if activity.idle_for().is_some_and(|t| t >= settings.idle_timeout) {
+                    metrics::counter!("tern_client_timeouts_total", "kind" => "idle").increment(1);
+                    close_quietly(io).await;
+                    return false;
+                }
+                if activity
+                    .head_pending_for()
+                    .is_some_and(|t| t >= settings.header_read_timeout)
+                {
+                    metrics::counter!("tern_client_timeouts_total", "kind" => "header_read").increment(1);
+                    return false;
+                }
+            }
+            _ = shutdown.changed() => {
+                close_quietly(io).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Closes an idle connection the way hyper would: TLS close_notify, then FIN.
+async fn close_quietly<IO: AsyncWrite + Unpin>(io: &mut IO) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+}
+/// The socket type HTTP runs on once the first bytes are in.
+type ClientIo<IO> = TokioIo<Prefixed<ActivityIo<IO>>>;
+
+/// Serves HTTP/1.1 until the connection ends (`None`) or parks: idle for
+/// `PARK_AFTER` with nothing in flight, when hyper's state is dropped and the
+/// socket handed back (`Some`).
+async fn serve_h1<IO, S>(
+    io: Prefixed<ActivityIo<IO>>,
+    service: S,
+    activity: &Activity,
+    settings: &ServerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Prefixed<ActivityIo<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
-        // Tern's own header timer (below) starts at a head's first byte, so that an
-        // idle keep-alive connection is governed by the idle timeout alone.
+        // Tern's own header timer starts at a head's first byte, so that an idle
+        // keep-alive connection is governed by the idle timeout alone.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
         // A client that ends its side right after a request (a POST followed by
         // close_notify or FIN) still gets its answer, as nginx and HAProxy give it.
         .half_close(true);
+    let mut conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    match drive(&mut conn, activity, settings, shutdown, true).await {
+        Driven::Ended => None,
+        Driven::Park => {
+            let parts = conn.into_parts()?;
+            metrics::counter!("tern_client_parked_total").increment(1);
+            let mut io = parts.io.into_inner();
+            io.unread(parts.read_buf);
+            Some(io)
+        }
+    }
+}
+
+/// Serves HTTP/2 until the connection ends.
+async fn serve_h2<IO, S>(
+    io: Prefixed<ActivityIo<IO>>,
+    service: S,
+    activity: &Activity,
+    settings: &ServerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    activity.set_multiplexed();
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    drive(&mut conn, activity, settings, shutdown, false).await;
+}
 
+enum Driven {
+    Ended,
+    Park,
+}
+
+/// What `drive` needs of a hyper connection.
+trait GracefulConn: Future<Output = Result<(), hyper::Error>> + Unpin {
+    fn graceful(&mut self);
+}
+
+impl<IO, S> GracefulConn for http1::UpgradeableConnection<ClientIo<IO>, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(&mut self) {
+        Pin::new(self).graceful_shutdown();
+    }
+}
+
+impl<IO, S> GracefulConn for http2::Connection<ClientIo<IO>, S, TokioExecutor>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(&mut self) {
+        Pin::new(self).graceful_shutdown();
+    }
+}
+
+/// Polls `conn` under the header, idle and drain timers and the shutdown signal.
+/// With `may_park`, returns `Park` once the connection is parkable (see
+/// `Activity::parkable`); the caller then takes the socket back from hyper.
+async fn drive<C: GracefulConn>(
+    conn: &mut C,
+    activity: &Activity,
+    settings: &ServerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+    may_park: bool,
+) -> Driven {
     let mut draining = false;
     loop {
-        let wait = next_check(&activity, settings);
+        let mut wait = next_check(activity, settings);
+        if may_park {
+            if let Some(idle) = activity.idle_for() {
+                wait = wait.min(
+                    PARK_AFTER
+                        .saturating_sub(idle)
+                        .max(Duration::from_millis(10)),
+                );
+            }
+        }
         tokio::select! {
-            res = conn.as_mut() => {
+            res = &mut *conn => {
                 if let Err(e) = res {
                     tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
                 }
-                return;
+                return Driven::Ended;
             }
             _ = tokio::time::sleep(wait), if !draining => {
                 if activity
@@ -102,20 +295,22 @@ pub async fn serve_connection<IO>(
                     .is_some_and(|t| t >= settings.header_read_timeout)
                 {
                     metrics::counter!("tern_client_timeouts_total", "kind" => "header_read").increment(1);
-                    return;
+                    return Driven::Ended;
                 }
                 if activity.idle_for().is_some_and(|t| t >= settings.idle_timeout) {
                     metrics::counter!("tern_client_timeouts_total", "kind" => "idle").increment(1);
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful();
+                } else if may_park && activity.parkable(PARK_AFTER) {
+                    return Driven::Park;
                 }
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful();
             }
             _ = tokio::time::sleep(settings.drain_timeout), if draining => {
-                return;
+                return Driven::Ended;
             }
         }
     }

@@ -101,46 +101,6 @@ fn assert_rejected(o: &Outcome, statuses: &[u16], what: &str) {
     );
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
-async fn read_response(s: &mut TcpStream) -> (String, String) {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = timeout(T, s.read(&mut buf))
-            .await
-            .expect("response head in time")
-            .expect("read response");
-        assert!(
-            n > 0,
-            "closed before a full head: {:?}",
-            String::from_utf8_lossy(&data)
-        );
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("response without content-length: {head}"));
-    while data.len() < head_end + len {
-        let n = timeout(T, s.read(&mut buf))
-            .await
-            .expect("response body in time")
-            .expect("read body");
-        assert!(n > 0, "closed inside the body");
-        data.extend_from_slice(&buf[..n]);
-    }
-    let body = String::from_utf8_lossy(&data[head_end..head_end + len]).into_owned();
-    (head, body)
-}
-
 const GET: &[u8] = b"GET /ok HTTP/1.1\r\nHost: web.test\r\n\r\n";
 
 /// A normal request on a fresh connection still gets the machine's 200.

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 /// Loopback addresses for one test's machines: 127.<pid-derived>.<counter>.<n>, so
@@ -456,4 +457,44 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("response head in time")
+            .expect("read response");
+        assert!(
+            n > 0,
+            "closed before a full head: {:?}",
+            String::from_utf8_lossy(&data)
+        );
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("response without content-length: {head}"));
+    while data.len() < head_end + len {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("response body in time")
+            .expect("read body");
+        assert!(n > 0, "closed inside the body");
+        data.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&data[head_end..head_end + len]).into_owned();
+    (head, body)
 }

@@ -1,0 +1,174 @@
+//! Idle keep-alive connections give up their HTTP state and take it up again: a
+//! real `tern run`, plain and TLS clients that pause between requests longer than
+//! `PARK_AFTER`, pipelined requests after a pause, and the idle timer on a parked
+//! connection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longer than Tern's `PARK_AFTER` (250 ms) with room for a loaded machine.
+const PAUSE: Duration = Duration::from_millis(700);
+
+fn config(ports: Ports, ips: &Ips, extra_limits: &str) -> String {
+    let mut c = config_head(ports, extra_limits);
+    c.push_str(&format!(
+        r#"
+[tls]
+certs_dir = "certs"
+
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+"#,
+        https = ports.https,
+        http = ports.http,
+    ));
+    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    c
+}
+
+async fn start(extra_limits: &str) -> (Tern, Certs, Backend) {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["web.test"]);
+    let tern = Tern::start_in(dir, &config(ports, &ips, extra_limits), ports);
+    (tern, certs, backend)
+}
+
+fn parked_total(tern: &Tern) -> u64 {
+    tern.admin_get("/metrics")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tern_client_parked_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Three requests on one connection, with a pause before each of the last two.
+async fn three_with_pauses<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(PAUSE).await;
+        }
+        let req = format!("GET /n{i} HTTP/1.1\r\nHost: web.test\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert!(body.contains(&format!("uri=/n{i}")), "request {i}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_plain_connection_parks_and_serves_again() {
+    let (tern, _certs, _backend) = start("").await;
+    let before = parked_total(&tern);
+    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
+        .await
+        .unwrap();
+    three_with_pauses(&mut s).await;
+    let parked = parked_total(&tern) - before;
+    assert!(parked >= 2, "parked {parked} times, expected one per pause");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_tls_connection_parks_and_serves_again() {
+    let (tern, certs, _backend) = start("").await;
+    let before = parked_total(&tern);
+    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
+        .await
+        .unwrap();
+    let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
+    let mut s = connector
+        .connect(ServerName::try_from("web.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    three_with_pauses(&mut s).await;
+    let parked = parked_total(&tern) - before;
+    assert!(parked >= 2, "parked {parked} times, expected one per pause");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_after_a_pause_are_all_answered() {
+    let (tern, _certs, _backend) = start("").await;
+    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
+        .await
+        .unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(PAUSE).await;
+    // Three heads in one write: the bytes read while parked must reach the parser
+    // together with the rest.
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n\
+          GET /b HTTP/1.1\r\nHost: web.test\r\n\r\n\
+          GET /c HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for path in ["/a", "/b", "/c"] {
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(body.contains(&format!("uri={path}")), "{path}: {body}");
+    }
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after Connection: close")
+        .unwrap();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    assert!(parked_total(&tern) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_connection_still_meets_the_idle_timeout() {
+    let (tern, certs, _backend) = start("idle_timeout = \"1500ms\"").await;
+    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
+        .await
+        .unwrap();
+    let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
+    let mut s = connector
+        .connect(ServerName::try_from("web.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    // A clean TLS close (close_notify), as hyper gives an unparked one.
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the idle timer")
+        .expect("a clean close, with close_notify");
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    let after = idle_from.elapsed();
+    assert!(
+        after >= Duration::from_millis(1200),
+        "closed before the idle timeout: {after:?}"
+    );
+    assert!(parked_total(&tern) >= 1, "the connection was parked first");
+}
