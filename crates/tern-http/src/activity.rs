@@ -29,7 +29,7 @@ pub struct Activity {
     read_waiting: AtomicBool,
     /// The last write or flush could not finish: bytes wait to go out.
     write_blocked: AtomicBool,
-    /// The last request came with a body, which may not have been read to its end.
+    /// The last request came with a body not yet read to its end.
     body_sent: AtomicBool,
 }
 
@@ -76,6 +76,11 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
         self.body_sent.store(with_body, Ordering::Release);
+    }
+
+    /// The last request's body was read to its end.
+    pub(crate) fn request_body_read(&self) {
+        self.body_sent.store(false, Ordering::Release);
     }
 
     /// A response was written to its end (or abandoned).

@@ -14,6 +14,7 @@ use tern_balance::LoadGuard;
 use tern_catalog::{AdmitError, AppEntry, Catalog, MachineEntry, Pick, ServiceEntry, Snapshot};
 use tern_config::ConcurrencyKind;
 
+use crate::activity::Activity;
 use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd};
 use crate::error::{ErrorCode, ProxyError};
@@ -52,6 +53,9 @@ pub struct ConnInfo {
     /// What the probe was last told, so an unchanged app or machine is not re-noted.
     noted_app: Noted<AppEntry>,
     noted_machine: Noted<MachineEntry>,
+    /// The server's view of the connection, told when a request body was read to
+    /// its end (a connection is parked only then).
+    pub(crate) activity: Option<Arc<Activity>>,
 }
 
 impl ConnInfo {
@@ -66,6 +70,7 @@ impl ConnInfo {
             values: ConnValues::new(peer, port),
             noted_app: Noted::default(),
             noted_machine: Noted::default(),
+            activity: None,
         }
     }
 }
@@ -217,9 +222,17 @@ impl Proxy {
         }
         let h2 = service.config.h2_backend && !upgrade;
         let (parts, body) = req.into_parts();
+        let with_body = !http_body::Body::is_end_stream(&body);
         let body: Body = Limited::new(body, limit_usize(limit))
             .map_err(|e| e as crate::BoxError)
             .boxed_unsync();
+        let body = match &conn.activity {
+            Some(activity) if with_body => {
+                let hook = BodyRead(Arc::clone(activity));
+                Guarded::new(body, Box::new(hook)).boxed_unsync()
+            }
+            _ => body,
+        };
         let mut req = Request::from_parts(parts, body);
         *req.version_mut() = if h2 {
             Version::HTTP_2
@@ -570,4 +583,15 @@ fn upstream_uri(uri: Uri, host: &str, addr: SocketAddr, h2: bool) -> Result<Uri,
         path.parse::<Uri>()
     };
     built.map_err(|e| ProxyError::new(ErrorCode::BadRequest, format!("bad request target: {e}")))
+}
+
+/// Tells the connection's activity that a request body was read to its end.
+struct BodyRead(Arc<Activity>);
+
+impl OnEnd for BodyRead {
+    fn on_end(self: Box<Self>, complete: bool) {
+        if complete {
+            self.0.request_body_read();
+        }
+    }
 }

@@ -59,6 +59,8 @@ pub async fn serve_connection<IO>(
     let mut io = Prefixed::new(ActivityIo::new(io, Arc::clone(&activity)));
 
     let svc_activity = Arc::clone(&activity);
+    let mut info = info;
+    info.activity = Some(Arc::clone(&activity));
     let info = Arc::new(info);
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);

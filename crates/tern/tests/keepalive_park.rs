@@ -172,3 +172,25 @@ async fn a_parked_connection_still_meets_the_idle_timeout() {
     );
     assert!(parked_total(&tern) >= 1, "the connection was parked first");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_post_body_was_read_parks_too() {
+    let (tern, _certs, _backend) = start("").await;
+    let before = parked_total(&tern);
+    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(PAUSE).await;
+        }
+        let req =
+            format!("POST /p{i} HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n\r\nhello");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert!(body.contains(&format!("uri=/p{i}")), "request {i}: {body}");
+    }
+    let parked = parked_total(&tern) - before;
+    assert!(parked >= 1, "the body was read, so the pause should park");
+}
