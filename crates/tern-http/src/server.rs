@@ -79,7 +79,8 @@ pub async fn serve_connection<IO>(
     });
 
     if h2_by_alpn {
-        return serve_h2(io, service, &activity, settings, &mut shutdown).await;
+        let serving = Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown));
+        return serving.await;
     }
     let mut first = true;
     loop {
@@ -89,10 +90,20 @@ pub async fn serve_connection<IO>(
             return;
         }
         if first && H2_PREFACE.starts_with(io.prefix()) {
-            return serve_h2(io, service, &activity, settings, &mut shutdown).await;
+            let serving = Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown));
+            return serving.await;
         }
         first = false;
-        match serve_h1(io, service.clone(), &activity, settings, &mut shutdown).await {
+        // Boxed, as is `serve_h2`: the future of a parked connection then keeps
+        // no room for hyper's connection state.
+        let serving = Box::pin(serve_h1(
+            io,
+            service.clone(),
+            &activity,
+            settings,
+            &mut shutdown,
+        ));
+        match serving.await {
             Some(parked) => io = parked,
             None => return,
         }

@@ -164,41 +164,45 @@ async fn handle<IO>(
         return;
     };
     // The handshake's state is boxed so that it is freed once the handshake is
-    // done, and the TLS stream too: it is large (rustls' connection state), and
-    // every future it passes through would otherwise keep room for it for the
-    // connection's whole life (bench/NOTES.md, scenario 5).
-    match Box::pin(acceptor.accept(stream)).await {
-        Ok(tls) => {
-            let info = tern_tls::handshake_info(&tls);
-            if let Some(p) = &probe {
-                if let Some(sni) = &info.sni {
-                    p.set("sni", sni.clone());
-                }
-                if let Some(alpn) = &info.alpn {
-                    p.set("alpn", String::from_utf8_lossy(alpn).into_owned());
-                }
-            }
-            let conn = Conn {
-                peer,
-                local,
-                plan,
-                sni: info.sni.clone(),
-                h2: info.is_h2(),
-                probe: probe.clone(),
-            };
-            match probe {
-                // The TLS-specific check: Pending while rustls wants neither to read
-                // nor to write can never be woken, so it counts as a spin at once.
-                Some(p) => {
-                    let tls = Box::new(tern_tls::TlsStuckCheck::new(tls, p));
-                    dispatch(tls, conn, shared, shutdown).await
-                }
-                None => dispatch(Box::new(tls), conn, shared, shutdown).await,
-            }
-        }
+    // done, and the TLS stream too: it is large (rustls' connection state, over a
+    // kilobyte), and every future it passes through would otherwise keep room for
+    // it for the connection's whole life (bench/NOTES.md, scenario 5). The stream
+    // is boxed inside the handshake's future, and the match ends before anything
+    // else is awaited: a by-value stream bound in a match arm, or the match's
+    // scrutinee, keeps its room in this future across every later await.
+    let handshake = Box::pin(async move { acceptor.accept(stream).await.map(Box::new) });
+    let tls = match handshake.await {
+        Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(%peer, port = plan.port, error = %e, "TLS handshake failed");
+            return;
         }
+    };
+    let info = tern_tls::handshake_info(&tls);
+    if let Some(p) = &probe {
+        if let Some(sni) = &info.sni {
+            p.set("sni", sni.clone());
+        }
+        if let Some(alpn) = &info.alpn {
+            p.set("alpn", String::from_utf8_lossy(alpn).into_owned());
+        }
+    }
+    let conn = Conn {
+        peer,
+        local,
+        plan,
+        sni: info.sni.clone(),
+        h2: info.is_h2(),
+        probe: probe.clone(),
+    };
+    match probe {
+        // The TLS-specific check: Pending while rustls wants neither to read
+        // nor to write can never be woken, so it counts as a spin at once.
+        Some(p) => {
+            let checked = Box::new(tern_tls::TlsStuckCheck::new(*tls, p));
+            dispatch(checked, conn, shared, shutdown).await
+        }
+        None => dispatch(tls, conn, shared, shutdown).await,
     }
 }
 
