@@ -135,15 +135,14 @@ where
         let wait = next_check(activity, settings);
         tokio::select! {
             read = io.get_mut().read(&mut buf[..want]) => match read {
-                // A prefix that began like a preface and then ended: the HTTP/1.1
-                // parser answers it.
-                Ok(0) => {
-                    if have == 0 {
-                        close_quietly(io).await;
-                    }
-                    return have > 0;
+                Ok(0) if have == 0 => {
+                    // The client left a connection with nothing in flight.
+                    close_quietly(io).await;
+                    return false;
                 }
-                Err(_) => return have > 0,
+                // Bytes that began like a preface and then ended: the HTTP/1.1
+                // parser answers them.
+                Ok(0) | Err(_) => return have > 0,
                 Ok(n) => io.append(&buf[..n]),
             },
             _ = tokio::time::sleep(wait) => {
@@ -172,6 +171,7 @@ where
 async fn close_quietly<IO: AsyncWrite + Unpin>(io: &mut IO) {
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
+
 /// The socket type HTTP runs on once the first bytes are in.
 type ClientIo<IO> = TokioIo<Prefixed<ActivityIo<IO>>>;
 
