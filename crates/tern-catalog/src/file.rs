@@ -1,7 +1,9 @@
 //! The embedded catalog: the fleet as the TOML file describes it, plus state changes
 //! made at run time (machines started or stopped by this node).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tern_balance::{Limits, Load, WaitQueue};

@@ -1,6 +1,6 @@
 //! Hostname lookup: exact names first, then the most specific `*.suffix` wildcard.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 /// Maps hostnames (exact or `*.suffix`) to a value, usually an app name.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Per-request metrics with their handles cached, so the hot path does no label
 //! allocation or registry lookup once an (app, code, status) has been seen.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Connections to machines: HTTP/1.1 connections pooled per machine address, and
 //! one shared h2c connection per machine for services that set `h2_backend`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
