@@ -42,12 +42,26 @@ impl Ips {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests),
+/// never one this test process was given before: the kernel may hand the same
+/// released port to two calls in a row, and a config listing it twice is invalid.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
+    panic!("no port not given before in 100 tries");
 }
 
 /// Ports one Tern instance uses.
