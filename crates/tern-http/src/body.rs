@@ -24,19 +24,20 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 /// What happens when a relayed body ends.
 pub(crate) trait OnEnd: Send + 'static {
     /// `complete` is true when the body was read to its end without error.
-    fn on_end(self: Box<Self>, complete: bool);
+    fn on_end(self, complete: bool);
 }
 
 pin_project_lite::pin_project! {
     /// Relays `inner` and calls the hook once: at the end of the stream, on error,
-    /// or on drop, whichever comes first.
-    pub(crate) struct Guarded<B: HttpBody> {
+    /// or on drop, whichever comes first. The hook is held by value: a boxed one
+    /// would be one more allocation per request.
+    pub(crate) struct Guarded<B: HttpBody, H: OnEnd> {
         #[pin]
         inner: B,
-        hook: Option<Box<dyn OnEnd>>,
+        hook: Option<H>,
     }
 
-    impl<B: HttpBody> PinnedDrop for Guarded<B> {
+    impl<B: HttpBody, H: OnEnd> PinnedDrop for Guarded<B, H> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // An empty body (HEAD, 204) may never be polled, yet it is complete.
@@ -48,8 +49,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B: HttpBody> Guarded<B> {
-    pub(crate) fn new(inner: B, hook: Box<dyn OnEnd>) -> Self {
+impl<B: HttpBody, H: OnEnd> Guarded<B, H> {
+    pub(crate) fn new(inner: B, hook: H) -> Self {
         Guarded {
             inner,
             hook: Some(hook),
@@ -57,9 +58,10 @@ impl<B: HttpBody> Guarded<B> {
     }
 }
 
-impl<B> HttpBody for Guarded<B>
+impl<B, H> HttpBody for Guarded<B, H>
 where
     B: HttpBody<Data = Bytes>,
+    H: OnEnd,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;

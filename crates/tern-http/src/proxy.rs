@@ -222,16 +222,17 @@ impl Proxy {
         }
         let h2 = service.config.h2_backend && !upgrade;
         let (parts, body) = req.into_parts();
-        let with_body = !http_body::Body::is_end_stream(&body);
-        let body: Body = Limited::new(body, limit_usize(limit))
-            .map_err(|e| e as crate::BoxError)
-            .boxed_unsync();
-        let body = match &conn.activity {
-            Some(activity) if with_body => {
-                let hook = BodyRead(Arc::clone(activity));
-                Guarded::new(body, Box::new(hook)).boxed_unsync()
+        let body: Body = if http_body::Body::is_end_stream(&body) {
+            // No body (most GETs): an empty one is a zero-sized box, no allocation.
+            Body::default()
+        } else {
+            let limited = Limited::new(body, limit_usize(limit)).map_err(|e| e as crate::BoxError);
+            match &conn.activity {
+                Some(activity) => {
+                    Guarded::new(limited, BodyRead(Arc::clone(activity))).boxed_unsync()
+                }
+                None => limited.boxed_unsync(),
             }
-            _ => body,
         };
         let mut req = Request::from_parts(parts, body);
         *req.version_mut() = if h2 {
@@ -298,7 +299,7 @@ impl Proxy {
             },
         };
         let (parts, body) = resp.into_parts();
-        let body = Guarded::new(body, Box::new(hook)).boxed_unsync();
+        let body = Guarded::new(body, hook).boxed_unsync();
         Ok(Response::from_parts(parts, body))
     }
 
@@ -454,7 +455,7 @@ struct Release {
 }
 
 impl OnEnd for Release {
-    fn on_end(self: Box<Self>, complete: bool) {
+    fn on_end(self, complete: bool) {
         if let (true, Some((pool, addr, tx))) = (complete, self.pool) {
             pool.checkin(addr, tx);
         }
@@ -589,7 +590,7 @@ fn upstream_uri(uri: Uri, host: &str, addr: SocketAddr, h2: bool) -> Result<Uri,
 struct BodyRead(Arc<Activity>);
 
 impl OnEnd for BodyRead {
-    fn on_end(self: Box<Self>, complete: bool) {
+    fn on_end(self, complete: bool) {
         if complete {
             self.0.request_body_read();
         }

@@ -73,7 +73,7 @@ pub async fn serve_connection<IO>(
             activity.request_started(!http_body::Body::is_end_stream(req.body()));
             let resp = proxy.handle(req, &info).await;
             let (parts, body) = resp.into_parts();
-            let body = Guarded::new(body, Box::new(Finished(activity))).boxed_unsync();
+            let body = Guarded::new(body, Finished(activity)).boxed_unsync();
             Ok::<_, Infallible>(http::Response::from_parts(parts, body))
         })
     });
@@ -350,7 +350,7 @@ fn next_check(activity: &Activity, settings: &ServerSettings) -> Duration {
 struct Finished(Arc<Activity>);
 
 impl OnEnd for Finished {
-    fn on_end(self: Box<Self>, _complete: bool) {
+    fn on_end(self, _complete: bool) {
         self.0.request_finished();
     }
 }
