@@ -31,8 +31,9 @@ pub(crate) struct Conn {
     last_progress_ms: AtomicU64,
     pub(crate) stuck_flag: AtomicBool,
     // Inspection only (see `Watched`).
-    /// Set once polls go through the counting waker. Before that every poll but
-    /// the first was a wakeup, so `wakeups` is derived rather than counted.
+    /// Set once polls go through the counting waker (see `Watched::poll`). Before
+    /// that every poll but the first was a wakeup, so `wakeups` is derived rather
+    /// than counted.
     pub(crate) inspecting: AtomicBool,
     pub(crate) in_poll: AtomicBool,
     pub(crate) woken_in_poll: AtomicBool,

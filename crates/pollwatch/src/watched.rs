@@ -53,10 +53,6 @@ pin_project_lite::pin_project! {
         #[pin]
         pause: Option<tokio::time::Sleep>,
         logged: bool,
-        // Polled through `waker` (counting wakeups and self-wakes) from the first
-        // streak of `INSPECT_AFTER` polls without progress on; never switched back,
-        // since wakers registered inside may be ours.
-        inspecting: bool,
     }
 }
 
@@ -80,7 +76,6 @@ impl<F> Watched<F> {
             backoff: None,
             pause: None,
             logged: false,
-            inspecting: false,
         }
     }
 }
@@ -103,7 +98,10 @@ impl<F: Future> Future for Watched<F> {
             this.pause.set(None);
         }
 
-        let polled = if *this.inspecting {
+        // Polled through `waker` (counting wakeups and self-wakes) from the first
+        // streak of `INSPECT_AFTER` polls without progress on; never switched back,
+        // since wakers registered inside may be ours.
+        let polled = if conn.inspecting.load(Ordering::Relaxed) {
             conn.task_waker.register(cx.waker());
             conn.woken_in_poll.store(false, Ordering::Relaxed);
             conn.in_poll.store(true, Ordering::Release);
@@ -134,7 +132,6 @@ impl<F: Future> Future for Watched<F> {
             conn,
             streak: this.streak,
             streak_start: this.streak_start,
-            inspecting: this.inspecting,
         };
         match streak.no_progress() {
             None => Poll::Pending,
@@ -148,7 +145,6 @@ struct Streak<'a> {
     conn: &'a Conn,
     streak: &'a mut u64,
     streak_start: &'a mut Option<Instant>,
-    inspecting: &'a mut bool,
 }
 
 impl Streak<'_> {
@@ -172,9 +168,8 @@ impl Streak<'_> {
             // untimed, so a spin is, if anything, judged faster than it was.
             *self.streak_start = Some(Instant::now());
         }
-        if *self.streak >= INSPECT_AFTER && !*self.inspecting {
-            *self.inspecting = true;
-            self.conn.start_inspecting();
+        if *self.streak >= INSPECT_AFTER && !conn.inspecting.load(Ordering::Relaxed) {
+            conn.start_inspecting();
         }
         if *self.streak < conn.config.polls {
             return None;

@@ -30,7 +30,7 @@ pub struct Activity {
     /// The last write or flush could not finish: bytes wait to go out.
     write_blocked: AtomicBool,
     /// The last request came with a body not yet read to its end.
-    body_sent: AtomicBool,
+    body_unread: AtomicBool,
 }
 
 impl Default for Activity {
@@ -45,7 +45,7 @@ impl Default for Activity {
             multiplexed: AtomicBool::new(false),
             read_waiting: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
-            body_sent: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
         }
     }
 }
@@ -75,12 +75,12 @@ impl Activity {
     pub fn request_started(&self, with_body: bool) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
-        self.body_sent.store(with_body, Ordering::Release);
+        self.body_unread.store(with_body, Ordering::Release);
     }
 
     /// The last request's body was read to its end.
     pub(crate) fn request_body_read(&self) {
-        self.body_sent.store(false, Ordering::Release);
+        self.body_unread.store(false, Ordering::Release);
     }
 
     /// A response was written to its end (or abandoned).
@@ -98,7 +98,7 @@ impl Activity {
         Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
     }
 
-    /// Marks the connection as HTTP/2 (from ALPN or its preface).
+    /// Marks the connection as HTTP/2 (the server does, from ALPN or its preface).
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Ordering::Release);
     }
@@ -123,7 +123,7 @@ impl Activity {
     pub(crate) fn parkable(&self, after: Duration) -> bool {
         self.read_waiting.load(Ordering::Acquire)
             && !self.write_blocked.load(Ordering::Acquire)
-            && !self.body_sent.load(Ordering::Acquire)
+            && !self.body_unread.load(Ordering::Acquire)
             && self.head_started_ms.load(Ordering::Acquire) == 0
             && self.idle_for().is_some_and(|t| t >= after)
     }
@@ -160,8 +160,6 @@ impl Activity {
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
 pin_project_lite::pin_project! {
     /// A socket that reports its reads and writes to an `Activity`.
     pub struct ActivityIo<IO> {
@@ -191,10 +189,6 @@ impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
             .read_waiting
             .store(polled.is_pending(), Ordering::Relaxed);
         let n = buf.filled().len() - before;
-        if n > 0 && this.activity.bytes_in() == 0 && buf.filled()[before..].starts_with(H2_PREFACE)
-        {
-            this.activity.set_multiplexed();
-        }
         if n > 0 {
             this.activity.on_read(n);
         }

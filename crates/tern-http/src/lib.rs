@@ -19,5 +19,5 @@ pub use binding::ConnBindings;
 pub use body::{full, Body, BoxError};
 pub use error::{ErrorCode, ProxyError};
 pub use proxy::{ConnInfo, Proxy, ProxySettings};
-pub use server::{serve_connection, ServerSettings, PARK_AFTER};
+pub use server::{serve_connection, ServerSettings};
 pub use upstream::Upstreams;

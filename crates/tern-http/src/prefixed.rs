@@ -24,27 +24,21 @@ impl<IO> Prefixed<IO> {
         }
     }
 
-    /// Puts `bytes` in front of what is still unread.
-    pub(crate) fn unread(&mut self, bytes: Bytes) {
+    /// Adds `bytes` behind what is still unread.
+    pub(crate) fn append(&mut self, bytes: Bytes) {
         if bytes.is_empty() {
+            // Dropped, not kept: an empty `Bytes` may still hold its buffer (hyper's
+            // 16 KiB read buffer, handed back when a connection parks).
             return;
         }
         if self.prefix.is_empty() {
             self.prefix = bytes;
         } else {
-            let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
-            joined.extend_from_slice(&bytes);
+            let mut joined = Vec::with_capacity(self.prefix.len() + bytes.len());
             joined.extend_from_slice(&self.prefix);
+            joined.extend_from_slice(&bytes);
             self.prefix = Bytes::from(joined);
         }
-    }
-
-    /// Adds `bytes`, just read from the socket, behind what is still unread.
-    pub(crate) fn append(&mut self, bytes: &[u8]) {
-        let mut joined = Vec::with_capacity(self.prefix.len() + bytes.len());
-        joined.extend_from_slice(&self.prefix);
-        joined.extend_from_slice(bytes);
-        self.prefix = Bytes::from(joined);
     }
 
     pub(crate) fn prefix(&self) -> &[u8] {
@@ -123,9 +117,9 @@ mod tests {
     async fn reads_the_prefix_then_the_socket() {
         let (a, mut b) = tokio::io::duplex(64);
         let mut p = Prefixed::new(a);
-        p.unread(Bytes::from_static(b"world"));
-        p.unread(Bytes::from_static(b"hello "));
-        p.append(b"ly");
+        p.append(Bytes::from_static(b"hello "));
+        p.append(Bytes::new());
+        p.append(Bytes::from_static(b"worldly"));
         assert_eq!(p.prefix(), b"hello worldly");
         b.write_all(b"!").await.unwrap();
         drop(b);
@@ -136,5 +130,35 @@ mod tests {
         p.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"o worldly!");
         assert!(p.prefix().is_empty());
+    }
+
+    #[test]
+    fn an_empty_append_releases_its_buffer() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        /// A buffer that tells when it is freed.
+        struct Owner(Vec<u8>, Arc<AtomicBool>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+
+        let freed = Arc::new(AtomicBool::new(false));
+        // What hyper hands back when a connection parks: everything consumed, the
+        // buffer still behind it.
+        let mut consumed = Bytes::from_owner(Owner(vec![0; 16 * 1024], Arc::clone(&freed)));
+        consumed.advance(16 * 1024);
+        let (a, _b) = tokio::io::duplex(64);
+        let mut p = Prefixed::new(a);
+        p.append(consumed);
+        assert!(p.prefix().is_empty());
+        assert!(freed.load(Ordering::SeqCst), "the buffer is kept alive");
     }
 }

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -39,12 +40,12 @@ pub struct ServerSettings {
 /// (hyper's read and write buffers, 24 KiB) until the client sends again. Short
 /// enough that idle connections cost little memory soon after their last request,
 /// long enough that a busy connection never pays for rebuilding it.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// Serves HTTP on `io` until the client leaves, a timer fires, or `shutdown` turns true.
 pub async fn serve_connection<IO>(
     io: IO,
-    info: ConnInfo,
+    mut info: ConnInfo,
     h2_by_alpn: bool,
     proxy: Arc<Proxy>,
     settings: &ServerSettings,
@@ -53,13 +54,9 @@ pub async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
-    if h2_by_alpn {
-        activity.set_multiplexed();
-    }
     let mut io = Prefixed::new(ActivityIo::new(io, Arc::clone(&activity)));
 
     let svc_activity = Arc::clone(&activity);
-    let mut info = info;
     info.activity = Some(Arc::clone(&activity));
     let info = Arc::new(info);
     let service = service_fn(move |req: Request<Incoming>| {
@@ -143,22 +140,16 @@ where
                 // Bytes that began like a preface and then ended: the HTTP/1.1
                 // parser answers them.
                 Ok(0) | Err(_) => return have > 0,
-                Ok(n) => io.append(&buf[..n]),
+                Ok(n) => io.append(Bytes::copy_from_slice(&buf[..n])),
             },
-            _ = tokio::time::sleep(wait) => {
-                if activity.idle_for().is_some_and(|t| t >= settings.idle_timeout) {
-                    metrics::counter!("tern_client_timeouts_total", "kind" => "idle").increment(1);
+            _ = tokio::time::sleep(wait) => match expired(activity, settings) {
+                Some(Expired::HeaderRead) => return false,
+                Some(Expired::Idle) => {
                     close_quietly(io).await;
                     return false;
                 }
-                if activity
-                    .head_pending_for()
-                    .is_some_and(|t| t >= settings.header_read_timeout)
-                {
-                    metrics::counter!("tern_client_timeouts_total", "kind" => "header_read").increment(1);
-                    return false;
-                }
-            }
+                None => {}
+            },
             _ = shutdown.changed() => {
                 close_quietly(io).await;
                 return false;
@@ -171,9 +162,6 @@ where
 async fn close_quietly<IO: AsyncWrite + Unpin>(io: &mut IO) {
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
-
-/// The socket type HTTP runs on once the first bytes are in.
-type ClientIo<IO> = TokioIo<Prefixed<ActivityIo<IO>>>;
 
 /// Serves HTTP/1.1 until the connection ends (`None`) or parks: idle for
 /// `PARK_AFTER` with nothing in flight, when hyper's state is dropped and the
@@ -205,13 +193,14 @@ where
     let mut conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    match drive(&mut conn, activity, settings, shutdown, true).await {
+    let graceful = |c: &mut http1::UpgradeableConnection<_, _>| Pin::new(c).graceful_shutdown();
+    match drive(&mut conn, graceful, activity, settings, shutdown, true).await {
         Driven::Ended => None,
         Driven::Park => {
             let parts = conn.into_parts()?;
             metrics::counter!("tern_client_parked_total").increment(1);
             let mut io = parts.io.into_inner();
-            io.unread(parts.read_buf);
+            io.append(parts.read_buf);
             Some(io)
         }
     }
@@ -236,7 +225,8 @@ async fn serve_h2<IO, S>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let mut conn = builder.serve_connection(TokioIo::new(io), service);
-    drive(&mut conn, activity, settings, shutdown, false).await;
+    let graceful = |c: &mut http2::Connection<_, _, _>| Pin::new(c).graceful_shutdown();
+    drive(&mut conn, graceful, activity, settings, shutdown, false).await;
 }
 
 enum Driven {
@@ -244,45 +234,21 @@ enum Driven {
     Park,
 }
 
-/// What `drive` needs of a hyper connection.
-trait GracefulConn: Future<Output = Result<(), hyper::Error>> + Unpin {
-    fn graceful(&mut self);
-}
-
-impl<IO, S> GracefulConn for http1::UpgradeableConnection<ClientIo<IO>, S>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful(&mut self) {
-        Pin::new(self).graceful_shutdown();
-    }
-}
-
-impl<IO, S> GracefulConn for http2::Connection<ClientIo<IO>, S, TokioExecutor>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
-    S::Future: Send + Unpin + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful(&mut self) {
-        Pin::new(self).graceful_shutdown();
-    }
-}
-
-/// Polls `conn` under the header, idle and drain timers and the shutdown signal.
-/// With `may_park`, returns `Park` once the connection is parkable (see
-/// `Activity::parkable`); the caller then takes the socket back from hyper.
-async fn drive<C: GracefulConn>(
+/// Polls `conn` under the header, idle and drain timers and the shutdown signal;
+/// `graceful` starts its graceful shutdown. With `may_park`, returns `Park` once
+/// the connection is parkable (see `Activity::parkable`); the caller then takes
+/// the socket back from hyper.
+async fn drive<C>(
     conn: &mut C,
+    graceful: impl Fn(&mut C),
     activity: &Activity,
     settings: &ServerSettings,
     shutdown: &mut watch::Receiver<bool>,
     may_park: bool,
-) -> Driven {
+) -> Driven
+where
+    C: Future<Output = Result<(), hyper::Error>> + Unpin,
+{
     let mut draining = false;
     loop {
         let mut wait = next_check(activity, settings);
@@ -302,31 +268,51 @@ async fn drive<C: GracefulConn>(
                 }
                 return Driven::Ended;
             }
-            _ = tokio::time::sleep(wait), if !draining => {
-                if activity
-                    .head_pending_for()
-                    .is_some_and(|t| t >= settings.header_read_timeout)
-                {
-                    metrics::counter!("tern_client_timeouts_total", "kind" => "header_read").increment(1);
-                    return Driven::Ended;
-                }
-                if activity.idle_for().is_some_and(|t| t >= settings.idle_timeout) {
-                    metrics::counter!("tern_client_timeouts_total", "kind" => "idle").increment(1);
+            _ = tokio::time::sleep(wait), if !draining => match expired(activity, settings) {
+                Some(Expired::HeaderRead) => return Driven::Ended,
+                Some(Expired::Idle) => {
                     draining = true;
-                    conn.graceful();
-                } else if may_park && activity.parkable(PARK_AFTER) {
-                    return Driven::Park;
+                    graceful(conn);
                 }
-            }
+                None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
+                None => {}
+            },
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                conn.graceful();
+                graceful(conn);
             }
             _ = tokio::time::sleep(settings.drain_timeout), if draining => {
                 return Driven::Ended;
             }
         }
     }
+}
+
+/// A client timer that has run out.
+enum Expired {
+    /// A request head began arriving and was not complete in time: drop.
+    HeaderRead,
+    /// Nothing in flight and no byte moving for the idle timeout: close.
+    Idle,
+}
+
+/// Which timer, if any, has run out; counted in `tern_client_timeouts_total`.
+fn expired(activity: &Activity, settings: &ServerSettings) -> Option<Expired> {
+    let (expired, kind) = if activity
+        .head_pending_for()
+        .is_some_and(|t| t >= settings.header_read_timeout)
+    {
+        (Expired::HeaderRead, "header_read")
+    } else if activity
+        .idle_for()
+        .is_some_and(|t| t >= settings.idle_timeout)
+    {
+        (Expired::Idle, "idle")
+    } else {
+        return None;
+    };
+    metrics::counter!("tern_client_timeouts_total", "kind" => kind).increment(1);
+    Some(expired)
 }
 
 /// When the earliest timer could fire, given what the connection is doing now.

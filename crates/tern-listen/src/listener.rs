@@ -199,7 +199,7 @@ async fn handle<IO>(
         // The TLS-specific check: Pending while rustls wants neither to read
         // nor to write can never be woken, so it counts as a spin at once.
         Some(p) => {
-            let checked = Box::new(tern_tls::TlsStuckCheck::new(*tls, p));
+            let checked = tern_tls::TlsStuckCheck::new(tls, p);
             dispatch(checked, conn, shared, shutdown).await
         }
         None => dispatch(tls, conn, shared, shutdown).await,

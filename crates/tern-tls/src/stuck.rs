@@ -28,16 +28,20 @@ pub const STUCK_REASON: &str = "tls: Pending while rustls wants neither to read 
 ///
 /// Counts `tern_tls_stuck_total` once per connection found stuck; the probe is told
 /// at every such `Pending`, so each following poll is treated as a spin too.
+///
+/// The stream is kept boxed (rustls' state is over a kilobyte), so that the futures
+/// a connection passes through carry a pointer rather than room for the state.
 pub struct TlsStuckCheck<IO> {
-    inner: TlsStream<IO>,
+    inner: Box<TlsStream<IO>>,
     probe: Probe,
     counted: bool,
 }
 
 impl<IO> TlsStuckCheck<IO> {
-    pub fn new(inner: TlsStream<IO>, probe: Probe) -> Self {
+    /// Takes the stream by value or, without moving it again, already boxed.
+    pub fn new(inner: impl Into<Box<TlsStream<IO>>>, probe: Probe) -> Self {
         TlsStuckCheck {
-            inner,
+            inner: inner.into(),
             probe,
             counted: false,
         }
@@ -52,7 +56,7 @@ impl<IO> TlsStuckCheck<IO> {
     }
 
     pub fn into_inner(self) -> TlsStream<IO> {
-        self.inner
+        *self.inner
     }
 
     pub fn probe(&self) -> &Probe {

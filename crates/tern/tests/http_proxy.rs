@@ -5,63 +5,9 @@ mod common;
 
 use common::*;
 
-fn app_config(
-    ports: Ports,
-    ips: &Ips,
-    certs_dir: &str,
-    extra_app: &str,
-    extra_limits: &str,
-) -> String {
-    let mut c = config_head(ports, extra_limits);
-    c.push_str(&format!(
-        r#"
-[tls]
-certs_dir = "{certs_dir}"
-
-[[app]]
-name = "web"
-hostnames = ["web.test", "*.web.test"]
-{extra_app}
-
-[[app.service]]
-internal_port = 7000
-concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
-ports = [
-  {{ port = {https}, handlers = ["tls", "http"] }},
-  {{ port = {http}, handlers = ["http"] }},
-]
-"#,
-        https = ports.https,
-        http = ports.http,
-    ));
-    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
-    c
-}
-
-struct Setup {
-    tern: Tern,
-    certs: Certs,
-    _backend: Backend,
-}
-
-async fn setup(extra_app: &str, extra_limits: &str) -> Setup {
-    let ips = Ips::new();
-    let backend = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
-    let config = app_config(ports, &ips, "certs", extra_app, extra_limits);
-    let tern = Tern::start_in(dir, &config, ports);
-    Setup {
-        tern,
-        certs,
-        _backend: backend,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_http1_reaches_the_machine_with_forwarding_headers() {
-    let s = setup("", "").await;
+    let s = web_setup("", "").await;
     let url = s.tern.http_url("web.test", "/hello?x=1");
     let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -101,7 +47,7 @@ async fn curl_http1_reaches_the_machine_with_forwarding_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_http2_over_tls_with_sni() {
-    let s = setup("", "").await;
+    let s = web_setup("", "").await;
     let url = format!("https://api.web.test:{}/h2", s.tern.ports.https);
     let resolve = format!("api.web.test:{}:127.0.0.1", s.tern.ports.https);
     let ca = s.certs.ca_path.to_str().unwrap().to_owned();
@@ -146,7 +92,7 @@ async fn curl_http2_over_tls_with_sni() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_with_prior_knowledge_on_the_plain_port() {
-    let s = setup("", "").await;
+    let s = web_setup("", "").await;
     let url = s.tern.http_url("web.test", "/");
     let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -160,7 +106,7 @@ async fn h2c_with_prior_knowledge_on_the_plain_port() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spoofed_tern_headers_are_stripped_and_hop_by_hop_removed() {
-    let s = setup("", "").await;
+    let s = web_setup("", "").await;
     let url = s.tern.http_url("web.test", "/");
     let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -206,7 +152,7 @@ async fn spoofed_tern_headers_are_stripped_and_hop_by_hop_removed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_host_gets_a_coded_404() {
-    let s = setup("", "").await;
+    let s = web_setup("", "").await;
     let port = s.tern.ports.http;
     let out = tokio::task::spawn_blocking(move || {
         http_get_raw(("127.0.0.1", port), "/", "nobody.example").unwrap()
@@ -224,7 +170,7 @@ async fn unknown_host_gets_a_coded_404() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn declared_oversized_body_gets_413_and_chunked_one_is_cut() {
-    let s = setup("max_request_body = 1000", "").await;
+    let s = web_setup("max_request_body = 1000", "").await;
     let url = s.tern.http_url("web.test", "/upload");
     let resolve = format!("web.test:{}:127.0.0.1", s.tern.ports.http);
     let big = "x".repeat(5000);

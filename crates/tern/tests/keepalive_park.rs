@@ -1,6 +1,6 @@
 //! Idle keep-alive connections give up their HTTP state and take it up again: a
 //! real `tern run`, plain and TLS clients that pause between requests longer than
-//! `PARK_AFTER`, pipelined requests after a pause, and the idle timer on a parked
+//! Tern's park delay, pipelined requests after a pause, and the idle timer on a parked
 //! connection.
 
 mod common;
@@ -12,43 +12,25 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longer than Tern's `PARK_AFTER` (250 ms) with room for a loaded machine.
+/// Longer than Tern's park delay (`PARK_AFTER` in tern-http, 250 ms) with room for a loaded machine.
 const PAUSE: Duration = Duration::from_millis(700);
 
-fn config(ports: Ports, ips: &Ips, extra_limits: &str) -> String {
-    let mut c = config_head(ports, extra_limits);
-    c.push_str(&format!(
-        r#"
-[tls]
-certs_dir = "certs"
-
-[[app]]
-name = "web"
-hostnames = ["web.test"]
-
-[[app.service]]
-internal_port = 7000
-concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
-ports = [
-  {{ port = {https}, handlers = ["tls", "http"] }},
-  {{ port = {http}, handlers = ["http"] }},
-]
-"#,
-        https = ports.https,
-        http = ports.http,
-    ));
-    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
-    c
+async fn connect_plain(s: &WebSetup) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", s.tern.ports.http))
+        .await
+        .unwrap()
 }
 
-async fn start(extra_limits: &str) -> (Tern, Certs, Backend) {
-    let ips = Ips::new();
-    let backend = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path(), &["web.test"]);
-    let tern = Tern::start_in(dir, &config(ports, &ips, extra_limits), ports);
-    (tern, certs, backend)
+/// A TLS connection to the HTTPS port that offers only HTTP/1.1 (HTTP/2 is never
+/// parked).
+async fn connect_tls(s: &WebSetup) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", s.tern.ports.https))
+        .await
+        .unwrap();
+    tls_connector(&s.certs.ca_pem, &[b"http/1.1"])
+        .connect(ServerName::try_from("web.test").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 fn parked_total(tern: &Tern) -> u64 {
@@ -79,39 +61,28 @@ async fn three_with_pauses<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_plain_connection_parks_and_serves_again() {
-    let (tern, _certs, _backend) = start("").await;
-    let before = parked_total(&tern);
-    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
-        .await
-        .unwrap();
+    let setup = web_setup("", "").await;
+    let before = parked_total(&setup.tern);
+    let mut s = connect_plain(&setup).await;
     three_with_pauses(&mut s).await;
-    let parked = parked_total(&tern) - before;
+    let parked = parked_total(&setup.tern) - before;
     assert!(parked >= 2, "parked {parked} times, expected one per pause");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_tls_connection_parks_and_serves_again() {
-    let (tern, certs, _backend) = start("").await;
-    let before = parked_total(&tern);
-    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
-        .await
-        .unwrap();
-    let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
-    let mut s = connector
-        .connect(ServerName::try_from("web.test").unwrap(), tcp)
-        .await
-        .unwrap();
+    let setup = web_setup("", "").await;
+    let before = parked_total(&setup.tern);
+    let mut s = connect_tls(&setup).await;
     three_with_pauses(&mut s).await;
-    let parked = parked_total(&tern) - before;
+    let parked = parked_total(&setup.tern) - before;
     assert!(parked >= 2, "parked {parked} times, expected one per pause");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_requests_after_a_pause_are_all_answered() {
-    let (tern, _certs, _backend) = start("").await;
-    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
-        .await
-        .unwrap();
+    let setup = web_setup("", "").await;
+    let mut s = connect_plain(&setup).await;
     s.write_all(b"GET /first HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
         .unwrap();
@@ -138,20 +109,13 @@ async fn pipelined_requests_after_a_pause_are_all_answered() {
         .expect("closed after Connection: close")
         .unwrap();
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
-    assert!(parked_total(&tern) >= 1);
+    assert!(parked_total(&setup.tern) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parked_connection_still_meets_the_idle_timeout() {
-    let (tern, certs, _backend) = start("idle_timeout = \"1500ms\"").await;
-    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
-        .await
-        .unwrap();
-    let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
-    let mut s = connector
-        .connect(ServerName::try_from("web.test").unwrap(), tcp)
-        .await
-        .unwrap();
+    let setup = web_setup("", "idle_timeout = \"1500ms\"").await;
+    let mut s = connect_tls(&setup).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
         .unwrap();
@@ -170,16 +134,17 @@ async fn a_parked_connection_still_meets_the_idle_timeout() {
         after >= Duration::from_millis(1200),
         "closed before the idle timeout: {after:?}"
     );
-    assert!(parked_total(&tern) >= 1, "the connection was parked first");
+    assert!(
+        parked_total(&setup.tern) >= 1,
+        "the connection was parked first"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_whose_post_body_was_read_parks_too() {
-    let (tern, _certs, _backend) = start("").await;
-    let before = parked_total(&tern);
-    let mut s = TcpStream::connect(("127.0.0.1", tern.ports.http))
-        .await
-        .unwrap();
+    let setup = web_setup("", "").await;
+    let before = parked_total(&setup.tern);
+    let mut s = connect_plain(&setup).await;
     for i in 0..2 {
         if i > 0 {
             tokio::time::sleep(PAUSE).await;
@@ -191,6 +156,6 @@ async fn a_connection_whose_post_body_was_read_parks_too() {
         assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
         assert!(body.contains(&format!("uri=/p{i}")), "request {i}: {body}");
     }
-    let parked = parked_total(&tern) - before;
+    let parked = parked_total(&setup.tern) - before;
     assert!(parked >= 1, "the body was read, so the pause should park");
 }

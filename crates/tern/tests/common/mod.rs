@@ -455,6 +455,58 @@ ports = [{{ port = {http_port}, handlers = ["http"] }}]
 }
 
 /// A machine entry for a config.
+/// The app `web` (`web.test`, `*.web.test`) with one machine, `m1` on `ips.get(1)`
+/// port 7000, served on a TLS port and a plain one; `extra_app` goes into the
+/// `[[app]]` table and `extra_limits` into `[limits]`.
+pub fn web_tls_config(ports: Ports, ips: &Ips, extra_app: &str, extra_limits: &str) -> String {
+    let mut c = config_head(ports, extra_limits);
+    c.push_str(&format!(
+        r#"
+[tls]
+certs_dir = "certs"
+
+[[app]]
+name = "web"
+hostnames = ["web.test", "*.web.test"]
+{extra_app}
+
+[[app.service]]
+internal_port = 7000
+concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+"#,
+        https = ports.https,
+        http = ports.http,
+    ));
+    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    c
+}
+
+/// A running Tern serving `web_tls_config`, with its certificates and machine.
+pub struct WebSetup {
+    pub tern: Tern,
+    pub certs: Certs,
+    pub backend: Backend,
+}
+
+pub async fn web_setup(extra_app: &str, extra_limits: &str) -> WebSetup {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
+    let config = web_tls_config(ports, &ips, extra_app, extra_limits);
+    let tern = Tern::start_in(dir, &config, ports);
+    WebSetup {
+        tern,
+        certs,
+        backend,
+    }
+}
+
 pub fn machine(id: &str, app: &str, region: &str, ip: IpAddr) -> String {
     format!(
         "\n[[machine]]\nid = \"{id}\"\napp = \"{app}\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"started\"\n"
