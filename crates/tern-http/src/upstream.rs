@@ -104,7 +104,10 @@ impl Upstreams {
             }
         }
         let (io, probe) = self.connect_tcp(addr).await?;
-        let (tx, conn) = http1::handshake(io)
+        // Flattened writes, for the reason given in server.rs.
+        let (tx, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         tokio::spawn(watched(probe, addr, conn.with_upgrades()));
