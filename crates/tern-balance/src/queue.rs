@@ -51,6 +51,16 @@ impl WaitQueue {
         if let Some(v) = attempt().await {
             return Ok(v);
         }
+        // Boxed: the queue's timer and notification are rarely needed, and inline
+        // they would add their size to every request's future.
+        Box::pin(self.wait_queued(wait, attempt)).await
+    }
+
+    async fn wait_queued<T, F, Fut>(&self, wait: Duration, mut attempt: F) -> Result<T, QueueError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
         let prev = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _slot = Slot(&self.waiting);
         if prev >= self.capacity {

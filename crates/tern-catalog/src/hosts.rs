@@ -31,11 +31,16 @@ impl<T> HostIndex<T> {
     /// Looks up a host as sent by a client: any `:port` and trailing dot are ignored.
     pub fn lookup(&self, host: &str) -> Option<&T> {
         let host = strip_port(host).trim_end_matches('.');
-        let host = host.to_ascii_lowercase();
-        if let Some(v) = self.exact.get(&host) {
+        // Clients nearly always send lowercase: copy only when there is case to fold.
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
+        if let Some(v) = self.exact.get(host.as_ref()) {
             return Some(v);
         }
-        let mut rest = host.as_str();
+        let mut rest = host.as_ref();
         while let Some((_, suffix)) = rest.split_once('.') {
             if let Some(v) = self.wildcard.get(suffix) {
                 return Some(v);

@@ -27,6 +27,14 @@ pub(crate) trait OnEnd: Send + 'static {
     fn on_end(self, complete: bool);
 }
 
+/// Two hooks, run in order.
+impl<A: OnEnd, B: OnEnd> OnEnd for (A, B) {
+    fn on_end(self, complete: bool) {
+        self.0.on_end(complete);
+        self.1.on_end(complete);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// Relays `inner` and calls the hook once: at the end of the stream, on error,
     /// or on drop, whichever comes first. The hook is held by value: a boxed one

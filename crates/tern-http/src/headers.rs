@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 
 // Built once: a name from a string is parsed on every use, and these are used on
@@ -106,6 +106,9 @@ pub(crate) struct Forwarded<'a> {
 }
 
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    // Room for all of them at once: a client's map is sized to what it sent, and
+    // growing it one insert at a time rehashes it more than once.
+    headers.reserve(7);
     append_to_list(headers, X_FORWARDED_FOR, &f.conn.client_ip);
     headers.insert(
         X_FORWARDED_PROTO,
@@ -123,19 +126,21 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
 /// Sets a comma-separated list header (`X-Forwarded-For`, `Via`) to every prior
 /// value, in order, followed by `ours`.
 fn append_to_list(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue) {
-    let mut prior = headers.get_all(&name).iter();
-    let value = match prior.next() {
-        None => ours.clone(),
-        Some(first) => {
-            let mut joined = first.as_bytes().to_vec();
-            for v in prior.chain(std::iter::once(ours)) {
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(v.as_bytes());
-            }
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
+    match headers.entry(name) {
+        Entry::Vacant(v) => {
+            v.insert(ours.clone());
         }
-    };
-    headers.insert(name, value);
+        Entry::Occupied(mut o) => {
+            let mut joined = Vec::new();
+            for v in o.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(ours.as_bytes());
+            let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone());
+            o.insert(value);
+        }
+    }
 }
 
 /// `Via`'s entry for Tern on a message of this version (RFC 9110 §7.6.3).

@@ -87,8 +87,15 @@ pub struct Proxy {
 
 /// What a finished request is labelled with in metrics and logs.
 struct Outcome {
-    app: String,
+    /// The app the request was routed to, once known.
+    app: Option<Arc<AppEntry>>,
     code: &'static str,
+}
+
+impl Outcome {
+    fn app_name(&self) -> &str {
+        self.app.as_deref().map_or("", |a| a.name.as_str())
+    }
 }
 
 impl Proxy {
@@ -107,7 +114,14 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: Tern's own errors become coded responses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    /// `on_end` runs when the response body is done (or dropped); it shares the
+    /// relayed body's wrapper, so a response costs one boxed body, not two.
+    pub(crate) async fn handle<H: OnEnd>(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        on_end: H,
+    ) -> Response<Body> {
         if self.settings.test_hooks && req.uri().path() == "/__tern_test/spin" {
             std::future::poll_fn(|cx| {
                 cx.waker().wake_by_ref();
@@ -119,28 +133,33 @@ impl Proxy {
         let request_id = headers::request_id();
         let method = req.method().clone();
         let mut outcome = Outcome {
-            app: String::new(),
+            app: None,
             code: "ok",
         };
         let mut resp = match self.proxy(req, conn, &request_id, &mut outcome).await {
-            Ok(resp) => resp,
+            Ok(Answer::Relayed(resp, release)) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, Guarded::new(body, (release, on_end)).boxed_unsync())
+            }
+            Ok(Answer::Local(resp)) => resp.map(|b| Guarded::new(b, on_end).boxed_unsync()),
             Err(e) => {
                 outcome.code = e.code.as_str();
                 tracing::info!(
                     request_id = request_id.to_str().unwrap_or_default(),
-                    app = %outcome.app,
+                    app = outcome.app_name(),
                     peer = %conn.peer,
                     code = e.code.as_str(),
                     detail = %e.detail,
                     "request failed"
                 );
                 e.into_response()
+                    .map(|b| Guarded::new(b, on_end).boxed_unsync())
             }
         };
         resp.headers_mut()
             .insert(headers::TERN_REQUEST_ID, request_id.clone());
         self.metrics.record(
-            &outcome.app,
+            outcome.app_name(),
             outcome.code,
             resp.status().as_u16(),
             started.elapsed(),
@@ -155,19 +174,20 @@ impl Proxy {
         conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Answer, ProxyError> {
         let snapshot = self.catalog.snapshot();
 
         // route: Host (or :authority) names the app; the public port names its service.
         let host = request_host(&req)
             .ok_or_else(|| ProxyError::new(ErrorCode::BadRequest, "the request names no host"))?;
-        let app = snapshot.hosts.lookup(&host).cloned().ok_or_else(|| {
+        let host = host.to_str().unwrap_or_default();
+        let app = snapshot.hosts.lookup(host).cloned().ok_or_else(|| {
             ProxyError::new(
                 ErrorCode::NoAppForHost,
                 format!("no app serves host {host:?}"),
             )
         })?;
-        outcome.app = app.name.clone();
+        outcome.app = Some(Arc::clone(&app));
         if let Some(p) = &conn.probe {
             if conn.noted_app.changed(&app) {
                 p.note("app", &app.name);
@@ -182,7 +202,7 @@ impl Proxy {
 
         // redirect: force_https answers before anything reaches a machine.
         if !conn.tls && forces_https(&service, conn.port) {
-            return Ok(redirect_to_https(&req, &host, &app));
+            return Ok(Answer::Local(redirect_to_https(&req, host, &app)));
         }
 
         // admit: refuse a body that is declared too large before reading any of it.
@@ -215,7 +235,7 @@ impl Proxy {
                 },
             );
             if !h.contains_key(HOST) {
-                if let Ok(v) = HeaderValue::from_str(&host) {
+                if let Ok(v) = HeaderValue::from_str(host) {
                     h.insert(HOST, v);
                 }
             }
@@ -246,7 +266,7 @@ impl Proxy {
             .connect(&snapshot, &app, &service, conn, h2, upgrade)
             .await?;
         let uri = std::mem::take(req.uri_mut());
-        *req.uri_mut() = upstream_uri(uri, &host, pick.addr, h2)?;
+        *req.uri_mut() = upstream_uri(uri, host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
             if conn.noted_machine.changed(&pick.machine) {
                 p.note("machine", &pick.machine.config.id);
@@ -288,7 +308,10 @@ impl Proxy {
                 }
             });
             let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
+            return Ok(Answer::Local(Response::from_parts(
+                parts,
+                full(bytes::Bytes::new()),
+            )));
         }
 
         let hook = Release {
@@ -298,9 +321,7 @@ impl Proxy {
                 Sender::H2(_) => None,
             },
         };
-        let (parts, body) = resp.into_parts();
-        let body = Guarded::new(body, hook).boxed_unsync();
-        Ok(Response::from_parts(parts, body))
+        Ok(Answer::Relayed(resp, hook))
     }
 
     async fn connect(
@@ -423,18 +444,7 @@ impl Proxy {
                         // A pooled connection the machine had closed: the request
                         // never left, so it goes again on a fresh connection.
                         match e.take_message() {
-                            Some(req) if reused => {
-                                let fresh =
-                                    self.upstreams.checkout(addr, false, false).await.map_err(
-                                        |e| {
-                                            ProxyError::new(
-                                                ErrorCode::UpstreamConnectFailed,
-                                                e.to_string(),
-                                            )
-                                        },
-                                    )?;
-                                Box::pin(self.send(req, fresh, addr)).await
-                            }
+                            Some(req) if reused => Box::pin(self.resend(req, addr)).await,
                             _ => Err(upstream_error(e.into_error())),
                         }
                     }
@@ -442,6 +452,31 @@ impl Proxy {
             }
         }
     }
+}
+
+impl Proxy {
+    /// Sends again, on a fresh connection, a request that a pooled connection
+    /// never sent. Boxed by its caller: rare, and its future is large.
+    async fn resend(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        let fresh = self
+            .upstreams
+            .checkout(addr, false, false)
+            .await
+            .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
+        self.send(req, fresh, addr).await
+    }
+}
+
+/// What `proxy` answers with.
+enum Answer {
+    /// The machine's response; its body still has to be relayed.
+    Relayed(Response<Incoming>, Release),
+    /// An answer made by Tern itself (a redirect, a switched protocol).
+    Local(Response<Body>),
 }
 
 /// Gives the load unit back and the connection to the pool when the body is done.
@@ -492,16 +527,16 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or Host.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or
+/// Host. A Host header's value is shared with the request, not copied.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
     req.headers()
         .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned)
+        .filter(|h| h.to_str().is_ok_and(|h| !h.is_empty()))
+        .cloned()
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

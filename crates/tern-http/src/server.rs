@@ -17,10 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::activity::{Activity, ActivityIo};
-use crate::body::{Body, Guarded, OnEnd};
+use crate::body::{Body, OnEnd};
 use crate::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
-use http_body_util::BodyExt;
 
 /// Limits and timers of the HTTP server side.
 #[derive(Debug, Clone)]
@@ -64,14 +63,12 @@ pub async fn serve_connection<IO>(
         let info = Arc::clone(&info);
         let activity = Arc::clone(&svc_activity);
         // Boxed per request: hyper keeps room for one in-flight service future per
-        // connection for the connection's whole life, and Tern's (over 4 KiB) would
+        // connection for the connection's whole life, and Tern's (about 3 KiB) would
         // otherwise weigh on every idle keep-alive connection.
         Box::pin(async move {
             activity.request_started(!http_body::Body::is_end_stream(req.body()));
-            let resp = proxy.handle(req, &info).await;
-            let (parts, body) = resp.into_parts();
-            let body = Guarded::new(body, Finished(activity)).boxed_unsync();
-            Ok::<_, Infallible>(http::Response::from_parts(parts, body))
+            let resp = proxy.handle(req, &info, Finished(activity)).await;
+            Ok::<_, Infallible>(resp)
         })
     });
 

@@ -87,8 +87,11 @@ impl Upstreams {
         h2: bool,
         upgrade: bool,
     ) -> Result<Sender, ConnectError> {
+        // The paths that connect are boxed: their futures (connect, timer, HTTP
+        // handshake) are large, and inline they would be part of every request's
+        // future, which is moved into a box of its own per request.
         if h2 && !upgrade {
-            return self.checkout_h2(addr).await;
+            return Box::pin(self.checkout_h2(addr)).await;
         }
         if !upgrade {
             while let Some(mut idle) = self.pop_idle(addr) {
@@ -103,6 +106,10 @@ impl Upstreams {
                 }
             }
         }
+        Box::pin(self.connect_h1(addr)).await
+    }
+
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
         let (io, probe) = self.connect_tcp(addr).await?;
         // Flattened writes, for the reason given in server.rs.
         let (tx, conn) = http1::Builder::new()
