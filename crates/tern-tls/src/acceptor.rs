@@ -11,6 +11,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::TlsError;
 use crate::store::CertStore;
+use crate::unvectored::Unvectored;
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -71,12 +72,12 @@ impl TlsAcceptor {
 
     /// Runs the handshake. On timeout the stream is dropped, which closes the connection,
     /// so a client that sends nothing cannot hold a socket open.
-    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, TlsError>
+    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<Unvectored<IO>>, TlsError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = match tokio::time::timeout(self.handshake_timeout, self.inner.accept(io)).await
-        {
+        let accepting = self.inner.accept(Unvectored::new(io));
+        let result = match tokio::time::timeout(self.handshake_timeout, accepting).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),

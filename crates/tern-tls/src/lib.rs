@@ -11,6 +11,7 @@ mod resolve;
 mod selfsigned;
 mod store;
 mod stuck;
+mod unvectored;
 
 pub use acceptor::{
     handshake_info, http_alpn, server_config, HandshakeInfo, TlsAcceptor, ALPN_H2, ALPN_HTTP11,
@@ -23,3 +24,4 @@ pub use store::CertStore;
 pub use stuck::{TlsStuckCheck, STUCK_REASON};
 pub use tern_config::UnknownSni;
 pub use tokio_rustls::server::TlsStream;
+pub use unvectored::Unvectored;
