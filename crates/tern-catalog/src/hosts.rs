@@ -1,5 +1,7 @@
 //! Hostname lookup: exact names first, then the most specific `*.suffix` wildcard.
 
+use std::borrow::Cow;
+
 use foldhash::{HashMap, HashMapExt};
 
 /// Maps hostnames (exact or `*.suffix`) to a value, usually an app name.
@@ -32,7 +34,7 @@ impl<T> HostIndex<T> {
     pub fn lookup(&self, host: &str) -> Option<&T> {
         let host = strip_port(host).trim_end_matches('.');
         // Clients nearly always send lowercase: copy only when there is case to fold.
-        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             host.to_ascii_lowercase().into()
         } else {
             host.into()
@@ -83,5 +85,7 @@ mod tests {
         assert_eq!(idx.lookup("localhost"), None);
         assert_eq!(idx.lookup("example.com"), None);
         assert_eq!(idx.lookup("[::1]:80"), None);
+        assert_eq!(idx.lookup("A.Demo.LOCALHOST"), Some(&"wild"));
+        assert_eq!(idx.lookup("Other.Localhost."), Some(&"outer"));
     }
 }

@@ -27,6 +27,15 @@ pub(crate) trait OnEnd: Send + 'static {
     fn on_end(self, complete: bool);
 }
 
+/// A hook that may already have run elsewhere.
+impl<H: OnEnd> OnEnd for Option<H> {
+    fn on_end(self, complete: bool) {
+        if let Some(hook) = self {
+            hook.on_end(complete);
+        }
+    }
+}
+
 /// Two hooks, run in order.
 impl<A: OnEnd, B: OnEnd> OnEnd for (A, B) {
     fn on_end(self, complete: bool) {
@@ -103,5 +112,41 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records its name and the completeness it was told.
+    struct Note(&'static str, Arc<Mutex<Vec<(&'static str, bool)>>>);
+
+    impl OnEnd for Note {
+        fn on_end(self, complete: bool) {
+            self.1.lock().unwrap().push((self.0, complete));
+        }
+    }
+
+    #[tokio::test]
+    async fn paired_hooks_run_once_in_order_at_the_end() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let hooks = (
+            Note("first", log.clone()),
+            Some(Note("second", log.clone())),
+        );
+        let mut body = Guarded::new(Full::new(Bytes::from_static(b"x")), hooks);
+        while body.frame().await.is_some() {}
+        drop(body);
+        assert_eq!(*log.lock().unwrap(), [("first", true), ("second", true)]);
+    }
+
+    #[test]
+    fn an_abandoned_body_runs_its_hooks_as_incomplete() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let hooks = (Note("first", log.clone()), None::<Note>);
+        drop(Guarded::new(Full::new(Bytes::from_static(b"x")), hooks));
+        assert_eq!(*log.lock().unwrap(), [("first", false)]);
     }
 }

@@ -106,9 +106,10 @@ pub(crate) struct Forwarded<'a> {
 }
 
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    // Room for all of them at once: a client's map is sized to what it sent, and
-    // growing it one insert at a time rehashes it more than once.
-    headers.reserve(7);
+    // Room for all of them (and a Host made from an HTTP/2 authority) at once: a
+    // client's map is sized to what it sent, and growing it one insert at a time
+    // rehashes it more than once.
+    headers.reserve(8);
     append_to_list(headers, X_FORWARDED_FOR, &f.conn.client_ip);
     headers.insert(
         X_FORWARDED_PROTO,
@@ -274,6 +275,30 @@ mod tests {
             ["1.0 edge, 1.1 cdn, 1.1 tern"]
         );
         assert!(!h.contains_key("tern-region"));
+    }
+
+    #[test]
+    fn list_headers_absent_before_get_ours_alone() {
+        let mut h = map(&[("accept", "*/*")]);
+        let conn = ConnValues::new("[::ffff:198.51.100.9]:1234".parse().unwrap(), 443);
+        add_forwarding(
+            &mut h,
+            &Forwarded {
+                conn: &conn,
+                tls: true,
+                region: Some(&HeaderValue::from_static("ams")),
+                request_id: &request_id(),
+                version: http::Version::HTTP_2,
+            },
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["198.51.100.9"]
+        );
+        assert_eq!(h.get_all("via").iter().collect::<Vec<_>>(), ["2 tern"]);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["tern-region"], "ams");
+        assert_eq!(h["accept"], "*/*");
     }
 
     #[test]

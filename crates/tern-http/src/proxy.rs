@@ -114,14 +114,17 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: Tern's own errors become coded responses.
-    /// `on_end` runs when the response body is done (or dropped); it shares the
-    /// relayed body's wrapper, so a response costs one boxed body, not two.
+    /// `on_end` runs once: when the response body is done or dropped, or when this
+    /// future is dropped before it answers (an HTTP/2 client resetting its stream).
+    /// It shares a relayed body's wrapper, so a relayed response costs one boxed
+    /// body, not two.
     pub(crate) async fn handle<H: OnEnd>(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
         on_end: H,
     ) -> Response<Body> {
+        let mut on_end = Unanswered(Some(on_end));
         if self.settings.test_hooks && req.uri().path() == "/__tern_test/spin" {
             std::future::poll_fn(|cx| {
                 cx.waker().wake_by_ref();
@@ -136,7 +139,10 @@ impl Proxy {
             app: None,
             code: "ok",
         };
-        let mut resp = match self.proxy(req, conn, &request_id, &mut outcome).await {
+        let answer = self.proxy(req, conn, &request_id, &mut outcome).await;
+        // Answered: from here the response body runs the hook.
+        let on_end = on_end.0.take();
+        let mut resp = match answer {
             Ok(Answer::Relayed(resp, release)) => {
                 let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Guarded::new(body, (release, on_end)).boxed_unsync())
@@ -146,7 +152,7 @@ impl Proxy {
                 outcome.code = e.code.as_str();
                 tracing::info!(
                     request_id = request_id.to_str().unwrap_or_default(),
-                    app = outcome.app_name(),
+                    app = %outcome.app_name(),
                     peer = %conn.peer,
                     code = e.code.as_str(),
                     detail = %e.detail,
@@ -178,9 +184,9 @@ impl Proxy {
         let snapshot = self.catalog.snapshot();
 
         // route: Host (or :authority) names the app; the public port names its service.
-        let host = request_host(&req)
+        let host_value = request_host(&req)
             .ok_or_else(|| ProxyError::new(ErrorCode::BadRequest, "the request names no host"))?;
-        let host = host.to_str().unwrap_or_default();
+        let host = host_value.to_str().unwrap_or_default();
         let app = snapshot.hosts.lookup(host).cloned().ok_or_else(|| {
             ProxyError::new(
                 ErrorCode::NoAppForHost,
@@ -235,9 +241,7 @@ impl Proxy {
                 },
             );
             if !h.contains_key(HOST) {
-                if let Ok(v) = HeaderValue::from_str(host) {
-                    h.insert(HOST, v);
-                }
+                h.insert(HOST, host_value.clone());
             }
         }
         let h2 = service.config.h2_backend && !upgrade;
@@ -452,9 +456,7 @@ impl Proxy {
             }
         }
     }
-}
 
-impl Proxy {
     /// Sends again, on a fresh connection, a request that a pooled connection
     /// never sent. Boxed by its caller: rare, and its future is large.
     async fn resend(
@@ -468,6 +470,18 @@ impl Proxy {
             .await
             .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
         self.send(req, fresh, addr).await
+    }
+}
+
+/// The hook of a request not yet answered: run (as incomplete) if the request's
+/// future is dropped first.
+struct Unanswered<H: OnEnd>(Option<H>);
+
+impl<H: OnEnd> Drop for Unanswered<H> {
+    fn drop(&mut self) {
+        if let Some(hook) = self.0.take() {
+            hook.on_end(false);
+        }
     }
 }
 
@@ -629,5 +643,53 @@ impl OnEnd for BodyRead {
         if complete {
             self.0.request_body_read();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    fn with_host(host: &'static [u8]) -> Request<()> {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(HOST, HeaderValue::from_bytes(host).unwrap());
+        req
+    }
+
+    #[test]
+    fn the_host_comes_from_the_authority_or_a_visible_host_header() {
+        let req = Request::get("http://a.example:8080/x").body(()).unwrap();
+        assert_eq!(request_host(&req).unwrap(), "a.example:8080");
+        assert_eq!(request_host(&with_host(b"web.test")).unwrap(), "web.test");
+        assert!(request_host(&with_host(b"")).is_none());
+        assert!(request_host(&with_host(b"caf\xc3\xa9.test")).is_none());
+        assert!(request_host(&Request::new(())).is_none());
+    }
+
+    /// 1 = complete, 2 = incomplete.
+    struct Seen(Arc<AtomicU8>);
+
+    impl OnEnd for Seen {
+        fn on_end(self, complete: bool) {
+            self.0
+                .store(if complete { 1 } else { 2 }, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn an_unanswered_request_runs_its_hook_as_incomplete_once() {
+        let seen = Arc::new(AtomicU8::new(0));
+        drop(Unanswered(Some(Seen(Arc::clone(&seen)))));
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+
+        let seen = Arc::new(AtomicU8::new(0));
+        let mut answered = Unanswered(Some(Seen(Arc::clone(&seen))));
+        let hook = answered.0.take();
+        drop(answered);
+        assert_eq!(seen.load(Ordering::Relaxed), 0, "taken: not run on drop");
+        hook.on_end(true);
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
     }
 }

@@ -91,7 +91,10 @@ impl Upstreams {
         // handshake) are large, and inline they would be part of every request's
         // future, which is moved into a box of its own per request.
         if h2 && !upgrade {
-            return Box::pin(self.checkout_h2(addr)).await;
+            if let Some(tx) = self.shared_h2(addr) {
+                return Ok(Sender::H2(tx));
+            }
+            return Box::pin(self.connect_h2(addr)).await;
         }
         if !upgrade {
             while let Some(mut idle) = self.pop_idle(addr) {
@@ -140,17 +143,17 @@ impl Upstreams {
         }
     }
 
-    async fn checkout_h2(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
-        let existing = self
-            .h2
+    /// The machine's shared h2c connection, while it is open.
+    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<Body>> {
+        self.h2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&addr)
             .filter(|tx| !tx.is_closed())
-            .cloned();
-        if let Some(tx) = existing {
-            return Ok(Sender::H2(tx));
-        }
+            .cloned()
+    }
+
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
         let (io, probe) = self.connect_tcp(addr).await?;
         let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
