@@ -2,9 +2,9 @@
 //! made at run time (machines started or stopped by this node).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use tern_balance::{Limits, Load, WaitQueue};
 use tern_config::{Config, MachineState};

@@ -124,7 +124,8 @@ impl Proxy {
         conn: &ConnInfo,
         on_end: H,
     ) -> Response<Body> {
-        let mut on_end = Unanswered(Some(on_end));
+        // Held until the response body takes it over.
+        let on_end = Unanswered(Some(on_end));
         if self.settings.test_hooks && req.uri().path() == "/__tern_test/spin" {
             std::future::poll_fn(|cx| {
                 cx.waker().wake_by_ref();
@@ -139,10 +140,7 @@ impl Proxy {
             app: None,
             code: "ok",
         };
-        let answer = self.proxy(req, conn, &request_id, &mut outcome).await;
-        // Answered: from here the response body runs the hook.
-        let on_end = on_end.0.take();
-        let mut resp = match answer {
+        let mut resp = match self.proxy(req, conn, &request_id, &mut outcome).await {
             Ok(Answer::Relayed(resp, release)) => {
                 let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Guarded::new(body, (release, on_end)).boxed_unsync())
@@ -473,9 +471,18 @@ impl Proxy {
     }
 }
 
-/// The hook of a request not yet answered: run (as incomplete) if the request's
-/// future is dropped first.
+/// A request's hook, run once: by the response body it is handed to, or (as
+/// incomplete) when dropped unrun, as when the request's future is dropped before
+/// it answers.
 struct Unanswered<H: OnEnd>(Option<H>);
+
+impl<H: OnEnd> OnEnd for Unanswered<H> {
+    fn on_end(mut self, complete: bool) {
+        if let Some(hook) = self.0.take() {
+            hook.on_end(complete);
+        }
+    }
+}
 
 impl<H: OnEnd> Drop for Unanswered<H> {
     fn drop(&mut self) {
@@ -684,12 +691,9 @@ mod tests {
         drop(Unanswered(Some(Seen(Arc::clone(&seen)))));
         assert_eq!(seen.load(Ordering::Relaxed), 2);
 
+        // Run by its body: once, with the body's verdict, and not again on drop.
         let seen = Arc::new(AtomicU8::new(0));
-        let mut answered = Unanswered(Some(Seen(Arc::clone(&seen))));
-        let hook = answered.0.take();
-        drop(answered);
-        assert_eq!(seen.load(Ordering::Relaxed), 0, "taken: not run on drop");
-        hook.on_end(true);
+        Unanswered(Some(Seen(Arc::clone(&seen)))).on_end(true);
         assert_eq!(seen.load(Ordering::Relaxed), 1);
     }
 }

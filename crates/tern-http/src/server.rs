@@ -72,24 +72,21 @@ pub async fn serve_connection<IO>(
         })
     });
 
-    if h2_by_alpn {
-        let serving = Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown));
-        return serving.await;
-    }
     let mut first = true;
     loop {
-        // No HTTP state is attached while waiting: a new connection before its
-        // first byte, or a parked keep-alive connection.
-        if !wait_for_bytes(&mut io, &activity, settings, &mut shutdown).await {
-            return;
+        if !h2_by_alpn {
+            // No HTTP state is attached while waiting: a new connection before its
+            // first byte, or a parked keep-alive connection.
+            if !wait_for_bytes(&mut io, &activity, settings, &mut shutdown).await {
+                return;
+            }
         }
-        if first && H2_PREFACE.starts_with(io.prefix()) {
-            let serving = Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown));
-            return serving.await;
+        // Both servers are boxed: the future of a parked connection then keeps no
+        // room for hyper's connection state.
+        if h2_by_alpn || (first && H2_PREFACE.starts_with(io.prefix())) {
+            return Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown)).await;
         }
         first = false;
-        // Boxed, as is `serve_h2`: the future of a parked connection then keeps
-        // no room for hyper's connection state.
         let serving = Box::pin(serve_h1(
             io,
             service.clone(),

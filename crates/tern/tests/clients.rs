@@ -12,32 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-fn config(ports: Ports, ips: &Ips, service_extra: &str) -> String {
-    let mut c = config_head(ports, "");
-    c.push_str(&format!(
-        r#"
-[tls]
-certs_dir = "certs"
-
-[[app]]
-name = "web"
-hostnames = ["web.test", "*.web.test"]
-
-[[app.service]]
-internal_port = 7000
-{service_extra}
-ports = [
-  {{ port = {https}, handlers = ["tls", "http"] }},
-  {{ port = {http}, handlers = ["http"] }},
-]
-"#,
-        https = ports.https,
-        http = ports.http
-    ));
-    c.push_str(&machine("m1", "web", "ams", ips.get(1)));
-    c
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_tls_client_with_sni_gets_the_right_app() {
     let ips = Ips::new();
@@ -45,7 +19,7 @@ async fn rust_tls_client_with_sni_gets_the_right_app() {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
-    let _tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+    let _tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
 
     let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
     let tcp = TcpStream::connect(("127.0.0.1", ports.https))
@@ -111,7 +85,7 @@ async fn websocket_passes_through_both_ways() {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), &["web.test"]);
-    let _tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+    let _tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
 
     let tcp = TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap();
     let url = format!("ws://web.test:{}/chat", ports.http);
@@ -151,7 +125,11 @@ async fn h2_backend_speaks_h2c_to_the_machine() {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), &["web.test"]);
-    let _tern = Tern::start_in(dir, &config(ports, &ips, "h2_backend = true"), ports);
+    let _tern = Tern::start_in(
+        dir,
+        &web_tls_config(ports, &ips, "", "h2_backend = true", ""),
+        ports,
+    );
     let outs = tokio::task::spawn_blocking(move || {
         (0..5)
             .map(|i| {
@@ -175,7 +153,7 @@ async fn keep_alive_reuses_one_upstream_connection() {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), &["web.test"]);
-    let tern = Tern::start_in(dir, &config(ports, &ips, ""), ports);
+    let tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
     // Many sequential requests on one client connection.
     let mut s = TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap();
     for _ in 0..10 {

@@ -454,11 +454,17 @@ ports = [{{ port = {http_port}, handlers = ["http"] }}]
     )
 }
 
-/// A machine entry for a config.
 /// The app `web` (`web.test`, `*.web.test`) with one machine, `m1` on `ips.get(1)`
 /// port 7000, served on a TLS port and a plain one; `extra_app` goes into the
-/// `[[app]]` table and `extra_limits` into `[limits]`.
-pub fn web_tls_config(ports: Ports, ips: &Ips, extra_app: &str, extra_limits: &str) -> String {
+/// `[[app]]` table, `extra_service` into `[[app.service]]` and `extra_limits` into
+/// `[limits]`.
+pub fn web_tls_config(
+    ports: Ports,
+    ips: &Ips,
+    extra_app: &str,
+    extra_service: &str,
+    extra_limits: &str,
+) -> String {
     let mut c = config_head(ports, extra_limits);
     c.push_str(&format!(
         r#"
@@ -473,6 +479,7 @@ hostnames = ["web.test", "*.web.test"]
 [[app.service]]
 internal_port = 7000
 concurrency = {{ type = "requests", soft_limit = 50, hard_limit = 100 }}
+{extra_service}
 ports = [
   {{ port = {https}, handlers = ["tls", "http"] }},
   {{ port = {http}, handlers = ["http"] }},
@@ -498,7 +505,7 @@ pub async fn web_setup(extra_app: &str, extra_limits: &str) -> WebSetup {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
-    let config = web_tls_config(ports, &ips, extra_app, extra_limits);
+    let config = web_tls_config(ports, &ips, extra_app, "", extra_limits);
     let tern = Tern::start_in(dir, &config, ports);
     WebSetup {
         tern,
@@ -507,6 +514,7 @@ pub async fn web_setup(extra_app: &str, extra_limits: &str) -> WebSetup {
     }
 }
 
+/// A machine entry for a config.
 pub fn machine(id: &str, app: &str, region: &str, ip: IpAddr) -> String {
     format!(
         "\n[[machine]]\nid = \"{id}\"\napp = \"{app}\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"started\"\n"
