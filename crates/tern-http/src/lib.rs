@@ -7,6 +7,7 @@ mod binding;
 mod body;
 mod error;
 mod headers;
+mod in_task;
 mod noted;
 mod prefixed;
 mod proxy;

@@ -12,12 +12,13 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::activity::{Activity, ActivityIo};
 use crate::body::{Body, OnEnd};
+use crate::in_task::{InTask, WithStreams};
 use crate::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
 
@@ -219,12 +220,17 @@ async fn serve_h2<IO, S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     activity.set_multiplexed();
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    // Streams run in this task, under its spin watchdog (see in_task.rs).
+    let exec = InTask::default();
+    let mut builder = http2::Builder::new(exec.clone());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let mut conn = builder.serve_connection(TokioIo::new(io), service);
-    let graceful = |c: &mut http2::Connection<_, _, _>| Pin::new(c).graceful_shutdown();
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = WithStreams::new(conn, &exec);
+    let graceful = |c: &mut WithStreams<http2::Connection<_, _, _>>| {
+        Pin::new(c.conn_mut()).graceful_shutdown()
+    };
     drive(&mut conn, graceful, activity, settings, shutdown, false).await;
 }
 

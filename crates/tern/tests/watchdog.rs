@@ -120,6 +120,61 @@ async fn a_synthetic_spin_is_cut_and_others_are_served() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
+/// Over HTTP/2 a request runs as a stream that hyper hands to an executor; the
+/// streams run in their connection's task, so its watchdog sees them too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spin_in_an_http2_stream_is_cut_with_its_connection() {
+    let ips = Ips::new();
+    let _b = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let (tern, certs) = start(ports, &ips, r#"action = "close""#, "");
+    let pid = tern.child.id();
+    let before = cpu_time(pid);
+    let ca = certs.ca_path.to_str().unwrap().to_owned();
+    let resolve = format!("web.test:{}:127.0.0.1", ports.https);
+    let h2 = move |path: &str| {
+        let url = format!("https://web.test:{}{path}", ports.https);
+        let started = Instant::now();
+        let out = curl(&[
+            "-i",
+            "--http2",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ]);
+        (started.elapsed(), out)
+    };
+    let h2b = h2.clone();
+    let (took, (ok, out, err)) = tokio::task::spawn_blocking(move || h2b("/__tern_test/spin"))
+        .await
+        .unwrap();
+    // The connection is closed under the stream: no answer, and well before curl's
+    // own 5 s limit.
+    assert!(!ok, "{out}");
+    assert!(took < Duration::from_secs(2), "cut after {took:?}: {err}");
+    assert_eq!(metric(&tern, "pollwatch_spins_total"), 1.0);
+    let log = tern.log_text();
+    assert_eq!(log.matches("spinning connection").count(), 1, "{log}");
+    // Nothing keeps burning: a stream spinning in a task of its own would hold a
+    // core for as long as Tern runs.
+    let settled = cpu_time(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = cpu_time(pid) - settled;
+    assert!(
+        idle < Duration::from_millis(200),
+        "{idle:?} of CPU in 500 ms"
+    );
+    assert!(settled - before < Duration::from_secs(2));
+    let (_, (ok, out, err)) = tokio::task::spawn_blocking(move || h2("/after"))
+        .await
+        .unwrap();
+    assert!(ok && out.starts_with("HTTP/2 200"), "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_parks_a_spinning_connection_and_keeps_the_cpu_cool() {
     let ips = Ips::new();
