@@ -175,8 +175,11 @@ impl<IO> ActivityIo<IO> {
     }
 }
 
+// Always inlined, as pollwatch's `WatchedIo` beneath it is: with that layer under
+// it LLVM kept this read out of line, in the watched build only, so the
+// watchdog's measured cost included a call of its own (bench/NOTES.md).
 impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
-    #[inline]
+    #[inline(always)]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -197,7 +200,7 @@ impl<IO: AsyncRead> AsyncRead for ActivityIo<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
-    #[inline]
+    #[inline(always)]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,7 +212,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
         polled
     }
 
-    #[inline]
+    #[inline(always)]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -226,7 +229,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
         self.io.is_write_vectored()
     }
 
-    #[inline]
+    #[inline(always)]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let polled = this.io.poll_flush(cx);
