@@ -152,6 +152,52 @@ async fn sigint_drains_like_sigterm() {
     drain_case("INT").await;
 }
 
+/// HTTP/2 streams run inside their connection's task: on SIGTERM the connection
+/// gets GOAWAY, and every stream in flight on it still gets its whole answer.
+/// (Over TLS: curl 7.88 cannot reuse an h2c prior-knowledge connection, curl#10634.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_http2_streams() {
+    let s = web_setup("", "").await;
+    let (mut tern, certs, hits) = (s.tern, s.certs, s.backend.hits.clone());
+    let port = tern.ports.https;
+    let (out, status) = tokio::task::spawn_blocking(move || {
+        // Five streams multiplexed on one connection.
+        let mut args: Vec<String> = ["-i", "--http2", "--parallel", "--cacert"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        args.push(certs.ca_path.to_str().unwrap().to_owned());
+        args.push("--resolve".into());
+        args.push(format!("web.test:{port}:127.0.0.1"));
+        args.extend((0..5).map(|i| format!("https://web.test:{port}/slow?ms=1500&i={i}")));
+        let client = std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args)
+        });
+        let reached = wait_for(Duration::from_secs(5), || hits.load(Ordering::SeqCst) == 5);
+        if !reached {
+            let got = hits.load(Ordering::SeqCst);
+            panic!(
+                "{got} of 5 streams reached the machine: {:?}",
+                client.join()
+            );
+        }
+        signal(&tern, "TERM");
+        let status = wait_exit(&mut tern, Duration::from_secs(8));
+        (client.join().unwrap(), status.map(|s| (s, tern.log_text())))
+    })
+    .await
+    .unwrap();
+    let (status, log) = status.expect("tern exits after draining");
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    let (ok, out, err) = out;
+    assert!(ok, "{err}\n{out}");
+    assert_eq!(out.matches("HTTP/2 200").count(), 5, "{out}");
+    for i in 0..5 {
+        assert!(out.contains(&format!("uri=/slow?ms=1500&i={i}")), "{out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_tern_exits_zero_at_once_on_sigterm() {
     let ips = Ips::new();
