@@ -100,25 +100,20 @@ impl<F: Future> Future for Watched<F> {
 
         // Polled through `waker` (counting wakeups and self-wakes) from the first
         // streak of `INSPECT_AFTER` polls without progress on; never switched back,
-        // since wakers registered inside may be ours. One call site for the inner
-        // poll either way, so that the connection's (large, often inlined) poll
-        // is not compiled twice.
-        let inspecting = conn.inspecting.load(Ordering::Relaxed);
-        let waker = if inspecting {
+        // since wakers registered inside may be ours.
+        let polled = if conn.inspecting.load(Ordering::Relaxed) {
             conn.task_waker.register(cx.waker());
             conn.woken_in_poll.store(false, Ordering::Relaxed);
             conn.in_poll.store(true, Ordering::Release);
-            &*this.waker
-        } else {
-            cx.waker()
-        };
-        let polled = this.future.poll(&mut Context::from_waker(waker));
-        if inspecting {
+            let polled = this.future.poll(&mut Context::from_waker(this.waker));
             conn.in_poll.store(false, Ordering::Release);
             if polled.is_pending() && conn.woken_in_poll.load(Ordering::Acquire) {
                 bump(&conn.self_wakes, 1);
             }
-        }
+            polled
+        } else {
+            this.future.poll(cx)
+        };
         bump(&conn.polls, 1);
 
         if let Poll::Ready(out) = polled {
@@ -126,19 +121,11 @@ impl<F: Future> Future for Watched<F> {
         }
 
         let mark = conn.progress_mark();
-        let stuck = conn.stuck_flag.load(Ordering::Acquire);
-        if mark != *this.last_mark && !stuck {
+        if mark != *this.last_mark && !conn.stuck_flag.load(Ordering::Acquire) {
             *this.last_mark = mark;
             *this.streak = 0;
             *this.backoff = None;
             conn.mark_progress();
-            return Poll::Pending;
-        }
-        // A lone poll without progress between two that move bytes is routine (a
-        // pooled upstream connection is woken once more after each response, when
-        // the response body is taken): count it here, without the call.
-        if *this.streak == 0 && !stuck && conn.config.polls > 1 {
-            *this.streak = 1;
             return Poll::Pending;
         }
         let streak = Streak {
