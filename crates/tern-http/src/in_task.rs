@@ -110,19 +110,13 @@ impl<C> WithStreams<C> {
     /// whether any ran.
     fn poll_streams(&mut self, cx: &mut Context<'_>) -> bool {
         self.shared.stream_ran.store(false, Ordering::Relaxed);
+        self.take_inbox();
         loop {
-            self.take_inbox();
             // Finished streams are simply dropped; `Ready(None)` means none is left.
             while let Poll::Ready(Some(())) = self.streams.poll_next_unpin(cx) {}
             // A stream may have spawned (an upgraded stream's pump): poll that too,
             // or it would wait for a wakeup that nothing has registered.
-            if self
-                .shared
-                .inbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-            {
+            if !self.take_inbox() {
                 break;
             }
         }

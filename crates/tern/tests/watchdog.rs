@@ -40,12 +40,9 @@ ports = [
     c
 }
 
-/// Starts Tern with the test hooks on.
-fn start(ports: Ports, ips: &Ips, watchdog: &str, limits: &str) -> (Tern, Certs) {
-    start_with_workers(ports, ips, watchdog, limits, 2)
-}
-
-fn start_with_workers(
+/// Starts Tern with the test hooks on, in front of whatever listens on the
+/// machine address `ips.get(1)`, port 7000.
+fn start_tern(
     ports: Ports,
     ips: &Ips,
     watchdog: &str,
@@ -59,6 +56,16 @@ fn start_with_workers(
         .replace("workers = 2", &format!("workers = {workers}"));
     let tern = Tern::start_in(dir, &config, ports);
     (tern, certs)
+}
+
+/// Starts the test machine, then Tern in front of it. The machine runs until the
+/// returned `Backend` is dropped; bound first, it outlives Tern.
+async fn start(watchdog: &str, limits: &str, workers: usize) -> (Backend, Tern, Certs, Ports) {
+    let ips = Ips::new();
+    let machine = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let (tern, certs) = start_tern(ports, &ips, watchdog, limits, workers);
+    (machine, tern, certs, ports)
 }
 
 /// Tern's CPU time so far (user + system), from /proc.
@@ -97,10 +104,7 @@ fn spin_request(port: u16, wait: Duration) -> (Duration, std::io::Result<usize>)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_synthetic_spin_is_cut_and_others_are_served() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "close""#, "");
+    let (_machine, tern, _c, ports) = start(r#"action = "close""#, "", 2).await;
     let (took, read) =
         tokio::task::spawn_blocking(move || spin_request(ports.http, Duration::from_secs(5)))
             .await
@@ -124,10 +128,7 @@ async fn a_synthetic_spin_is_cut_and_others_are_served() {
 /// streams run in their connection's task, so its watchdog sees them too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spin_in_an_http2_stream_is_cut_with_its_connection() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, certs) = start(ports, &ips, r#"action = "close""#, "");
+    let (_machine, tern, certs, ports) = start(r#"action = "close""#, "", 2).await;
     let pid = tern.child.id();
     let before = cpu_time(pid);
     let ca = certs.ca_path.to_str().unwrap().to_owned();
@@ -177,15 +178,12 @@ async fn a_spin_in_an_http2_stream_is_cut_with_its_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_parks_a_spinning_connection_and_keeps_the_cpu_cool() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(
-        ports,
-        &ips,
+    let (_machine, tern, _c, ports) = start(
         "action = \"backoff\"\nbackoff_initial = \"10ms\"\nbackoff_max = \"200ms\"",
         "",
-    );
+        2,
+    )
+    .await;
     let pid = tern.child.id();
     let spinner = std::thread::spawn(move || spin_request(ports.http, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(300));
@@ -210,10 +208,7 @@ async fn backoff_parks_a_spinning_connection_and_keeps_the_cpu_cool() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn log_only_counts_and_logs_once() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "log""#, "");
+    let (_machine, tern, _c, ports) = start(r#"action = "log""#, "", 2).await;
     let spinner = std::thread::spawn(move || spin_request(ports.http, Duration::from_millis(800)));
     std::thread::sleep(Duration::from_millis(400));
     // With a core spinning, the other worker still serves.
@@ -281,10 +276,7 @@ fn storm_client(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_close_notify_storm_ends_every_connection_without_a_spin() {
     const CLIENTS: usize = 200;
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, certs) = start(ports, &ips, r#"action = "close""#, "");
+    let (_machine, tern, certs, ports) = start(r#"action = "close""#, "", 2).await;
     let pid = tern.child.id();
     let cfg = client_tls_config(&certs.ca_pem, &[b"http/1.1"]);
     let go = Arc::new(Barrier::new(CLIENTS));
@@ -336,10 +328,8 @@ async fn the_close_notify_storm_ends_every_connection_without_a_spin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_false_positives_on_slow_big_and_idle_connections() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "close""#, "idle_timeout = \"30s\"");
+    let (_machine, tern, _c, ports) =
+        start(r#"action = "close""#, "idle_timeout = \"30s\"", 2).await;
 
     // A client trickling one byte a second (the header timer allows 10 s).
     let trickle = std::thread::spawn(move || {
@@ -419,7 +409,13 @@ async fn an_idle_websocket_is_not_flagged() {
         }
     });
     let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "close""#, "idle_timeout = \"60s\"");
+    let (tern, _c) = start_tern(
+        ports,
+        &ips,
+        r#"action = "close""#,
+        "idle_timeout = \"60s\"",
+        2,
+    );
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.http))
         .await
         .unwrap();
@@ -440,17 +436,13 @@ async fn an_idle_websocket_is_not_flagged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runtime_watchdog_exits_70_on_a_blocked_runtime() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
     // One worker, so blocking it blocks the whole runtime.
-    let (mut tern, _c) = start_with_workers(
-        ports,
-        &ips,
+    let (_machine, mut tern, _c, _ports) = start(
         "runtime_interval = \"100ms\"\nruntime_deadline = \"500ms\"",
         "",
         1,
-    );
+    )
+    .await;
     let reply = tern.admin_get("/debug/test/block-runtime?ms=4000");
     assert!(reply.contains("blocking"), "{reply}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -474,16 +466,12 @@ async fn the_runtime_watchdog_exits_70_on_a_blocked_runtime() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (mut tern, _c) = start_with_workers(
-        ports,
-        &ips,
+    let (_machine, mut tern, _c, ports) = start(
         "runtime_interval = \"100ms\"\nruntime_deadline = \"1s\"\nruntime_action = \"log\"",
         "",
         1,
-    );
+    )
+    .await;
     // Normal load first: 400 requests from 8 threads, no stall reported.
     let load: Vec<_> = (0..8)
         .map(|_| {
@@ -524,10 +512,7 @@ async fn the_runtime_watchdog_can_log_only_and_stays_quiet_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_profiles_and_the_connection_list_come_from_the_admin_port() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "close""#, "");
+    let (_machine, tern, _c, ports) = start(r#"action = "close""#, "", 2).await;
 
     // A held-open client connection shows up with its context.
     let mut held = StdTcpStream::connect(("127.0.0.1", ports.http)).unwrap();
@@ -616,10 +601,7 @@ fn body(resp: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flamegraph_of_a_spinning_proxy_shows_the_spin() {
-    let ips = Ips::new();
-    let _b = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let (tern, _c) = start(ports, &ips, r#"action = "log""#, "");
+    let (_machine, tern, _c, ports) = start(r#"action = "log""#, "", 2).await;
     let spinner = std::thread::spawn(move || spin_request(ports.http, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(300));
     let svg = tern.admin_get("/debug/pprof/flamegraph?seconds=1");
