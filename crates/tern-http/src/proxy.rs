@@ -2,11 +2,15 @@
 //! route → redirect → admit → rewrite → choose → connect → send → respond.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,7 +25,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, ConnValues, Forwarded};
 use crate::noted::Noted;
 use crate::request_metrics::RequestMetrics;
-use crate::upstream::{ConnectError, Sender, Upstreams};
+use crate::upstream::{ConnectError, InTaskIo, Sender, Upstreams, Want};
 
 /// What the proxy needs from the configuration.
 #[derive(Debug, Clone)]
@@ -244,7 +248,19 @@ impl Proxy {
         }
         let h2 = service.config.h2_backend && !upgrade;
         let (parts, body) = req.into_parts();
-        let body: Body = if http_body::Body::is_end_stream(&body) {
+        let bodyless = http_body::Body::is_end_stream(&body);
+        let want = if h2 {
+            Want::H2
+        } else if upgrade || !bodyless {
+            Want::H1 { upgrade }
+        } else {
+            // Most requests: no body, no upgrade. They run in this task.
+            Want::InTask {
+                probe: conn.probe.as_ref(),
+                check_stale: !parts.method.is_idempotent(),
+            }
+        };
+        let body: Body = if bodyless {
             // No body (most GETs): an empty one is a zero-sized box, no allocation.
             Body::default()
         } else {
@@ -264,9 +280,7 @@ impl Proxy {
         };
 
         // choose + connect: the best machine with room; a failed connect moves on.
-        let (pick, guard, sender) = self
-            .connect(&snapshot, &app, &service, conn, h2, upgrade)
-            .await?;
+        let (pick, guard, sender) = self.connect(&snapshot, &app, &service, conn, want).await?;
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = upstream_uri(uri, host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
@@ -276,7 +290,7 @@ impl Proxy {
         }
 
         // send: the head must come back within the response-header timeout.
-        let (resp, sender) = self.send(req, sender, pick.addr).await?;
+        let (resp, sender) = self.send(req, sender, pick.addr, want).await?;
 
         // respond: relay the head, and hold the load until the body is done.
         let mut resp = resp;
@@ -319,8 +333,9 @@ impl Proxy {
         let hook = Release {
             _guard: guard,
             pool: match sender {
-                Sender::H1 { tx, .. } => Some((Arc::clone(&self.upstreams), pick.addr, tx)),
-                Sender::H2(_) => None,
+                Some(Sender::H1 { tx, .. }) => Some((Arc::clone(&self.upstreams), pick.addr, tx)),
+                // An in-task response body hands its socket back itself.
+                _ => None,
             },
         };
         Ok(Answer::Relayed(resp, hook))
@@ -332,8 +347,7 @@ impl Proxy {
         app: &AppEntry,
         service: &ServiceEntry,
         conn: &ConnInfo,
-        h2: bool,
-        upgrade: bool,
+        want: Want<'_>,
     ) -> Result<(Pick, Unit, Sender), ProxyError> {
         let port = service.config.internal_port;
         let per_connection = service.config.concurrency.kind == ConcurrencyKind::Connections;
@@ -348,7 +362,7 @@ impl Proxy {
                     .iter()
                     .any(|p| &p.machine.config.id == id);
                 if still_eligible {
-                    match self.upstreams.checkout(pick.addr, h2, upgrade).await {
+                    match self.upstreams.checkout(pick.addr, want).await {
                         Ok(sender) => return Ok((pick, unit, sender)),
                         Err(e) => {
                             self.count_connect_error(app, &pick, &e);
@@ -368,7 +382,7 @@ impl Proxy {
                 Err(e) => return Err(e),
             };
             let unit = Arc::new(guard);
-            match self.upstreams.checkout(pick.addr, h2, upgrade).await {
+            match self.upstreams.checkout(pick.addr, want).await {
                 Ok(sender) => {
                     if per_connection {
                         conn.bindings
@@ -421,12 +435,16 @@ impl Proxy {
             })
     }
 
+    /// Sends the request and waits for the response head. The connection comes
+    /// back with it while the caller still needs it: a hyper HTTP/1.1 one to pool
+    /// or take over, an h2c one to hold; an in-task socket is owned by the body.
     async fn send(
         &self,
         req: Request<Body>,
         sender: Sender,
         addr: SocketAddr,
-    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        want: Want<'_>,
+    ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let timeout = self.settings.response_header_timeout;
         match sender {
             Sender::H2(mut tx) => {
@@ -434,40 +452,70 @@ impl Proxy {
                     .await
                     .map_err(|_| header_timeout(timeout))?
                     .map_err(upstream_error)?;
-                Ok((resp, Sender::H2(tx)))
+                Ok((resp.map(Relayed::Hyper), Some(Sender::H2(tx))))
             }
             Sender::H1 { mut tx, reused } => {
                 let sent = tokio::time::timeout(timeout, tx.try_send_request(req))
                     .await
                     .map_err(|_| header_timeout(timeout))?;
                 match sent {
-                    Ok(resp) => Ok((resp, Sender::H1 { tx, reused })),
+                    Ok(resp) => Ok((resp.map(Relayed::Hyper), Some(Sender::H1 { tx, reused }))),
                     Err(mut e) => {
                         // A pooled connection the machine had closed: the request
                         // never left, so it goes again on a fresh connection.
                         match e.take_message() {
-                            Some(req) if reused => Box::pin(self.resend(req, addr)).await,
+                            Some(req) if reused => Box::pin(self.resend(req, addr, want)).await,
                             _ => Err(upstream_error(e.into_error())),
                         }
                     }
+                }
+            }
+            Sender::InTask { conn, reused } => {
+                let recycle = PoolReturn {
+                    pool: Arc::clone(&self.upstreams),
+                    addr,
+                };
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let sent = tokio::time::timeout(
+                    timeout,
+                    tern_h1::send(conn, req.method(), target, req.headers(), recycle),
+                )
+                .await
+                .map_err(|_| header_timeout(timeout))?;
+                match sent {
+                    Ok(resp) => Ok((resp.map(Relayed::InTask), None)),
+                    // A pooled socket the machine closed while it was idle. Whether
+                    // the request reached it is unknown, so only a request that may
+                    // be repeated goes again (the others checked the socket first).
+                    Err(tern_h1::Error::ClosedBeforeResponse)
+                        if reused && req.method().is_idempotent() =>
+                    {
+                        Box::pin(self.resend(req, addr, want)).await
+                    }
+                    Err(e) => Err(in_task_error(e)),
                 }
             }
         }
     }
 
     /// Sends again, on a fresh connection, a request that a pooled connection
-    /// never sent. Boxed by its caller: rare, and its future is large.
+    /// failed to carry. Boxed by its caller: rare, and its future is large.
     async fn resend(
         &self,
         req: Request<Body>,
         addr: SocketAddr,
-    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
-        let fresh = self
-            .upstreams
-            .checkout(addr, false, false)
-            .await
-            .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
-        self.send(req, fresh, addr).await
+        want: Want<'_>,
+    ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
+        let fresh = match want {
+            Want::InTask { probe, .. } => self.upstreams.connect_in_task(addr, probe).await,
+            _ => {
+                self.upstreams
+                    .checkout(addr, Want::H1 { upgrade: false })
+                    .await
+            }
+        }
+        .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
+        self.send(req, fresh, addr, want).await
     }
 }
 
@@ -493,9 +541,12 @@ impl<H: OnEnd> Drop for Unanswered<H> {
 }
 
 /// What `proxy` answers with.
+// Made once per request and unpacked at once: boxing the larger variant would
+// cost an allocation per relayed response to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Answer {
     /// The machine's response; its body still has to be relayed.
-    Relayed(Response<Incoming>, Release),
+    Relayed(Response<Relayed>, Release),
     /// An answer made by Tern itself (a redirect, a switched protocol).
     Local(Response<Body>),
 }
@@ -516,6 +567,65 @@ impl OnEnd for Release {
             pool.checkin(addr, tx);
         }
     }
+}
+
+/// A machine's response body, from hyper's client or read in this task.
+// The enum is boxed whole once per response (with its hook, into `Body`), so
+// boxing the large variant as well would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Relayed {
+    Hyper(Incoming),
+    InTask(tern_h1::ResponseBody<InTaskIo, PoolReturn>),
+}
+
+impl http_body::Body for Relayed {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Relayed::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Relayed::InTask(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Relayed::Hyper(b) => b.is_end_stream(),
+            Relayed::InTask(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Relayed::Hyper(b) => b.size_hint(),
+            Relayed::InTask(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Hands an in-task socket back to the pool when its response has been read.
+struct PoolReturn {
+    pool: Arc<Upstreams>,
+    addr: SocketAddr,
+}
+
+impl tern_h1::Recycle<InTaskIo> for PoolReturn {
+    fn recycle(self, conn: tern_h1::Connection<InTaskIo>) {
+        self.pool.checkin_in_task(self.addr, conn);
+    }
+}
+
+fn in_task_error(e: tern_h1::Error) -> ProxyError {
+    let code = if e.is_malformed() {
+        ErrorCode::UpstreamBadResponse
+    } else {
+        ErrorCode::UpstreamReset
+    };
+    ProxyError::new(code, e.to_string())
 }
 
 fn header_timeout(after: Duration) -> ProxyError {

@@ -1,5 +1,6 @@
-//! Connections to machines: HTTP/1.1 connections pooled per machine address, and
-//! one shared h2c connection per machine for services that set `h2_backend`.
+//! Connections to machines: HTTP/1.1 connections pooled per machine address (for
+//! hyper's client, and bare sockets for the in-task client of `tern-h1`), and one
+//! shared h2c connection per machine for services that set `h2_backend`.
 
 use foldhash::{HashMap, HashMapExt};
 use std::io;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::body::Body;
 use pollwatch::{Probe, Watchdog, WatchedIo};
+use tern_h1::Connection;
 use tokio_util::either::Either;
 
 /// Why no connection to a machine could be made. The request was not sent.
@@ -37,16 +39,51 @@ pub(crate) enum Sender {
         reused: bool,
     },
     H2(http2::SendRequest<Body>),
+    /// A socket that the asking connection's task uses itself (`tern-h1`).
+    InTask {
+        conn: Connection<InTaskIo>,
+        reused: bool,
+    },
 }
 
-struct Idle {
-    tx: http1::SendRequest<Body>,
+/// What kind of connection a request needs.
+#[derive(Clone, Copy)]
+pub(crate) enum Want<'a> {
+    /// The machine's shared h2c connection.
+    H2,
+    /// A hyper HTTP/1.1 connection: requests with bodies, and upgrades (`upgrade`
+    /// asks for a fresh connection that may be taken over).
+    H1 { upgrade: bool },
+    /// A bare socket for a request without a body, run in the asking connection's
+    /// task and counted as its I/O by `probe`. `check_stale` looks for a close by
+    /// the machine before reusing a pooled socket (one more syscall): for requests
+    /// that could not be sent again if the socket turned out closed.
+    InTask {
+        probe: Option<&'a Probe>,
+        check_stale: bool,
+    },
+}
+
+/// A machine socket in use by a connection's task: under that connection's probe
+/// when the watchdog is on, so that relaying a response counts as its progress.
+pub(crate) type InTaskIo = Either<WatchedIo<TcpStream>, TcpStream>;
+
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
+/// Pooled connections by machine address.
+type IdleMap<T> = Mutex<HashMap<SocketAddr, Vec<Idle<T>>>>;
+
+/// A pooled in-task socket idle for longer than this is checked for a close by the
+/// machine before it is used, even for a request that could be sent again.
+const STALE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// Upstream connections of the whole process.
 pub struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: IdleMap<http1::SendRequest<Body>>,
+    in_task_idle: IdleMap<Connection<TcpStream>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
     /// A pooled connection unused for this long is closed rather than reused.
@@ -67,6 +104,7 @@ impl Upstreams {
     ) -> Self {
         Upstreams {
             idle: Mutex::new(HashMap::new()),
+            in_task_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
@@ -75,41 +113,77 @@ impl Upstreams {
         }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A connection for one request: a pooled one when there is one, else new.
-    /// `upgrade` asks for a fresh HTTP/1.1 connection that may be taken over.
     pub(crate) async fn checkout(
         &self,
         addr: SocketAddr,
-        h2: bool,
-        upgrade: bool,
+        want: Want<'_>,
     ) -> Result<Sender, ConnectError> {
         // The paths that connect are boxed: their futures (connect, timer, HTTP
         // handshake) are large, and inline they would be part of every request's
         // future, which is moved into a box of its own per request.
-        if h2 && !upgrade {
-            if let Some(tx) = self.shared_h2(addr) {
-                return Ok(Sender::H2(tx));
-            }
-            return Box::pin(self.connect_h2(addr)).await;
-        }
-        if !upgrade {
-            while let Some(mut idle) = self.pop_idle(addr) {
-                if idle.since.elapsed() > self.idle_timeout || idle.tx.is_closed() {
-                    continue;
+        match want {
+            Want::H2 => {
+                if let Some(tx) = self.shared_h2(addr) {
+                    return Ok(Sender::H2(tx));
                 }
-                if idle.tx.ready().await.is_ok() {
-                    return Ok(Sender::H1 {
-                        tx: idle.tx,
+                Box::pin(self.connect_h2(addr)).await
+            }
+            Want::H1 { upgrade } => {
+                if !upgrade {
+                    while let Some(mut idle) = pop(&self.idle, addr) {
+                        if idle.since.elapsed() > self.idle_timeout || idle.conn.is_closed() {
+                            continue;
+                        }
+                        if idle.conn.ready().await.is_ok() {
+                            return Ok(Sender::H1 {
+                                tx: idle.conn,
+                                reused: true,
+                            });
+                        }
+                    }
+                }
+                Box::pin(self.connect_h1(addr)).await
+            }
+            Want::InTask { probe, check_stale } => {
+                while let Some(idle) = pop(&self.in_task_idle, addr) {
+                    let idle_for = idle.since.elapsed();
+                    if idle_for > self.idle_timeout {
+                        continue;
+                    }
+                    if (check_stale || idle_for > STALE_CHECK_AFTER) && !still_open(&idle.conn.io) {
+                        continue;
+                    }
+                    return Ok(Sender::InTask {
+                        conn: watch(idle.conn, probe),
                         reused: true,
                     });
                 }
+                Box::pin(self.connect_in_task(addr, probe)).await
             }
         }
-        Box::pin(self.connect_h1(addr)).await
+    }
+
+    /// A fresh in-task socket.
+    pub(crate) async fn connect_in_task(
+        &self,
+        addr: SocketAddr,
+        probe: Option<&Probe>,
+    ) -> Result<Sender, ConnectError> {
+        let stream = self.connect_stream(addr).await?;
+        Ok(Sender::InTask {
+            conn: watch(Connection::new(stream), probe),
+            reused: false,
+        })
+    }
+
+    /// Pools an in-task socket whose last response was read to the end.
+    pub(crate) fn checkin_in_task(&self, addr: SocketAddr, conn: Connection<InTaskIo>) {
+        let conn = conn.map(|io| match io {
+            Either::Left(watched) => watched.into_inner(),
+            Either::Right(s) => s,
+        });
+        push(&self.in_task_idle, addr, conn, self.max_idle_per_machine);
     }
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
@@ -124,23 +198,12 @@ impl Upstreams {
         Ok(Sender::H1 { tx, reused: false })
     }
 
-    fn pop_idle(&self, addr: SocketAddr) -> Option<Idle> {
-        self.lock_idle().get_mut(&addr)?.pop()
-    }
-
     /// Returns a connection whose last response was read to the end.
     pub(crate) fn checkin(&self, addr: SocketAddr, tx: http1::SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
-        let mut idle = self.lock_idle();
-        let list = idle.entry(addr).or_default();
-        if list.len() < self.max_idle_per_machine {
-            list.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
-        }
+        push(&self.idle, addr, tx, self.max_idle_per_machine);
     }
 
     /// The machine's shared h2c connection, while it is open.
@@ -166,10 +229,7 @@ impl Upstreams {
         Ok(Sender::H2(tx))
     }
 
-    async fn connect_tcp(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<(UpstreamIo, Option<Probe>), ConnectError> {
+    async fn connect_stream(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -179,6 +239,16 @@ impl Upstreams {
             .map_err(|source| ConnectError::Io { addr, source })?;
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A socket for hyper's client, which drives it from a task of its own: under
+    /// a probe of its own when the watchdog is on.
+    async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(UpstreamIo, Option<Probe>), ConnectError> {
+        let stream = self.connect_stream(addr).await?;
         match self.watchdog.as_ref().map(Watchdog::register) {
             Some(probe) => {
                 probe.set("upstream", addr.to_string());
@@ -188,6 +258,39 @@ impl Upstreams {
             None => Ok((TokioIo::new(Either::Right(stream)), None)),
         }
     }
+}
+
+/// Puts a machine socket under the asking connection's probe.
+fn watch(conn: Connection<TcpStream>, probe: Option<&Probe>) -> Connection<InTaskIo> {
+    conn.map(|s| match probe {
+        Some(p) => Either::Left(p.io(s)),
+        None => Either::Right(s),
+    })
+}
+
+fn pop<T>(map: &IdleMap<T>, addr: SocketAddr) -> Option<Idle<T>> {
+    map.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(&addr)?
+        .pop()
+}
+
+fn push<T>(map: &IdleMap<T>, addr: SocketAddr, conn: T, max: usize) {
+    let mut idle = map.lock().unwrap_or_else(PoisonError::into_inner);
+    let list = idle.entry(addr).or_default();
+    if list.len() < max {
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Whether a pooled socket is still open: nothing to read yet. An end of stream
+/// means the machine closed it; bytes mean it broke the framing of the last
+/// response. Either way the socket is not reused.
+fn still_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Drives an upstream connection, under the watchdog when there is one.
