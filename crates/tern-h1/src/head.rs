@@ -122,7 +122,9 @@ pub fn parse_response(
     let head = buf.split_to(len).freeze();
 
     let status = StatusCode::from_u16(code).map_err(|_| Error::BadStatus(code))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the few fields a proxy adds to a response (Via, a request id), so
+    // that adding them does not regrow and rehash the map.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
@@ -272,6 +274,9 @@ mod tests {
         assert_eq!(h.response.headers()["x-y"], "z");
         assert_eq!(h.framing, Framing::Length(2));
         assert!(h.keep_alive);
+        // Room for a proxy's Via and request id without regrowing.
+        let headers = h.response.headers();
+        assert!(headers.capacity() >= headers.len() + 2);
     }
 
     #[test]
