@@ -5,7 +5,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
@@ -75,6 +75,9 @@ struct Idle<T> {
 
 /// Pooled connections by machine address.
 type IdleMap<T> = Mutex<HashMap<SocketAddr, Vec<Idle<T>>>>;
+
+/// How often pooled in-task sockets are checked for a close by the machine.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A pooled in-task socket idle for longer than this is checked for a close by the
 /// machine before it is used, even for a request that could be sent again.
@@ -175,6 +178,45 @@ impl Upstreams {
             conn: watch(Connection::new(stream), probe),
             reused: false,
         })
+    }
+
+    /// Starts closing, once a second, pooled in-task sockets that the machine has
+    /// closed or that have been idle past the timeout. hyper's pooled connections
+    /// each have a task that sees the machine close them; a bare socket waiting in
+    /// the pool has none, and would otherwise hold its descriptor until it is next
+    /// taken. The task ends with the last reference to the pool.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep_in_task();
+            }
+        })
+    }
+
+    /// Closes the pooled in-task sockets that may not be used again; returns how
+    /// many. Checking a socket costs no syscall unless the runtime has seen it
+    /// become readable, which an idle socket does only when the machine closes it
+    /// or breaks the framing.
+    fn sweep_in_task(&self) -> usize {
+        let mut closed = 0;
+        let mut map = self
+            .in_task_idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, list| {
+            list.retain(|idle| {
+                let keep = idle.since.elapsed() <= self.idle_timeout && still_open(&idle.conn.io);
+                closed += usize::from(!keep);
+                keep
+            });
+            !list.is_empty()
+        });
+        closed
     }
 
     /// Pools an in-task socket whose last response was read to the end.
@@ -311,5 +353,82 @@ where
     };
     if let Err(e) = ended {
         tracing::debug!(%addr, error = %e, "upstream connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    fn pooled(up: &Upstreams, addr: SocketAddr) -> usize {
+        up.in_task_idle
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .map_or(0, Vec::len)
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_pooled_sockets_the_machine_closed_and_keeps_the_rest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(60), None);
+        let want = Want::InTask {
+            probe: None,
+            check_stale: false,
+        };
+        let mut accepted = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let Sender::InTask { conn, reused } = up.checkout(addr, want).await.unwrap() else {
+                panic!("an in-task socket");
+            };
+            assert!(!reused);
+            accepted.push(listener.accept().await.unwrap().0);
+            conns.push(conn);
+        }
+        for conn in conns {
+            up.checkin_in_task(addr, conn);
+        }
+        assert_eq!(pooled(&up, addr), 2);
+        assert_eq!(up.sweep_in_task(), 0, "both are open");
+
+        // The machine closes one of them.
+        let mut gone = accepted.pop().unwrap();
+        gone.shutdown().await.unwrap();
+        drop(gone);
+        let mut swept = 0;
+        for _ in 0..100 {
+            // The runtime has to see the socket become readable first.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            swept += up.sweep_in_task();
+            if swept > 0 {
+                break;
+            }
+        }
+        assert_eq!(swept, 1);
+        assert_eq!(pooled(&up, addr), 1);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_sockets_idle_past_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_millis(50), None);
+        let want = Want::InTask {
+            probe: None,
+            check_stale: false,
+        };
+        let Sender::InTask { conn, .. } = up.checkout(addr, want).await.unwrap() else {
+            panic!("an in-task socket");
+        };
+        let _peer = listener.accept().await.unwrap();
+        up.checkin_in_task(addr, conn);
+        assert_eq!(up.sweep_in_task(), 0);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(up.sweep_in_task(), 1);
+        assert_eq!(pooled(&up, addr), 0);
     }
 }

@@ -175,6 +175,7 @@ pub async fn serve(
         limits.idle_timeout,
         watchdog.clone(),
     ));
+    upstreams.spawn_sweeper();
     let proxy = Arc::new(Proxy::new(
         Arc::clone(&catalog),
         upstreams,
