@@ -10,7 +10,7 @@
 mod body;
 mod chunked;
 mod exchange;
-pub mod head;
+mod head;
 
 use std::io;
 

@@ -2,15 +2,11 @@
 //! route → redirect → admit → rewrite → choose → connect → send → respond.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -25,7 +21,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, ConnValues, Forwarded};
 use crate::noted::Noted;
 use crate::request_metrics::RequestMetrics;
-use crate::upstream::{ConnectError, InTaskIo, Sender, Upstreams, Want};
+use crate::upstream::{ConnectError, MachineIo, Sender, Upstreams, Want};
 
 /// What the proxy needs from the configuration.
 #[derive(Debug, Clone)]
@@ -257,7 +253,6 @@ impl Proxy {
             // Most requests: no body, no upgrade. They run in this task.
             Want::InTask {
                 probe: conn.probe.as_ref(),
-                check_stale: !parts.method.is_idempotent(),
             }
         };
         let body: Body = if bodyless {
@@ -452,14 +447,14 @@ impl Proxy {
                     .await
                     .map_err(|_| header_timeout(timeout))?
                     .map_err(upstream_error)?;
-                Ok((resp.map(Relayed::Hyper), Some(Sender::H2(tx))))
+                Ok((resp.map(Relayed::Left), Some(Sender::H2(tx))))
             }
             Sender::H1 { mut tx, reused } => {
                 let sent = tokio::time::timeout(timeout, tx.try_send_request(req))
                     .await
                     .map_err(|_| header_timeout(timeout))?;
                 match sent {
-                    Ok(resp) => Ok((resp.map(Relayed::Hyper), Some(Sender::H1 { tx, reused }))),
+                    Ok(resp) => Ok((resp.map(Relayed::Left), Some(Sender::H1 { tx, reused }))),
                     Err(mut e) => {
                         // A pooled connection the machine had closed: the request
                         // never left, so it goes again on a fresh connection.
@@ -483,10 +478,10 @@ impl Proxy {
                 .await
                 .map_err(|_| header_timeout(timeout))?;
                 match sent {
-                    Ok(resp) => Ok((resp.map(Relayed::InTask), None)),
-                    // A pooled socket the machine closed while it was idle. Whether
-                    // the request reached it is unknown, so only a request that may
-                    // be repeated goes again (the others checked the socket first).
+                    Ok(resp) => Ok((resp.map(Relayed::Right), None)),
+                    // A pooled socket the machine closed after it was checked: the
+                    // request may have reached the machine, so only a request that
+                    // may be repeated goes again.
                     Err(tern_h1::Error::ClosedBeforeResponse)
                         if reused && req.method().is_idempotent() =>
                     {
@@ -569,43 +564,8 @@ impl OnEnd for Release {
     }
 }
 
-/// A machine's response body, from hyper's client or read in this task.
-// The enum is boxed whole once per response (with its hook, into `Body`), so
-// boxing the large variant as well would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Relayed {
-    Hyper(Incoming),
-    InTask(tern_h1::ResponseBody<InTaskIo, PoolReturn>),
-}
-
-impl http_body::Body for Relayed {
-    type Data = Bytes;
-    type Error = crate::BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Relayed::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Relayed::InTask(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Relayed::Hyper(b) => b.is_end_stream(),
-            Relayed::InTask(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Relayed::Hyper(b) => b.size_hint(),
-            Relayed::InTask(b) => b.size_hint(),
-        }
-    }
-}
+/// A machine's response body: from hyper's client, or read in this task.
+type Relayed = http_body_util::Either<Incoming, tern_h1::ResponseBody<MachineIo, PoolReturn>>;
 
 /// Hands an in-task socket back to the pool when its response has been read.
 struct PoolReturn {
@@ -613,8 +573,8 @@ struct PoolReturn {
     addr: SocketAddr,
 }
 
-impl tern_h1::Recycle<InTaskIo> for PoolReturn {
-    fn recycle(self, conn: tern_h1::Connection<InTaskIo>) {
+impl tern_h1::Recycle<MachineIo> for PoolReturn {
+    fn recycle(self, conn: tern_h1::Connection<MachineIo>) {
         self.pool.checkin_in_task(self.addr, conn);
     }
 }

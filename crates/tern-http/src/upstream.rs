@@ -41,7 +41,7 @@ pub(crate) enum Sender {
     H2(http2::SendRequest<Body>),
     /// A socket that the asking connection's task uses itself (`tern-h1`).
     InTask {
-        conn: Connection<InTaskIo>,
+        conn: Connection<MachineIo>,
         reused: bool,
     },
 }
@@ -55,18 +55,14 @@ pub(crate) enum Want<'a> {
     /// asks for a fresh connection that may be taken over).
     H1 { upgrade: bool },
     /// A bare socket for a request without a body, run in the asking connection's
-    /// task and counted as its I/O by `probe`. `check_stale` looks for a close by
-    /// the machine before reusing a pooled socket (one more syscall): for requests
-    /// that could not be sent again if the socket turned out closed.
-    InTask {
-        probe: Option<&'a Probe>,
-        check_stale: bool,
-    },
+    /// task and counted as its I/O by `probe`.
+    InTask { probe: Option<&'a Probe> },
 }
 
-/// A machine socket in use by a connection's task: under that connection's probe
-/// when the watchdog is on, so that relaying a response counts as its progress.
-pub(crate) type InTaskIo = Either<WatchedIo<TcpStream>, TcpStream>;
+/// A socket to a machine, under a watchdog probe when the watchdog is on: its own
+/// for hyper's connections, which run in tasks of their own; the asking client
+/// connection's for an in-task socket, so that relaying counts as its progress.
+pub(crate) type MachineIo = Either<WatchedIo<TcpStream>, TcpStream>;
 
 struct Idle<T> {
     conn: T,
@@ -78,10 +74,6 @@ type IdleMap<T> = Mutex<HashMap<SocketAddr, Vec<Idle<T>>>>;
 
 /// How often pooled in-task sockets are checked for a close by the machine.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// A pooled in-task socket idle for longer than this is checked for a close by the
-/// machine before it is used, even for a request that could be sent again.
-const STALE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Upstream connections of the whole process.
 pub struct Upstreams {
@@ -95,9 +87,6 @@ pub struct Upstreams {
     /// Upstream connections run under the spin watchdog too.
     watchdog: Option<Watchdog>,
 }
-
-/// A socket to a machine, watched or not.
-type UpstreamIo = TokioIo<Either<WatchedIo<TcpStream>, TcpStream>>;
 
 impl Upstreams {
     pub fn new(
@@ -148,19 +137,14 @@ impl Upstreams {
                 }
                 Box::pin(self.connect_h1(addr)).await
             }
-            Want::InTask { probe, check_stale } => {
+            Want::InTask { probe } => {
                 while let Some(idle) = pop(&self.in_task_idle, addr) {
-                    let idle_for = idle.since.elapsed();
-                    if idle_for > self.idle_timeout {
-                        continue;
+                    if self.reusable(&idle) {
+                        return Ok(Sender::InTask {
+                            conn: idle.conn.map(|s| watched_by(probe, s)),
+                            reused: true,
+                        });
                     }
-                    if (check_stale || idle_for > STALE_CHECK_AFTER) && !still_open(&idle.conn.io) {
-                        continue;
-                    }
-                    return Ok(Sender::InTask {
-                        conn: watch(idle.conn, probe),
-                        reused: true,
-                    });
                 }
                 Box::pin(self.connect_in_task(addr, probe)).await
             }
@@ -175,7 +159,7 @@ impl Upstreams {
     ) -> Result<Sender, ConnectError> {
         let stream = self.connect_stream(addr).await?;
         Ok(Sender::InTask {
-            conn: watch(Connection::new(stream), probe),
+            conn: Connection::new(watched_by(probe, stream)),
             reused: false,
         })
     }
@@ -199,9 +183,7 @@ impl Upstreams {
     }
 
     /// Closes the pooled in-task sockets that may not be used again; returns how
-    /// many. Checking a socket costs no syscall unless the runtime has seen it
-    /// become readable, which an idle socket does only when the machine closes it
-    /// or breaks the framing.
+    /// many.
     fn sweep_in_task(&self) -> usize {
         let mut closed = 0;
         let mut map = self
@@ -210,7 +192,7 @@ impl Upstreams {
             .unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, list| {
             list.retain(|idle| {
-                let keep = idle.since.elapsed() <= self.idle_timeout && still_open(&idle.conn.io);
+                let keep = self.reusable(idle);
                 closed += usize::from(!keep);
                 keep
             });
@@ -219,8 +201,19 @@ impl Upstreams {
         closed
     }
 
+    /// Whether a pooled in-task socket may carry another request: not idle past
+    /// the timeout, and nothing to read. An end of stream means the machine
+    /// closed it; bytes mean it broke the framing of the last response. The check
+    /// costs no syscall unless the runtime has seen the socket become readable
+    /// since its last read (a read that leaves the socket empty clears that), so
+    /// it is made on every reuse, whatever the method.
+    fn reusable(&self, idle: &Idle<Connection<TcpStream>>) -> bool {
+        idle.since.elapsed() <= self.idle_timeout
+            && matches!(idle.conn.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Pools an in-task socket whose last response was read to the end.
-    pub(crate) fn checkin_in_task(&self, addr: SocketAddr, conn: Connection<InTaskIo>) {
+    pub(crate) fn checkin_in_task(&self, addr: SocketAddr, conn: Connection<MachineIo>) {
         let conn = conn.map(|io| match io {
             Either::Left(watched) => watched.into_inner(),
             Either::Right(s) => s,
@@ -289,25 +282,22 @@ impl Upstreams {
     async fn connect_tcp(
         &self,
         addr: SocketAddr,
-    ) -> Result<(UpstreamIo, Option<Probe>), ConnectError> {
+    ) -> Result<(TokioIo<MachineIo>, Option<Probe>), ConnectError> {
         let stream = self.connect_stream(addr).await?;
-        match self.watchdog.as_ref().map(Watchdog::register) {
-            Some(probe) => {
-                probe.set("upstream", addr.to_string());
-                probe.set("state", "upstream-http");
-                Ok((TokioIo::new(Either::Left(probe.io(stream))), Some(probe)))
-            }
-            None => Ok((TokioIo::new(Either::Right(stream)), None)),
+        let probe = self.watchdog.as_ref().map(Watchdog::register);
+        if let Some(p) = &probe {
+            p.set("upstream", addr.to_string());
+            p.set("state", "upstream-http");
         }
+        Ok((TokioIo::new(watched_by(probe.as_ref(), stream)), probe))
     }
 }
 
-/// Puts a machine socket under the asking connection's probe.
-fn watch(conn: Connection<TcpStream>, probe: Option<&Probe>) -> Connection<InTaskIo> {
-    conn.map(|s| match probe {
-        Some(p) => Either::Left(p.io(s)),
-        None => Either::Right(s),
-    })
+fn watched_by(probe: Option<&Probe>, stream: TcpStream) -> MachineIo {
+    match probe {
+        Some(p) => Either::Left(p.io(stream)),
+        None => Either::Right(stream),
+    }
 }
 
 fn pop<T>(map: &IdleMap<T>, addr: SocketAddr) -> Option<Idle<T>> {
@@ -326,13 +316,6 @@ fn push<T>(map: &IdleMap<T>, addr: SocketAddr, conn: T, max: usize) {
             since: Instant::now(),
         });
     }
-}
-
-/// Whether a pooled socket is still open: nothing to read yet. An end of stream
-/// means the machine closed it; bytes mean it broke the framing of the last
-/// response. Either way the socket is not reused.
-fn still_open(stream: &TcpStream) -> bool {
-    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Drives an upstream connection, under the watchdog when there is one.
@@ -375,10 +358,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(60), None);
-        let want = Want::InTask {
-            probe: None,
-            check_stale: false,
-        };
+        let want = Want::InTask { probe: None };
         let mut accepted = Vec::new();
         let mut conns = Vec::new();
         for _ in 0..2 {
@@ -417,10 +397,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Upstreams::new(Duration::from_secs(1), Duration::from_millis(50), None);
-        let want = Want::InTask {
-            probe: None,
-            check_stale: false,
-        };
+        let want = Want::InTask { probe: None };
         let Sender::InTask { conn, .. } = up.checkout(addr, want).await.unwrap() else {
             panic!("an in-task socket");
         };

@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 
 /// A machine on port 7000 that answers each request head by its path:
 /// `/chunked`, `/close` (body until it closes), `/bad` (not HTTP), and anything
-/// else a 200 with `content-length`, after which it closes the connection if it
-/// has been idle for 100 ms. Counts the connections it accepts.
+/// else a 200 with `content-length`. After `/then-drop` it closes the connection
+/// on the next request without answering it; otherwise it closes a connection
+/// idle for 100 ms. Counts the connections it accepts.
 async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
     let listener = TcpListener::bind((ips.get(1), 7000)).await.unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -31,6 +32,7 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut drop_next = false;
                 loop {
                     let read = tokio::time::timeout(Duration::from_millis(100), async {
                         let mut chunk = [0u8; 4096];
@@ -48,6 +50,11 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
                         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        if drop_next {
+                            // The request has arrived; it gets no answer.
+                            return;
+                        }
+                        drop_next = path == "/then-drop";
                         let answer: Vec<u8> = match path.as_str() {
                             "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                                 6\r\nhello \r\n6;x=y\r\nworld!\r\n0\r\nx-trailer: 1\r\n\r\n"
@@ -89,16 +96,8 @@ async fn start() -> (Tern, Arc<AtomicUsize>, Ips) {
 
 /// One request on a fresh client connection, read until Tern closes it.
 fn get(port: u16, method: &str, path: &str) -> String {
-    let mut s = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    raw_exchange(port, head.as_bytes())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -156,8 +155,8 @@ async fn a_pooled_connection_the_machine_closed_is_replaced() {
     assert_eq!(accepted.load(Ordering::Relaxed), 1);
 
     // The machine closes its idle connection after 100 ms; Tern's pool still
-    // holds it. A GET finds out on the wire and goes again on a fresh connection;
-    // a POST, which could not be sent twice, has the socket checked first.
+    // holds it. The check on reuse finds it closed, for a GET as for a POST, and
+    // a fresh connection carries the request.
     std::thread::sleep(Duration::from_millis(300));
     let out = blocking(move || get(port, "GET", "/second")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -169,6 +168,32 @@ async fn a_pooled_connection_the_machine_closed_is_replaced() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("path=/third"), "{out}");
     assert_eq!(accepted.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_lost_on_a_reused_connection_goes_again_only_if_idempotent() {
+    let (tern, accepted, _ips) = start().await;
+    let port = tern.ports.http;
+    // The machine takes the next request on this connection and closes it
+    // unanswered, after Tern's check of the pooled socket found it open.
+    let out = blocking(move || get(port, "GET", "/then-drop")).await;
+    assert!(out.contains("path=/then-drop"), "{out}");
+    let out = blocking(move || get(port, "GET", "/again")).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("path=/again"), "{out}");
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+
+    // A POST may have been acted on: it is not sent twice.
+    let out = blocking(move || get(port, "GET", "/then-drop")).await;
+    assert!(out.contains("path=/then-drop"), "{out}");
+    let out = blocking(move || get(port, "POST", "/once")).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: upstream_reset"),
+        "{out}"
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
