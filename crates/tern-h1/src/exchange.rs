@@ -3,7 +3,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{Recycle, ResponseBody};
@@ -39,7 +39,9 @@ impl<IO> Connection<IO> {
     }
 }
 
-/// Sends a request without a body and reads the response head. The body is read
+/// Sends a request without a body and reads the response head. `extra` fields
+/// follow those of `headers` in the head (fields the caller adds to every
+/// request, which need no map of their own). The body is read
 /// by the returned response's [`ResponseBody`], which hands the connection to
 /// `recycle` once the body has been read to its end on a connection that stays
 /// open.
@@ -48,6 +50,7 @@ pub async fn send<IO, R>(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    extra: &[(&HeaderName, &HeaderValue)],
     recycle: R,
 ) -> Result<Response<ResponseBody<IO, R>>, Error>
 where
@@ -57,7 +60,7 @@ where
     // A connection is only recycled with an empty buffer; the head is written from
     // it so that a request costs no allocation of its own.
     conn.buf.clear();
-    head::encode_request(method, target, headers, &mut conn.buf)?;
+    head::encode_request(method, target, headers, extra, &mut conn.buf)?;
     if let Err(e) = conn.io.write_all(&conn.buf).await {
         return Err(if is_closed(&e) {
             Error::ClosedBeforeResponse

@@ -20,6 +20,7 @@ pub fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    extra: &[(&HeaderName, &HeaderValue)],
     out: &mut BytesMut,
 ) -> Result<(), Error> {
     // A target comes from a parsed URI, so it holds no whitespace or CR/LF; the
@@ -27,12 +28,12 @@ pub fn encode_request(
     if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::BadTarget);
     }
-    out.reserve(64 + target.len() + headers.len() * 32);
+    out.reserve(64 + target.len() + (headers.len() + extra.len()) * 32);
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(extra.iter().copied()) {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
@@ -219,7 +220,7 @@ mod tests {
 
     fn encode_to_bytes(method: &Method, target: &str, headers: &HeaderMap) -> Bytes {
         let mut out = BytesMut::new();
-        encode_request(method, target, headers, &mut out).unwrap();
+        encode_request(method, target, headers, &[], &mut out).unwrap();
         out.freeze()
     }
 
@@ -246,6 +247,29 @@ mod tests {
     }
 
     #[test]
+    fn extra_fields_follow_the_maps() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("web.test"));
+        let via = HeaderName::from_static("via");
+        let tern = HeaderValue::from_static("1.1 tern");
+        let id = HeaderName::from_static("x-id");
+        let seven = HeaderValue::from_static("7");
+        let mut out = BytesMut::new();
+        encode_request(
+            &Method::GET,
+            "/",
+            &h,
+            &[(&via, &tern), (&id, &seven)],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            &out[..],
+            b"GET / HTTP/1.1\r\nhost: web.test\r\nvia: 1.1 tern\r\nx-id: 7\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn a_bodyless_post_says_its_length_is_zero() {
         let out = encode_to_bytes(&Method::POST, "/", &HeaderMap::new());
         assert_eq!(&out[..], b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
@@ -256,7 +280,7 @@ mod tests {
         let mut out = BytesMut::new();
         for bad in ["", "/a b", "/a\r\nx: y"] {
             assert!(matches!(
-                encode_request(&Method::GET, bad, &HeaderMap::new(), &mut out),
+                encode_request(&Method::GET, bad, &HeaderMap::new(), &[], &mut out),
                 Err(Error::BadTarget)
             ));
         }

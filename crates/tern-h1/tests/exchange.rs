@@ -80,20 +80,20 @@ async fn keep_alive_responses_return_the_connection_for_the_next_request() {
     let pool = Pool::default();
     let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
 
-    let resp = send(conn, &Method::GET, "/one", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/one", &headers(), &[], pool.clone())
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-length"], "5");
     assert_eq!(body_of(resp.into_body()).await.unwrap(), "hello");
 
     let conn = pool.take().expect("recycled after a length-delimited body");
-    let resp = send(conn, &Method::GET, "/two", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/two", &headers(), &[], pool.clone())
         .await
         .unwrap();
     assert_eq!(body_of(resp.into_body()).await.unwrap(), "abcde");
 
     let conn = pool.take().expect("recycled after a chunked body");
-    let resp = send(conn, &Method::GET, "/three", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/three", &headers(), &[], pool.clone())
         .await
         .unwrap();
     assert_eq!(resp.status(), 204, "the 103 is passed over");
@@ -101,7 +101,7 @@ async fn keep_alive_responses_return_the_connection_for_the_next_request() {
     drop(resp);
 
     let conn = pool.take().expect("recycled after a 204, unpolled");
-    let resp = send(conn, &Method::HEAD, "/four", &headers(), pool.clone())
+    let resp = send(conn, &Method::HEAD, "/four", &headers(), &[], pool.clone())
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-length"], "3");
@@ -121,7 +121,7 @@ async fn a_body_until_close_is_read_to_the_end_and_the_connection_not_kept() {
     let (addr, _) = scripted(vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"]).await;
     let pool = Pool::default();
     let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-    let resp = send(conn, &Method::GET, "/", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/", &headers(), &[], pool.clone())
         .await
         .unwrap();
     assert_eq!(body_of(resp.into_body()).await.unwrap(), "all of it");
@@ -147,7 +147,7 @@ async fn broken_answers_are_errors_and_their_connections_are_not_kept() {
     for (answer, expected) in cases {
         let (addr, _) = scripted(vec![answer]).await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let e = send(conn, &Method::GET, "/", &headers(), Pool::default())
+        let e = send(conn, &Method::GET, "/", &headers(), &[], Pool::default())
             .await
             .expect_err("a broken answer");
         assert!(expected(&e), "{answer:?}: {e:?}");
@@ -164,7 +164,7 @@ async fn a_body_cut_short_is_an_error() {
         let (addr, _) = scripted(vec![answer]).await;
         let pool = Pool::default();
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let resp = send(conn, &Method::GET, "/", &headers(), pool.clone())
+        let resp = send(conn, &Method::GET, "/", &headers(), &[], pool.clone())
             .await
             .unwrap();
         assert!(body_of(resp.into_body()).await.is_err(), "{answer:?}");
@@ -177,7 +177,7 @@ async fn a_connection_is_not_kept_after_bytes_beyond_the_body_or_a_dropped_body(
     let (addr, _) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiEXTRA"]).await;
     let pool = Pool::default();
     let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-    let resp = send(conn, &Method::GET, "/", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/", &headers(), &[], pool.clone())
         .await
         .unwrap();
     // The server writes 7-byte pieces, so "hi" arrives with "EX" behind it.
@@ -190,7 +190,7 @@ async fn a_connection_is_not_kept_after_bytes_beyond_the_body_or_a_dropped_body(
     ])
     .await;
     let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-    let resp = send(conn, &Method::GET, "/", &headers(), pool.clone())
+    let resp = send(conn, &Method::GET, "/", &headers(), &[], pool.clone())
         .await
         .unwrap();
     drop(resp);

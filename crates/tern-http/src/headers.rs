@@ -11,14 +11,17 @@ use http::header::{
 // Built once: a name from a string is parsed on every use, and these are used on
 // every request (the profile in bench/PROFILE.md found a quarter of Tern's
 // user-space instructions in header-name parsing and formatting).
+// Statics rather than consts where a field refers to them (see `forwarding_fields`).
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const TERN_CLIENT_IP: HeaderName = HeaderName::from_static("tern-client-ip");
-const TERN_REGION: HeaderName = HeaderName::from_static("tern-region");
-pub(crate) const TERN_REQUEST_ID: HeaderName = HeaderName::from_static("tern-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static TERN_CLIENT_IP: HeaderName = HeaderName::from_static("tern-client-ip");
+static TERN_REGION: HeaderName = HeaderName::from_static("tern-region");
+pub(crate) static TERN_REQUEST_ID: HeaderName = HeaderName::from_static("tern-request-id");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Headers that describe one hop and never pass through a proxy (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -32,10 +35,54 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     TRANSFER_ENCODING,
 ];
 
+/// What one pass over a message's header names found. Most messages carry none
+/// of these, and a pass over a few names costs less than a map lookup per name.
+#[derive(Debug, Default, Clone, Copy)]
+struct Found {
+    hop_by_hop: bool,
+    tern: bool,
+    forwarding: bool,
+}
+
+fn scan(headers: &HeaderMap) -> Found {
+    let mut found = Found::default();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || *name == UPGRADE {
+            found.hop_by_hop = true;
+        } else if *name == X_FORWARDED_FOR || *name == VIA {
+            found.forwarding = true;
+        } else if name.as_str().starts_with("tern-") {
+            found.tern = true;
+        }
+    }
+    found
+}
+
+/// Readies a client's request headers to be forwarded: hop-by-hop headers out
+/// (see [`strip_hop_by_hop`]) and spoofed `Tern-*` headers out. Returns whether the
+/// client sent `X-Forwarded-For` or `Via`, which Tern's entries must extend
+/// rather than stand alone.
+pub(crate) fn scrub_request(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+    let found = scan(headers);
+    if found.hop_by_hop || keep_upgrade {
+        remove_hop_by_hop(headers, keep_upgrade);
+    }
+    if found.tern {
+        strip_tern_headers(headers);
+    }
+    found.forwarding
+}
+
 /// Removes hop-by-hop headers and any header named in `Connection`. `Upgrade` is
 /// kept (with `Connection: upgrade`) when `keep_upgrade`, since the upgrade is
 /// negotiated end to end.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if keep_upgrade || scan(headers).hop_by_hop {
+        remove_hop_by_hop(headers, keep_upgrade);
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -49,8 +96,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(&name);
     }
-    // One scan over the (few) names present, rather than a removal per
-    // hop-by-hop name: most messages carry none of them.
     let present: Vec<HeaderName> = headers
         .keys()
         .filter(|n| HOP_BY_HOP.contains(n) || (!keep_upgrade && *n == UPGRADE))
@@ -65,7 +110,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Drops every header whose name starts with `tern-`: only Tern sets those.
-pub(crate) fn strip_tern_headers(headers: &mut HeaderMap) {
+fn strip_tern_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with("tern-"))
@@ -105,28 +150,71 @@ pub(crate) struct Forwarded<'a> {
     pub version: http::Version,
 }
 
+impl Forwarded<'_> {
+    fn proto(&self) -> &'static HeaderValue {
+        if self.tls {
+            &HTTPS
+        } else {
+            &HTTP
+        }
+    }
+}
+
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     // Room for all of them (and a Host made from an HTTP/2 authority) at once: a
     // client's map is sized to what it sent, and growing it one insert at a time
     // rehashes it more than once.
     headers.reserve(8);
-    append_to_list(headers, X_FORWARDED_FOR, &f.conn.client_ip);
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if f.tls { "https" } else { "http" }),
-    );
-    headers.insert(X_FORWARDED_PORT, f.conn.port.clone());
-    append_to_list(headers, VIA, &via_value(f.version));
-    headers.insert(TERN_CLIENT_IP, f.conn.client_ip.clone());
+    append_to_list(headers, &X_FORWARDED_FOR, &f.conn.client_ip);
+    headers.insert(X_FORWARDED_PROTO.clone(), f.proto().clone());
+    headers.insert(X_FORWARDED_PORT.clone(), f.conn.port.clone());
+    append_to_list(headers, &VIA_NAME, via_value(f.version));
+    headers.insert(TERN_CLIENT_IP.clone(), f.conn.client_ip.clone());
     if let Some(region) = f.region {
-        headers.insert(TERN_REGION, region.clone());
+        headers.insert(TERN_REGION.clone(), region.clone());
     }
-    headers.insert(TERN_REQUEST_ID, f.request_id.clone());
+    headers.insert(TERN_REQUEST_ID.clone(), f.request_id.clone());
+}
+
+/// The fields [`add_forwarding`] inserts, as name/value pairs for a head that
+/// Tern encodes itself: none of them is hashed into the request's map. Only for
+/// a request without an `X-Forwarded-For` or `Via` of its own, which
+/// `add_forwarding` extends instead.
+pub(crate) fn forwarding_fields<'a>(f: &Forwarded<'a>) -> Fields<'a> {
+    let mut fields = Fields {
+        pairs: [(&X_FORWARDED_FOR, &f.conn.client_ip); 7],
+        len: 1,
+    };
+    let mut push = |name: &'static HeaderName, value: &'a HeaderValue| {
+        fields.pairs[fields.len] = (name, value);
+        fields.len += 1;
+    };
+    push(&X_FORWARDED_PROTO, f.proto());
+    push(&X_FORWARDED_PORT, &f.conn.port);
+    push(&VIA_NAME, via_value(f.version));
+    push(&TERN_CLIENT_IP, &f.conn.client_ip);
+    if let Some(region) = f.region {
+        push(&TERN_REGION, region);
+    }
+    push(&TERN_REQUEST_ID, f.request_id);
+    fields
+}
+
+/// Up to seven header fields, kept on the stack.
+pub(crate) struct Fields<'a> {
+    pairs: [(&'a HeaderName, &'a HeaderValue); 7],
+    len: usize,
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn as_slice(&self) -> &[(&'a HeaderName, &'a HeaderValue)] {
+        &self.pairs[..self.len]
+    }
 }
 
 /// Sets a comma-separated list header (`X-Forwarded-For`, `Via`) to every prior
 /// value, in order, followed by `ours`.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue) {
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, ours: &HeaderValue) {
     match headers.entry(name) {
         Entry::Vacant(v) => {
             v.insert(ours.clone());
@@ -144,15 +232,22 @@ fn append_to_list(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue)
     }
 }
 
+static VIA_NAME: HeaderName = VIA;
+static VIA_09: HeaderValue = HeaderValue::from_static("0.9 tern");
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 tern");
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 tern");
+static VIA_2: HeaderValue = HeaderValue::from_static("2 tern");
+static VIA_3: HeaderValue = HeaderValue::from_static("3 tern");
+
 /// `Via`'s entry for Tern on a message of this version (RFC 9110 §7.6.3).
-pub(crate) fn via_value(v: http::Version) -> HeaderValue {
-    HeaderValue::from_static(match v {
-        http::Version::HTTP_09 => "0.9 tern",
-        http::Version::HTTP_10 => "1.0 tern",
-        http::Version::HTTP_2 => "2 tern",
-        http::Version::HTTP_3 => "3 tern",
-        _ => "1.1 tern",
-    })
+pub(crate) fn via_value(v: http::Version) -> &'static HeaderValue {
+    match v {
+        http::Version::HTTP_09 => &VIA_09,
+        http::Version::HTTP_10 => &VIA_10,
+        http::Version::HTTP_2 => &VIA_2,
+        http::Version::HTTP_3 => &VIA_3,
+        _ => &VIA_11,
+    }
 }
 
 /// A fresh request id: 128 random bits as 32 lowercase hex digits.

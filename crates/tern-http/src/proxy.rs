@@ -161,7 +161,7 @@ impl Proxy {
             }
         };
         resp.headers_mut()
-            .insert(headers::TERN_REQUEST_ID, request_id.clone());
+            .insert(headers::TERN_REQUEST_ID.clone(), request_id.clone());
         self.metrics.record(
             outcome.app_name(),
             outcome.code,
@@ -223,28 +223,8 @@ impl Proxy {
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding headers in.
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let version = req.version();
-        {
-            let h = req.headers_mut();
-            headers::strip_hop_by_hop(h, upgrade);
-            headers::strip_tern_headers(h);
-            headers::add_forwarding(
-                h,
-                &Forwarded {
-                    conn: &conn.values,
-                    tls: conn.tls,
-                    region: self.region.as_ref(),
-                    request_id,
-                    version,
-                },
-            );
-            if !h.contains_key(HOST) {
-                h.insert(HOST, host_value.clone());
-            }
-        }
         let h2 = service.config.h2_backend && !upgrade;
-        let (parts, body) = req.into_parts();
-        let bodyless = http_body::Body::is_end_stream(&body);
+        let bodyless = http_body::Body::is_end_stream(req.body());
         let want = if h2 {
             Want::H2
         } else if upgrade || !bodyless {
@@ -255,6 +235,26 @@ impl Proxy {
                 probe: conn.probe.as_ref(),
             }
         };
+        let forwarded = Forwarded {
+            conn: &conn.values,
+            tls: conn.tls,
+            region: self.region.as_ref(),
+            request_id,
+            version: req.version(),
+        };
+        let host_from_uri = req.uri().authority().is_some();
+        let h = req.headers_mut();
+        let inherited = headers::scrub_request(h, upgrade);
+        // A head Tern encodes itself takes the forwarding fields as they are, unless
+        // the client's own X-Forwarded-For or Via must be extended in the map.
+        let own_fields = matches!(want, Want::InTask { .. }) && !inherited;
+        if !own_fields {
+            headers::add_forwarding(h, &forwarded);
+        }
+        if host_from_uri && !h.contains_key(HOST) {
+            h.insert(HOST, host_value.clone());
+        }
+        let (parts, body) = req.into_parts();
         let body: Body = if bodyless {
             // No body (most GETs): an empty one is a zero-sized box, no allocation.
             Body::default()
@@ -285,13 +285,14 @@ impl Proxy {
         }
 
         // send: the head must come back within the response-header timeout.
-        let (resp, sender) = self.send(req, sender, pick.addr, want).await?;
+        let fields = own_fields.then_some(&forwarded);
+        let (resp, sender) = self.send(req, sender, pick.addr, want, fields).await?;
 
         // respond: relay the head, and hold the load until the body is done.
         let mut resp = resp;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-        let via = headers::via_value(resp.version());
+        let via = headers::via_value(resp.version()).clone();
         resp.headers_mut().append(http::header::VIA, via);
 
         if switching {
@@ -433,14 +434,20 @@ impl Proxy {
     /// Sends the request and waits for the response head. The connection comes
     /// back with it while the caller still needs it: a hyper HTTP/1.1 one to pool
     /// or take over, an h2c one to hold; an in-task socket is owned by the body.
+    /// `fields`, when given, are the forwarding fields the request's map lacks.
     async fn send(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         sender: Sender,
         addr: SocketAddr,
         want: Want<'_>,
+        fields: Option<&Forwarded<'_>>,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let timeout = self.settings.response_header_timeout;
+        if let (Some(f), false) = (fields, matches!(sender, Sender::InTask { .. })) {
+            // Only an in-task head is encoded by Tern.
+            headers::add_forwarding(req.headers_mut(), f);
+        }
         match sender {
             Sender::H2(mut tx) => {
                 let resp = tokio::time::timeout(timeout, tx.send_request(req))
@@ -459,7 +466,9 @@ impl Proxy {
                         // A pooled connection the machine had closed: the request
                         // never left, so it goes again on a fresh connection.
                         match e.take_message() {
-                            Some(req) if reused => Box::pin(self.resend(req, addr, want)).await,
+                            Some(req) if reused => {
+                                Box::pin(self.resend(req, addr, want, None)).await
+                            }
                             _ => Err(upstream_error(e.into_error())),
                         }
                     }
@@ -471,9 +480,11 @@ impl Proxy {
                     addr,
                 };
                 let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let extra = fields.map(headers::forwarding_fields);
+                let extra = extra.as_ref().map_or(&[][..], |f| f.as_slice());
                 let sent = tokio::time::timeout(
                     timeout,
-                    tern_h1::send(conn, req.method(), target, req.headers(), recycle),
+                    tern_h1::send(conn, req.method(), target, req.headers(), extra, recycle),
                 )
                 .await
                 .map_err(|_| header_timeout(timeout))?;
@@ -485,7 +496,7 @@ impl Proxy {
                     Err(tern_h1::Error::ClosedBeforeResponse)
                         if reused && req.method().is_idempotent() =>
                     {
-                        Box::pin(self.resend(req, addr, want)).await
+                        Box::pin(self.resend(req, addr, want, fields)).await
                     }
                     Err(e) => Err(in_task_error(e)),
                 }
@@ -500,6 +511,7 @@ impl Proxy {
         req: Request<Body>,
         addr: SocketAddr,
         want: Want<'_>,
+        fields: Option<&Forwarded<'_>>,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let fresh = match want {
             Want::InTask { probe, .. } => self.upstreams.connect_in_task(addr, probe).await,
@@ -510,7 +522,7 @@ impl Proxy {
             }
         }
         .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
-        self.send(req, fresh, addr, want).await
+        self.send(req, fresh, addr, want, fields).await
     }
 }
 
