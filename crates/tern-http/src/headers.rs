@@ -46,13 +46,24 @@ struct Found {
 
 fn scan(headers: &HeaderMap) -> Found {
     let mut found = Found::default();
+    // Matched as text: a standard name's text is a table lookup, and a match on it
+    // costs less than comparing the name with each constant in turn.
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) || *name == UPGRADE {
-            found.hop_by_hop = true;
-        } else if *name == X_FORWARDED_FOR || *name == VIA {
-            found.forwarding = true;
-        } else if name.as_str().starts_with("tern-") {
-            found.tern = true;
+        match name.as_str() {
+            "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade" => {
+                found.hop_by_hop = true;
+            }
+            "x-forwarded-for" | "via" => found.forwarding = true,
+            n if n.starts_with("tern-") => found.tern = true,
+            _ => {}
         }
     }
     found
@@ -298,6 +309,23 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_knows_every_name_the_rules_remove_or_extend() {
+        for name in HOP_BY_HOP.iter().chain([&UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            assert!(scan(&h).hop_by_hop, "{name}");
+        }
+        for name in [&X_FORWARDED_FOR, &VIA_NAME] {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            assert!(scan(&h).forwarding, "{name}");
+        }
+        let h = map(&[("tern-region", "x"), ("accept", "*/*"), ("host", "a")]);
+        let found = scan(&h);
+        assert!(found.tern && !found.hop_by_hop && !found.forwarding);
+    }
+
+    #[test]
     fn upgrade_survives_when_asked() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut h, true);
@@ -312,7 +340,7 @@ mod tests {
             ("Tern-Region", "evil"),
             ("x-ok", "1"),
         ]);
-        strip_tern_headers(&mut h);
+        assert!(!scrub_request(&mut h, false));
         assert_eq!(h.len(), 1);
     }
 
