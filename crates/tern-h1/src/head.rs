@@ -123,9 +123,10 @@ pub fn parse_response(
     let head = buf.split_to(len).freeze();
 
     let status = StatusCode::from_u16(code).map_err(|_| Error::BadStatus(code))?;
-    // Room for the few fields a proxy adds to a response (Via, a request id), so
-    // that adding them does not regrow and rehash the map.
-    let mut headers = HeaderMap::with_capacity(count + 4);
+    // Room for the two fields a proxy adds to a response (Via, a request id), so
+    // that adding them does not regrow and rehash the map. No more: a map of a few
+    // fields that holds over 1 KiB of entries takes the allocator's slower path.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
