@@ -148,7 +148,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        // A body of known length is `Done` at its last byte (see `finish`).
+        matches!(self.state, State::Done)
     }
 
     fn size_hint(&self) -> SizeHint {

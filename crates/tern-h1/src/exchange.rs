@@ -7,7 +7,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{Recycle, ResponseBody};
-use crate::head::parse_response;
 use crate::{head, Error};
 
 /// Room kept free in the read buffer before a read: a small response's head and
@@ -74,7 +73,7 @@ where
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
-            if let Some(head) = parse_response(&mut conn.buf, head_request)? {
+            if let Some(head) = head::parse_response(&mut conn.buf, head_request)? {
                 let status = head.response.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(Error::UnaskedSwitch);

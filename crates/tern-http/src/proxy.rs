@@ -245,12 +245,6 @@ impl Proxy {
         let host_from_uri = req.uri().authority().is_some();
         let h = req.headers_mut();
         let inherited = headers::scrub_request(h, upgrade);
-        // A head Tern encodes itself takes the forwarding fields as they are, unless
-        // the client's own X-Forwarded-For or Via must be extended in the map.
-        let own_fields = matches!(want, Want::InTask { .. }) && !inherited;
-        if !own_fields {
-            headers::add_forwarding(h, &forwarded);
-        }
         if host_from_uri && !h.contains_key(HOST) {
             h.insert(HOST, host_value.clone());
         }
@@ -276,6 +270,13 @@ impl Proxy {
 
         // choose + connect: the best machine with room; a failed connect moves on.
         let (pick, guard, sender) = self.connect(&snapshot, &app, &service, conn, want).await?;
+        // A head Tern encodes itself (on an in-task socket) takes the forwarding
+        // fields as they are, unless the client's own X-Forwarded-For or Via must
+        // be extended in the map.
+        let own_fields = matches!(sender, Sender::InTask { .. }) && !inherited;
+        if !own_fields {
+            headers::add_forwarding(req.headers_mut(), &forwarded);
+        }
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = upstream_uri(uri, host, pick.addr, h2)?;
         if let Some(p) = &conn.probe {
@@ -434,20 +435,17 @@ impl Proxy {
     /// Sends the request and waits for the response head. The connection comes
     /// back with it while the caller still needs it: a hyper HTTP/1.1 one to pool
     /// or take over, an h2c one to hold; an in-task socket is owned by the body.
-    /// `fields`, when given, are the forwarding fields the request's map lacks.
+    /// `fields`, when given, are the forwarding fields an in-task request's map
+    /// lacks, for `tern-h1` to write into its head.
     async fn send(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         sender: Sender,
         addr: SocketAddr,
         want: Want<'_>,
         fields: Option<&Forwarded<'_>>,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let timeout = self.settings.response_header_timeout;
-        if let (Some(f), false) = (fields, matches!(sender, Sender::InTask { .. })) {
-            // Only an in-task head is encoded by Tern.
-            headers::add_forwarding(req.headers_mut(), f);
-        }
         match sender {
             Sender::H2(mut tx) => {
                 let resp = tokio::time::timeout(timeout, tx.send_request(req))
@@ -514,7 +512,7 @@ impl Proxy {
         fields: Option<&Forwarded<'_>>,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let fresh = match want {
-            Want::InTask { probe, .. } => self.upstreams.connect_in_task(addr, probe).await,
+            Want::InTask { probe } => self.upstreams.connect_in_task(addr, probe).await,
             _ => {
                 self.upstreams
                     .checkout(addr, Want::H1 { upgrade: false })

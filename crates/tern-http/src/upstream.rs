@@ -113,7 +113,7 @@ impl Upstreams {
     ) -> Result<Sender, ConnectError> {
         // The paths that connect are boxed: their futures (connect, timer, HTTP
         // handshake) are large, and inline they would be part of every request's
-        // future, which is moved into a box of its own per request.
+        // future, which is moved into hyper's connection state per request.
         match want {
             Want::H2 => {
                 if let Some(tx) = self.shared_h2(addr) {
