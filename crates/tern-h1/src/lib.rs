@@ -1,22 +1,33 @@
-//! An HTTP/1.1 client for requests without a body, run inside the task that asks.
+//! HTTP/1.1 for requests without a body, on both sides of a proxy, run inside the
+//! task that holds the connection.
 //!
-//! hyper's client gives every connection a task of its own and links it to the
-//! caller with channels, so a proxied request crosses tasks three times. For the
-//! common request with no body, Tern writes the head itself, parses the answer
-//! with httparse and reads the body straight off the socket from the task that
-//! relays it. Requests with bodies and upgrades still go through hyper.
+//! The client side: hyper's client gives every connection a task of its own and
+//! links it to the caller with channels, so a proxied request crosses tasks three
+//! times. For the common request with no body, Tern writes the head itself,
+//! parses the answer with httparse and reads the body straight off the socket
+//! from the task that relays it. Requests with bodies and upgrades still go
+//! through hyper.
+//!
+//! The server side ([`serve`]): a client connection's bodyless requests are
+//! parsed and answered without hyper's connection state, dispatcher and buffers;
+//! the first request that needs more (a body, an upgrade, a bad head) is handed,
+//! with every byte read, to a general server.
 #![forbid(unsafe_code)]
 
 mod body;
 mod chunked;
+mod date;
 mod exchange;
 mod head;
+mod serve;
+mod server_head;
 
 use std::io;
 
 pub use body::{Recycle, ResponseBody};
 pub use exchange::{send, Connection};
 pub use head::{MAX_HEADERS, MAX_HEAD_BYTES};
+pub use serve::{serve, Inbound, Limits, Served};
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +62,12 @@ pub enum Error {
     ClosedInBody,
     #[error("{0}")]
     Io(#[source] io::Error),
+    /// Server side: the response body failed while it was being written.
+    #[error("the response body failed: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Server side: the response body's size differs from its Content-Length.
+    #[error("the response body does not match its length")]
+    BodyLength,
 }
 
 impl Error {

@@ -16,7 +16,7 @@ use tern_config::ConcurrencyKind;
 
 use crate::activity::Activity;
 use crate::binding::{ConnBindings, Unit};
-use crate::body::{full, Body, Guarded, OnEnd};
+use crate::body::{full, Body, Guarded, OnEnd, RequestBody};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, ConnValues, Forwarded};
 use crate::noted::Noted;
@@ -120,7 +120,7 @@ impl Proxy {
     /// body, not two.
     pub(crate) async fn handle<H: OnEnd>(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ConnInfo,
         on_end: H,
     ) -> Response<Body> {
@@ -174,7 +174,7 @@ impl Proxy {
 
     async fn proxy(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
         outcome: &mut Outcome,

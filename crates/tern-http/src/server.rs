@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::activity::{Activity, ActivityIo};
-use crate::body::{Body, OnEnd};
+use crate::body::{Body, OnEnd, RequestBody};
 use crate::in_task::{InTask, WithStreams};
 use crate::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
@@ -56,23 +57,29 @@ pub async fn serve_connection<IO>(
     let activity = Arc::new(Activity::default());
     let mut io = Prefixed::new(ActivityIo::new(io, Arc::clone(&activity)));
 
-    let svc_activity = Arc::clone(&activity);
     info.activity = Some(Arc::clone(&activity));
     let info = Arc::new(info);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = {
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
-        let activity = Arc::clone(&svc_activity);
-        // Not boxed: hyper keeps room for one in-flight service future (about 3.5
-        // KiB) in its HTTP/1.1 connection state, which a keep-alive connection gives
-        // up when it parks (PARK_AFTER), so idle connections do not carry it; a box
-        // per request cost an allocation over 1 KiB and a copy of the future.
-        async move {
-            activity.request_started(!http_body::Body::is_end_stream(req.body()));
-            let resp = proxy.handle(req, &info, Finished(activity)).await;
-            Ok::<_, Infallible>(resp)
-        }
-    });
+        let activity = Arc::clone(&activity);
+        service_fn(move |req: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            let info = Arc::clone(&info);
+            let activity = Arc::clone(&activity);
+            // Not boxed: hyper keeps room for one in-flight service future (about
+            // 3.5 KiB) in its HTTP/1.1 connection state, which a keep-alive
+            // connection gives up when it parks (PARK_AFTER), so idle connections
+            // do not carry it; a box per request cost an allocation over 1 KiB and
+            // a copy of the future.
+            async move {
+                activity.request_started(!http_body::Body::is_end_stream(req.body()));
+                let req = req.map(RequestBody::Streaming);
+                let resp = proxy.handle(req, &info, Finished(activity)).await;
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
 
     let mut first = true;
     loop {
@@ -83,14 +90,32 @@ pub async fn serve_connection<IO>(
                 return;
             }
         }
-        // Both servers are boxed: the future of a parked connection then keeps no
-        // room for hyper's connection state.
+        // Every server is boxed: the future of a parked connection then keeps no
+        // room for a server's state.
         if h2_by_alpn || (first && H2_PREFACE.starts_with(io.prefix())) {
             return Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown)).await;
         }
         first = false;
-        let serving = Box::pin(serve_h1(
+        // Requests without a body are answered in this task (tern-h1); the first
+        // that needs more goes to hyper, with the bytes already read.
+        let serving = Box::pin(serve_in_task(
             io,
+            &proxy,
+            &info,
+            &activity,
+            settings,
+            &mut shutdown,
+        ));
+        let handed = match serving.await {
+            InTaskEnd::Closed => return,
+            InTaskEnd::Parked(parked) => {
+                io = parked;
+                continue;
+            }
+            InTaskEnd::HandOver(handed) => handed,
+        };
+        let serving = Box::pin(serve_h1(
+            handed,
             service.clone(),
             &activity,
             settings,
@@ -99,6 +124,66 @@ pub async fn serve_connection<IO>(
         match serving.await {
             Some(parked) => io = parked,
             None => return,
+        }
+    }
+}
+
+/// How the in-task server let go of a connection.
+enum InTaskEnd<IO> {
+    Closed,
+    Parked(Prefixed<ActivityIo<IO>>),
+    /// A request for hyper is at the front of the socket's prefix.
+    HandOver(Prefixed<ActivityIo<IO>>),
+}
+
+/// Serves HTTP/1.1 requests without a body in this task, under the same timers
+/// as hyper's server, until the connection ends, parks, or meets a request that
+/// hyper must answer.
+async fn serve_in_task<IO>(
+    io: Prefixed<ActivityIo<IO>>,
+    proxy: &Proxy,
+    info: &ConnInfo,
+    activity: &Arc<Activity>,
+    settings: &ServerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> InTaskEnd<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut inbound = tern_h1::Inbound::new(io);
+    let closing = AtomicBool::new(false);
+    let limits = tern_h1::Limits {
+        max_head_bytes: settings.max_header_bytes,
+        max_headers: settings.max_headers,
+    };
+    let driven = {
+        let serving = tern_h1::serve(&mut inbound, limits, &closing, |req| {
+            activity.request_started(false);
+            let req = req.map(|()| RequestBody::Empty);
+            proxy.handle(req, info, Finished(Arc::clone(activity)))
+        });
+        let mut serving = std::pin::pin!(serving);
+        let graceful = |_: &mut _| closing.store(true, Ordering::Release);
+        drive(&mut serving, graceful, activity, settings, shutdown, true).await
+    };
+    match driven {
+        Driven::Ended(Some(tern_h1::Served::Closed)) => {
+            close_quietly(inbound.io_mut()).await;
+            InTaskEnd::Closed
+        }
+        Driven::Ended(Some(tern_h1::Served::HandOver)) => {
+            let (mut io, unread) = inbound.into_parts();
+            io.append(unread);
+            InTaskEnd::HandOver(io)
+        }
+        Driven::Ended(None) => InTaskEnd::Closed,
+        Driven::Park => {
+            // Nothing of a new head has been read (see `Activity::parkable`), so
+            // the buffers go with nothing in them.
+            let (mut io, unread) = inbound.into_parts();
+            io.append(unread);
+            metrics::counter!("tern_client_parked_total").increment(1);
+            InTaskEnd::Parked(io)
         }
     }
 }
@@ -196,7 +281,7 @@ where
         .with_upgrades();
     let graceful = |c: &mut http1::UpgradeableConnection<_, _>| Pin::new(c).graceful_shutdown();
     match drive(&mut conn, graceful, activity, settings, shutdown, true).await {
-        Driven::Ended => None,
+        Driven::Ended(_) => None,
         Driven::Park => {
             let parts = conn.into_parts()?;
             metrics::counter!("tern_client_parked_total").increment(1);
@@ -235,8 +320,10 @@ async fn serve_h2<IO, S>(
     drive(&mut conn, graceful, activity, settings, shutdown, false).await;
 }
 
-enum Driven {
-    Ended,
+enum Driven<T> {
+    /// With what the connection's future returned, or `None` when it failed or
+    /// a timer ended it.
+    Ended(Option<T>),
     Park,
 }
 
@@ -244,16 +331,17 @@ enum Driven {
 /// `graceful` starts its graceful shutdown. With `may_park`, returns `Park` once
 /// the connection is parkable (see `Activity::parkable`); the caller then takes
 /// the socket back from hyper.
-async fn drive<C>(
+async fn drive<C, T, E>(
     conn: &mut C,
     graceful: impl Fn(&mut C),
     activity: &Activity,
     settings: &ServerSettings,
     shutdown: &mut watch::Receiver<bool>,
     may_park: bool,
-) -> Driven
+) -> Driven<T>
 where
-    C: Future<Output = Result<(), hyper::Error>> + Unpin,
+    C: Future<Output = Result<T, E>> + Unpin,
+    E: std::fmt::Display,
 {
     let mut draining = false;
     loop {
@@ -269,13 +357,16 @@ where
         }
         tokio::select! {
             res = &mut *conn => {
-                if let Err(e) = res {
-                    tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
-                }
-                return Driven::Ended;
+                return Driven::Ended(match res {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
+                        None
+                    }
+                });
             }
             _ = tokio::time::sleep(wait), if !draining => match expired(activity, settings) {
-                Some(Expired::HeaderRead) => return Driven::Ended,
+                Some(Expired::HeaderRead) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
                     draining = true;
                     graceful(conn);
@@ -288,7 +379,7 @@ where
                 graceful(conn);
             }
             _ = tokio::time::sleep(settings.drain_timeout), if draining => {
-                return Driven::Ended;
+                return Driven::Ended(None);
             }
         }
     }
