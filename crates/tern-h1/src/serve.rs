@@ -224,7 +224,7 @@ where
             }
             written += data.len() as u64;
             match frame.framing {
-                OutFraming::Length(n) if written > n => return Err(Error::BodyLength),
+                OutFraming::Length(n) if written > n => return cut_short(conn).await,
                 OutFraming::Chunked => server_head::put_chunk_size(&mut conn.write, data.len()),
                 _ => {}
             }
@@ -243,7 +243,7 @@ where
             }
         }
         match frame.framing {
-            OutFraming::Length(n) if written != n => return Err(Error::BodyLength),
+            OutFraming::Length(n) if written != n => return cut_short(conn).await,
             OutFraming::Chunked => {
                 conn.write.put_slice(b"0\r\n");
                 if let (Some(trailers), true) = (trailers, out.trailers) {
@@ -262,6 +262,15 @@ where
     send_buffered(conn).await?;
     conn.io.flush().await.map_err(Error::Io)?;
     Ok(frame.keep_alive)
+}
+
+/// A body that breaks its own length: what is buffered goes out (the client sees
+/// a response cut short, as it would if the body had failed), and the connection
+/// ends, since its framing can no longer be trusted.
+async fn cut_short<IO: AsyncWrite + Unpin>(conn: &mut Inbound<IO>) -> Result<bool, Error> {
+    let _ = send_buffered(conn).await;
+    let _ = conn.io.flush().await;
+    Err(Error::BodyLength)
 }
 
 async fn send_buffered<IO: AsyncWrite + Unpin>(conn: &mut Inbound<IO>) -> Result<(), Error> {

@@ -159,3 +159,38 @@ async fn a_connection_whose_post_body_was_read_parks_too() {
     let parked = parked_total(&setup.tern) - before;
     assert!(parked >= 1, "the body was read, so the pause should park");
 }
+
+/// Requests without a body are answered by Tern's in-task server, the others by
+/// hyper's: a pipelined mix must come back whole and in order, both when the
+/// in-task server hands the connection over mid-buffer and when a parked
+/// connection comes back to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_with_and_without_bodies_share_a_connection() {
+    let setup = web_setup("", "").await;
+    let mut s = connect_plain(&setup).await;
+    let mix = b"GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /c HTTP/1.1\r\nHost: web.test\r\n\r\n";
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(PAUSE).await;
+        }
+        s.write_all(mix).await.unwrap();
+        for (path, bytes) in [("/a", 0), ("/b", 5), ("/c", 0)] {
+            let (head, body) = read_response(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{round} {path}: {head}");
+            assert!(
+                body.contains(&format!("uri={path}")),
+                "{round} {path}: {body}"
+            );
+            assert!(
+                body.contains(&format!("body-bytes={bytes}")),
+                "{round} {path}: {body}"
+            );
+        }
+    }
+    assert!(
+        parked_total(&setup.tern) >= 1,
+        "the pause parks the connection"
+    );
+}
