@@ -63,8 +63,9 @@ pub enum Error {
     #[error("{0}")]
     Io(#[source] io::Error),
     /// Server side: the response body failed while it was being written.
+    /// (Its message only: the body's error type is the caller's.)
     #[error("the response body failed: {0}")]
-    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Body(String),
     /// Server side: the response body's size differs from its Content-Length.
     #[error("the response body does not match its length")]
     BodyLength,

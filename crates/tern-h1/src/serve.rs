@@ -85,7 +85,7 @@ where
     S: FnMut(Request<()>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: std::fmt::Display,
 {
     loop {
         let head = match next_request(conn, limits, closing).await? {
@@ -179,7 +179,7 @@ async fn write_response<IO, B>(
 where
     IO: AsyncWrite + Unpin,
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: std::fmt::Display,
 {
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
@@ -210,7 +210,7 @@ where
                 }
             };
             let Some(polled) = polled else { break };
-            let data = match polled.map_err(|e| Error::Body(e.into()))?.into_data() {
+            let data = match polled.map_err(|e| Error::Body(e.to_string()))?.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {

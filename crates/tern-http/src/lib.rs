@@ -5,6 +5,7 @@
 mod activity;
 mod binding;
 mod body;
+mod conn_event;
 mod error;
 mod headers;
 mod in_task;

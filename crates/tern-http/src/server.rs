@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::activity::{Activity, ActivityIo};
 use crate::body::{Body, OnEnd, RequestBody};
+use crate::conn_event::{next_conn_event, ConnEvent};
 use crate::in_task::{InTask, WithStreams};
 use crate::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
@@ -148,7 +149,7 @@ async fn serve_in_task<IO>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> InTaskEnd<IO>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut inbound = tern_h1::Inbound::new(io);
     let closing = AtomicBool::new(false);
@@ -340,7 +341,7 @@ async fn drive<C, T, E>(
     may_park: bool,
 ) -> Driven<T>
 where
-    C: Future<Output = Result<T, E>> + Unpin,
+    C: Future<Output = Result<T, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
     let mut draining = false;
@@ -355,8 +356,14 @@ where
                 );
             }
         }
-        tokio::select! {
-            res = &mut *conn => {
+        let after = if draining {
+            settings.drain_timeout
+        } else {
+            wait
+        };
+        let signal = (!draining).then_some(&mut *shutdown);
+        match next_conn_event(conn, after, signal).await {
+            ConnEvent::Done(res) => {
                 return Driven::Ended(match res {
                     Ok(t) => Some(t),
                     Err(e) => {
@@ -365,7 +372,8 @@ where
                     }
                 });
             }
-            _ = tokio::time::sleep(wait), if !draining => match expired(activity, settings) {
+            ConnEvent::Timer if draining => return Driven::Ended(None),
+            ConnEvent::Timer => match expired(activity, settings) {
                 Some(Expired::HeaderRead) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
                     draining = true;
@@ -374,12 +382,9 @@ where
                 None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
                 None => {}
             },
-            _ = shutdown.changed(), if !draining => {
+            ConnEvent::Shutdown => {
                 draining = true;
                 graceful(conn);
-            }
-            _ = tokio::time::sleep(settings.drain_timeout), if draining => {
-                return Driven::Ended(None);
             }
         }
     }
