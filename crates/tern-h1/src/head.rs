@@ -126,7 +126,7 @@ pub fn parse_response(
     // Room for the two fields a proxy adds to a response (Via, a request id), so
     // that adding them does not regrow and rehash the map. No more: a map of a few
     // fields that holds over 1 KiB of entries takes the allocator's slower path.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = crate::header_maps::take(count + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;

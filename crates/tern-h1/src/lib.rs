@@ -19,6 +19,7 @@ mod chunked;
 mod date;
 mod exchange;
 mod head;
+mod header_maps;
 mod serve;
 mod server_head;
 
@@ -27,6 +28,7 @@ use std::io;
 pub use body::{Recycle, ResponseBody};
 pub use exchange::{send, Connection};
 pub use head::{MAX_HEADERS, MAX_HEAD_BYTES};
+pub use header_maps::recycle as recycle_header_map;
 pub use serve::{serve, Inbound, Limits, Served};
 
 /// Why an exchange failed.

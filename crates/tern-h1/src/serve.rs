@@ -192,7 +192,7 @@ where
         out.keep_alive,
         &mut conn.write,
     );
-    drop(parts);
+    crate::header_maps::recycle(parts.headers);
 
     let mut written: u64 = 0;
     let mut trailers: Option<HeaderMap> = None;

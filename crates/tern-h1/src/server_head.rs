@@ -9,7 +9,7 @@ use http::header::{
     UPGRADE,
 };
 use http::response::Parts;
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::date;
 
@@ -136,7 +136,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
     let Ok(uri) = Uri::from_maybe_shared(frozen.slice(target.0 as usize..target.1 as usize)) else {
         return other_after_split(buf, frozen);
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = crate::header_maps::take(count);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&frozen[n0 as usize..n1 as usize]),

@@ -487,7 +487,12 @@ impl Proxy {
                 .await
                 .map_err(|_| header_timeout(timeout))?;
                 match sent {
-                    Ok(resp) => Ok((resp.map(Relayed::Right), None)),
+                    Ok(resp) => {
+                        // The request's map is done with: the next message on this
+                        // thread reuses it (tern-h1 keeps a few).
+                        tern_h1::recycle_header_map(req.into_parts().0.headers);
+                        Ok((resp.map(Relayed::Right), None))
+                    }
                     // A pooled socket the machine closed after it was checked: the
                     // request may have reached the machine, so only a request that
                     // may be repeated goes again.
