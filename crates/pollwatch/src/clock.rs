@@ -50,6 +50,13 @@ pub(crate) fn clock() -> &'static Clock {
     })
 }
 
+/// Milliseconds on the process's coarse clock: up to one tick (100 ms) behind
+/// the exact time, for an atomic load. For deadlines that tolerate that lag
+/// (the clock's thread starts on first use).
+pub fn coarse_millis() -> u64 {
+    clock().coarse_ms()
+}
+
 impl Clock {
     /// Exact milliseconds since the clock started.
     pub(crate) fn now_ms(&self) -> u64 {

@@ -38,6 +38,7 @@ mod registry;
 mod stall;
 mod watched;
 
+pub use clock::coarse_millis;
 pub use config::{SpinAction, SpinConfig};
 pub use conn::{ConnSnapshot, Probe};
 pub use io::WatchedIo;

@@ -98,6 +98,11 @@ impl Activity {
         Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
     }
 
+    /// Whether the connection is HTTP/2.
+    pub fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Acquire)
+    }
+
     /// Marks the connection as HTTP/2 (the server does, from ALPN or its preface).
     pub fn set_multiplexed(&self) {
         self.multiplexed.store(true, Ordering::Release);

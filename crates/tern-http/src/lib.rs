@@ -7,6 +7,7 @@ mod binding;
 mod body;
 mod conn_event;
 mod error;
+mod header_deadline;
 mod headers;
 mod in_task;
 mod noted;

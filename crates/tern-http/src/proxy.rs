@@ -18,6 +18,7 @@ use crate::activity::Activity;
 use crate::binding::{ConnBindings, Unit};
 use crate::body::{full, Body, Guarded, OnEnd, RequestBody};
 use crate::error::{ErrorCode, ProxyError};
+use crate::header_deadline::HeaderDeadline;
 use crate::headers::{self, ConnValues, Forwarded};
 use crate::noted::Noted;
 use crate::request_metrics::RequestMetrics;
@@ -287,7 +288,12 @@ impl Proxy {
 
         // send: the head must come back within the response-header timeout.
         let fields = own_fields.then_some(&forwarded);
-        let (resp, sender) = self.send(req, sender, pick.addr, want, fields).await?;
+        // On an HTTP/1.1 client connection the driver polls the request at least
+        // once a second, so its deadline needs no timer until it is near.
+        let ticked = conn.activity.as_ref().is_some_and(|a| !a.is_multiplexed());
+        let (resp, sender) = self
+            .send(req, sender, pick.addr, want, fields, ticked)
+            .await?;
 
         // respond: relay the head, and hold the load until the body is done.
         let mut resp = resp;
@@ -444,6 +450,7 @@ impl Proxy {
         addr: SocketAddr,
         want: Want<'_>,
         fields: Option<&Forwarded<'_>>,
+        ticked: bool,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let timeout = self.settings.response_header_timeout;
         match sender {
@@ -465,7 +472,7 @@ impl Proxy {
                         // never left, so it goes again on a fresh connection.
                         match e.take_message() {
                             Some(req) if reused => {
-                                Box::pin(self.resend(req, addr, want, None)).await
+                                Box::pin(self.resend(req, addr, want, None, ticked)).await
                             }
                             _ => Err(upstream_error(e.into_error())),
                         }
@@ -480,12 +487,17 @@ impl Proxy {
                 let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let extra = fields.map(headers::forwarding_fields);
                 let extra = extra.as_ref().map_or(&[][..], |f| f.as_slice());
-                let sent = tokio::time::timeout(
-                    timeout,
-                    tern_h1::send(conn, req.method(), target, req.headers(), extra, recycle),
-                )
-                .await
-                .map_err(|_| header_timeout(timeout))?;
+                let exchange =
+                    tern_h1::send(conn, req.method(), target, req.headers(), extra, recycle);
+                let sent = if ticked {
+                    HeaderDeadline::new(exchange, timeout)
+                        .await
+                        .map_err(|_| header_timeout(timeout))?
+                } else {
+                    tokio::time::timeout(timeout, exchange)
+                        .await
+                        .map_err(|_| header_timeout(timeout))?
+                };
                 match sent {
                     Ok(resp) => {
                         // The request's map is done with: the next message on this
@@ -499,7 +511,7 @@ impl Proxy {
                     Err(tern_h1::Error::ClosedBeforeResponse)
                         if reused && req.method().is_idempotent() =>
                     {
-                        Box::pin(self.resend(req, addr, want, fields)).await
+                        Box::pin(self.resend(req, addr, want, fields, ticked)).await
                     }
                     Err(e) => Err(in_task_error(e)),
                 }
@@ -515,6 +527,7 @@ impl Proxy {
         addr: SocketAddr,
         want: Want<'_>,
         fields: Option<&Forwarded<'_>>,
+        ticked: bool,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
         let fresh = match want {
             Want::InTask { probe } => self.upstreams.connect_in_task(addr, probe).await,
@@ -525,7 +538,7 @@ impl Proxy {
             }
         }
         .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
-        self.send(req, fresh, addr, want, fields).await
+        self.send(req, fresh, addr, want, fields, ticked).await
     }
 }
 

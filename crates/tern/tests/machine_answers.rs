@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A machine on port 7000 that answers each request head by its path:
-/// `/chunked`, `/close` (body until it closes), `/bad` (not HTTP), and anything
+/// `/chunked`, `/close` (body until it closes), `/bad` (not HTTP), `/silent` (no
+/// answer at all), and anything
 /// else a 200 with `content-length`. After `/then-drop` it closes the connection
 /// on the next request without answering it; otherwise it closes a connection
 /// idle for 100 ms. Counts the connections it accepts.
@@ -64,6 +65,11 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
                                 return;
                             }
                             "/bad" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+                            "/silent" => {
+                                // Takes the request and never answers.
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                return;
+                            }
                             _ => {
                                 let body = format!("path={path}\n");
                                 format!(
@@ -85,10 +91,14 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
 }
 
 async fn start() -> (Tern, Arc<AtomicUsize>, Ips) {
+    start_with_limits("").await
+}
+
+async fn start_with_limits(limits: &str) -> (Tern, Arc<AtomicUsize>, Ips) {
     let ips = Ips::new();
     let ports = Ports::new();
     let accepted = scripted_machine(&ips).await;
-    let mut c = config_head(ports, "");
+    let mut c = config_head(ports, limits);
     c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
     (Tern::start(&c, ports), accepted, ips)
@@ -220,4 +230,49 @@ async fn keep_alive_requests_share_one_machine_connection() {
     .await;
     assert_eq!(n, 5);
     assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
+/// A machine that never starts its answer gets 504 at the response-header
+/// timeout: a short one (its timer armed at once) and one longer than the
+/// connection's one-second wake, whose timer is armed only when it is near.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_machine_gives_upstream_timeout_at_the_deadline() {
+    for (timeout_ms, lazily_armed) in [(600u64, false), (2600, true)] {
+        let limits = format!("response_header_timeout = \"{timeout_ms}ms\"");
+        let (tern, _, _ips) = start_with_limits(&limits).await;
+        let port = tern.ports.http;
+        let started = std::time::Instant::now();
+        let out = blocking(move || get(port, "GET", "/silent")).await;
+        let took = started.elapsed();
+        assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("tern-error: upstream_timeout"),
+            "{out}"
+        );
+        let at = Duration::from_millis(timeout_ms);
+        assert!(
+            took >= at - Duration::from_millis(150),
+            "lazily armed: {lazily_armed}, answered after {took:?}"
+        );
+        assert!(
+            took < at + Duration::from_millis(1500),
+            "lazily armed: {lazily_armed}, answered after {took:?}"
+        );
+        // The same over HTTP/2 (a real timer from the start): curl's h2c.
+        let url = tern.http_url("web.test", "/silent");
+        let resolve = format!("web.test:{port}:127.0.0.1");
+        let (_, out, err) = blocking(move || {
+            curl(&[
+                "-s",
+                "-i",
+                "--http2-prior-knowledge",
+                "--resolve",
+                &resolve,
+                &url,
+            ])
+        })
+        .await;
+        assert!(out.starts_with("HTTP/2 504"), "{out} {err}");
+    }
 }
