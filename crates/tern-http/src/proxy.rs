@@ -411,6 +411,7 @@ impl Proxy {
         Err(ProxyError::new(code, detail))
     }
 
+    #[cold]
     fn count_connect_error(&self, app: &AppEntry, pick: &Pick, e: &ConnectError) {
         tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
         metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.config.id.clone())
@@ -607,6 +608,8 @@ impl tern_h1::Recycle<MachineIo> for PoolReturn {
     }
 }
 
+// Cold: error paths are laid out away from the request's hot code.
+#[cold]
 fn in_task_error(e: tern_h1::Error) -> ProxyError {
     let code = if e.is_malformed() {
         ErrorCode::UpstreamBadResponse
@@ -616,6 +619,8 @@ fn in_task_error(e: tern_h1::Error) -> ProxyError {
     ProxyError::new(code, e.to_string())
 }
 
+// Cold: error paths are laid out away from the request's hot code.
+#[cold]
 fn header_timeout(after: Duration) -> ProxyError {
     ProxyError::new(
         ErrorCode::UpstreamTimeout,
@@ -623,6 +628,8 @@ fn header_timeout(after: Duration) -> ProxyError {
     )
 }
 
+// Cold: error paths are laid out away from the request's hot code.
+#[cold]
 fn upstream_error(e: hyper::Error) -> ProxyError {
     if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(&e) {
         return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
