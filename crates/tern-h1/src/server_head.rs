@@ -12,6 +12,7 @@ use http::response::Parts;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::date;
+use crate::head::FEW_HEADERS;
 
 /// The most fields a request head may have for this server to parse it; a
 /// longer head goes to the general server, with its own limit.
@@ -44,9 +45,26 @@ pub enum Parsed {
 /// Parses the request head at the front of `buf`. On `Request` the head's bytes
 /// are split off `buf`, and header values share them rather than copying.
 pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -> Parsed {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_SLOTS];
-    let slots = &mut slots[..max_headers.min(MAX_SLOTS)];
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_SLOTS];
+    // Room for a few fields first (see `head::FEW_HEADERS`), all of them if need be.
+    match parse_request_within::<FEW_HEADERS>(buf, max_bytes, max_headers) {
+        Some(parsed) => parsed,
+        None => {
+            parse_request_within::<MAX_SLOTS>(buf, max_bytes, max_headers).unwrap_or(Parsed::Other)
+        }
+    }
+}
+
+/// `parse_request` with room for `N` fields; `None` when the head has more and
+/// the limit allows more.
+fn parse_request_within<const N: usize>(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    max_headers: usize,
+) -> Option<Parsed> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let room = max_headers.min(MAX_SLOTS).min(N);
+    let slots = &mut slots[..room];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
     let (len, method, target, minor, count) = {
         let mut parsed = httparse::Request::new(&mut []);
         let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -55,12 +73,15 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
             slots,
         ) {
             Ok(s) => s,
-            Err(_) => return Parsed::Other,
+            Err(httparse::Error::TooManyHeaders) if room < max_headers.min(MAX_SLOTS) => {
+                return None
+            }
+            Err(_) => return Some(Parsed::Other),
         };
         let len = match status {
             httparse::Status::Complete(len) if len <= max_bytes => len,
-            httparse::Status::Partial if buf.len() < max_bytes => return Parsed::Partial,
-            _ => return Parsed::Other,
+            httparse::Status::Partial if buf.len() < max_bytes => return Some(Parsed::Partial),
+            _ => return Some(Parsed::Other),
         };
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -76,14 +97,14 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
         }
         let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version)
         else {
-            return Parsed::Other;
+            return Some(Parsed::Other);
         };
         let method = match method {
             "GET" => Method::GET,
             "HEAD" => Method::HEAD,
             other => match Method::from_bytes(other.as_bytes()) {
                 Ok(m) if m != Method::CONNECT => m,
-                _ => return Parsed::Other,
+                _ => return Some(Parsed::Other),
             },
         };
         let target = offset(path.as_bytes());
@@ -107,13 +128,13 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
         let value = &head[v0 as usize..v1 as usize];
         if name.eq_ignore_ascii_case(b"content-length") {
             if value != b"0" {
-                return Parsed::Other;
+                return Some(Parsed::Other);
             }
         } else if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str().as_bytes())
             || name.eq_ignore_ascii_case(UPGRADE.as_str().as_bytes())
             || name.eq_ignore_ascii_case(EXPECT.as_str().as_bytes())
         {
-            return Parsed::Other;
+            return Some(Parsed::Other);
         } else if name.eq_ignore_ascii_case(CONNECTION.as_str().as_bytes()) {
             for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -121,7 +142,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     asked_keep_alive = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Other;
+                    return Some(Parsed::Other);
                 }
             }
         } else if name.eq_ignore_ascii_case(TE.as_str().as_bytes()) {
@@ -134,7 +155,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
 
     let frozen = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(frozen.slice(target.0 as usize..target.1 as usize)) else {
-        return other_after_split(buf, frozen);
+        return Some(other_after_split(buf, frozen));
     };
     let mut headers = crate::header_maps::take(count);
     for &(n0, n1, v0, v1) in &spans[..count] {
@@ -142,7 +163,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
             HeaderName::from_bytes(&frozen[n0 as usize..n1 as usize]),
             HeaderValue::from_maybe_shared(frozen.slice(v0 as usize..v1 as usize)),
         ) else {
-            return other_after_split(buf, frozen);
+            return Some(other_after_split(buf, frozen));
         };
         headers.append(name, value);
     }
@@ -155,11 +176,11 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize, max_headers: usize) -
         Version::HTTP_11
     };
     *request.headers_mut() = headers;
-    Parsed::Request(RequestHead {
+    Some(Parsed::Request(RequestHead {
         request,
         keep_alive,
         trailers,
-    })
+    }))
 }
 
 /// Puts a head that failed a late check back in front of the buffer: rare
@@ -441,6 +462,26 @@ mod tests {
             Parsed::Other
         ));
         assert_eq!(&buf[..], raw.as_bytes());
+    }
+
+    #[test]
+    fn a_head_with_more_fields_than_the_first_try_holds_is_parsed_again() {
+        let mut raw = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..FEW_HEADERS + 6 {
+            raw.push_str(&format!("x-{i}: {i}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let Parsed::Request(h) = parse_request(&mut BytesMut::from(raw.as_str()), 8192, 100) else {
+            panic!("not parsed");
+        };
+        assert_eq!(h.request.headers().len(), FEW_HEADERS + 6);
+        assert_eq!(h.request.headers()["x-29"], "29");
+        // Within the first try's room but over the configured limit: refused.
+        let few = FEW_HEADERS + 2;
+        assert!(matches!(
+            parse_request(&mut BytesMut::from(raw.as_str()), 8192, few),
+            Parsed::Other
+        ));
     }
 
     #[test]
