@@ -95,7 +95,7 @@ fn parse_response_within<const N: usize>(
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     // Offsets into `buf`, taken while httparse borrows it, so that the values can
     // be cut out of the frozen head afterwards.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
+    let mut spans: [Span; N] = [(0, 0, 0, 0); N];
     let (len, code, minor, count) = {
         let mut parsed = httparse::Response::new(&mut []);
         let status = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -117,18 +117,7 @@ fn parse_response_within<const N: usize>(
         if len > MAX_HEAD_BYTES {
             return Err(Error::HeadTooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = offset(h.name.as_bytes());
-            let value = offset(h.value);
-            *span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-        }
+        record_spans(buf, parsed.headers, &mut spans);
         (
             len,
             parsed.code.unwrap_or(0),
@@ -222,7 +211,29 @@ fn parse_length(value: &[u8]) -> Result<u64, Error> {
     found.ok_or(Error::BadContentLength)
 }
 
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// Where a field's name and value lie in a head: start and end of each, as
+/// offsets into the buffer httparse read, so that they can be cut out of the
+/// frozen head once httparse's borrow of the buffer has ended.
+pub(crate) type Span = (u32, u32, u32, u32);
+
+/// Fills `spans` with the spans of `headers`, which borrow from `buf`.
+pub(crate) fn record_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut [Span]) {
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    for (span, h) in spans.iter_mut().zip(headers) {
+        let name = offset(h.name.as_bytes());
+        let value = offset(h.value);
+        *span = (
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        );
+    }
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 

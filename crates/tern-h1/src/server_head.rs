@@ -12,7 +12,7 @@ use http::response::Parts;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::date;
-use crate::head::FEW_HEADERS;
+use crate::head::{record_spans, tokens, Span, FEW_HEADERS};
 
 /// The most fields a request head may have for this server to parse it; a
 /// longer head goes to the general server, with its own limit.
@@ -64,7 +64,7 @@ fn parse_request_within<const N: usize>(
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let room = max_headers.min(MAX_SLOTS).min(N);
     let slots = &mut slots[..room];
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
+    let mut spans: [Span; N] = [(0, 0, 0, 0); N];
     let (len, method, target, minor, count) = {
         let mut parsed = httparse::Request::new(&mut []);
         let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -83,18 +83,7 @@ fn parse_request_within<const N: usize>(
             httparse::Status::Partial if buf.len() < max_bytes => return Some(Parsed::Partial),
             _ => return Some(Parsed::Other),
         };
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = offset(h.name.as_bytes());
-            let value = offset(h.value);
-            *span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-        }
+        record_spans(buf, parsed.headers, &mut spans);
         let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version)
         else {
             return Some(Parsed::Other);
@@ -107,7 +96,7 @@ fn parse_request_within<const N: usize>(
                 _ => return Some(Parsed::Other),
             },
         };
-        let target = offset(path.as_bytes());
+        let target = (path.as_ptr() as usize - buf.as_ptr() as usize) as u32;
         (
             len,
             method,
@@ -353,10 +342,6 @@ pub fn put_chunk_size(out: &mut BytesMut, len: usize) {
     }
     out.put_slice(&digits[i..]);
     out.put_slice(b"\r\n");
-}
-
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 #[cfg(test)]
