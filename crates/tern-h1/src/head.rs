@@ -34,10 +34,7 @@ pub fn encode_request(
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers.iter().chain(extra.iter().copied()) {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(out, name, value);
     }
     // A request with payload semantics but no body says so, as hyper and nginx
     // do: some servers wait for a body or answer 411 otherwise.
@@ -47,6 +44,14 @@ pub fn encode_request(
     }
     out.put_slice(b"\r\n");
     Ok(())
+}
+
+/// Writes one `name: value` line of a head (or of chunked trailers).
+pub(crate) fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 /// How a response's body is delimited.
@@ -195,7 +200,7 @@ fn parse_response_within<const N: usize>(
 }
 
 /// A Content-Length value: digits, or a list of identical digit strings.
-fn parse_length(value: &[u8]) -> Result<u64, Error> {
+pub(crate) fn parse_length(value: &[u8]) -> Result<u64, Error> {
     let mut found: Option<u64> = None;
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();

@@ -65,9 +65,8 @@ pub enum Error {
     #[error("{0}")]
     Io(#[source] io::Error),
     /// Server side: the response body failed while it was being written.
-    /// (Its message only: the body's error type is the caller's.)
     #[error("the response body failed: {0}")]
-    Body(String),
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Server side: the response body's size differs from its Content-Length.
     #[error("the response body does not match its length")]
     BodyLength,
@@ -83,6 +82,8 @@ impl Error {
                 | Error::ClosedInBody
                 | Error::Io(_)
                 | Error::BadTarget
+                | Error::Body(_)
+                | Error::BodyLength
         )
     }
 }

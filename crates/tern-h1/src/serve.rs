@@ -3,6 +3,7 @@
 //! upgrade, a malformed or oversized head). That one is handed over unread.
 
 use std::future::{poll_fn, Future};
+use std::ops::ControlFlow;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -13,7 +14,8 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use crate::server_head::{self, OutFraming, Parsed};
+use crate::head::put_field;
+use crate::server_head::{self, OutFraming, Parsed, RequestHead};
 use crate::Error;
 
 /// Room kept free in the read buffer before a read: most request heads are well
@@ -85,13 +87,12 @@ where
     S: FnMut(Request<()>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         let head = match next_request(conn, limits, closing).await? {
-            Next::Request(head) => head,
-            Next::Closed => return Ok(Served::Closed),
-            Next::Other => return Ok(Served::HandOver),
+            ControlFlow::Continue(head) => head,
+            ControlFlow::Break(served) => return Ok(served),
         };
         let version = head.request.version();
         let head_request = head.request.method() == Method::HEAD;
@@ -109,21 +110,13 @@ where
     }
 }
 
-// The head goes straight into the request; boxing it would cost an allocation
-// per request to save a move.
-#[allow(clippy::large_enum_variant)]
-enum Next {
-    Request(server_head::RequestHead),
-    Closed,
-    Other,
-}
-
-/// Reads until the buffer holds a complete request head (or something else).
+/// Reads until the buffer holds a complete request head to answer, or the
+/// connection is to be let go (closed, or handed over).
 async fn next_request<IO: AsyncRead + Unpin>(
     conn: &mut Inbound<IO>,
     limits: Limits,
     closing: &AtomicBool,
-) -> Result<Next, Error> {
+) -> Result<ControlFlow<Served, RequestHead>, Error> {
     loop {
         if !conn.read.is_empty() {
             match server_head::parse_request(
@@ -131,8 +124,8 @@ async fn next_request<IO: AsyncRead + Unpin>(
                 limits.max_head_bytes,
                 limits.max_headers,
             ) {
-                Parsed::Request(head) => return Ok(Next::Request(head)),
-                Parsed::Other => return Ok(Next::Other),
+                Parsed::Request(head) => return Ok(ControlFlow::Continue(head)),
+                Parsed::Other => return Ok(ControlFlow::Break(Served::HandOver)),
                 Parsed::Partial => {}
             }
         }
@@ -150,10 +143,10 @@ async fn next_request<IO: AsyncRead + Unpin>(
         })
         .await;
         match polled {
-            None => return Ok(Next::Closed),
-            Some(Ok(0)) if conn.read.is_empty() => return Ok(Next::Closed),
+            None => return Ok(ControlFlow::Break(Served::Closed)),
+            Some(Ok(0)) if conn.read.is_empty() => return Ok(ControlFlow::Break(Served::Closed)),
             // A head cut short: the general server answers it as it would.
-            Some(Ok(0)) => return Ok(Next::Other),
+            Some(Ok(0)) => return Ok(ControlFlow::Break(Served::HandOver)),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(Error::Io(e)),
         }
@@ -179,7 +172,7 @@ async fn write_response<IO, B>(
 where
     IO: AsyncWrite + Unpin,
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
@@ -210,7 +203,7 @@ where
                 }
             };
             let Some(polled) = polled else { break };
-            let data = match polled.map_err(|e| Error::Body(e.to_string()))?.into_data() {
+            let data = match polled.map_err(|e| Error::Body(e.into()))?.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
@@ -248,10 +241,7 @@ where
                 conn.write.put_slice(b"0\r\n");
                 if let (Some(trailers), true) = (trailers, out.trailers) {
                     for (name, value) in &trailers {
-                        conn.write.put_slice(name.as_str().as_bytes());
-                        conn.write.put_slice(b": ");
-                        conn.write.put_slice(value.as_bytes());
-                        conn.write.put_slice(b"\r\n");
+                        put_field(&mut conn.write, name, value);
                     }
                 }
                 conn.write.put_slice(b"\r\n");

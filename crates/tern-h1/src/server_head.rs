@@ -12,7 +12,7 @@ use http::response::Parts;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::date;
-use crate::head::{record_spans, tokens, Span, FEW_HEADERS};
+use crate::head::{parse_length, put_field, record_spans, tokens, Span, FEW_HEADERS};
 
 /// The most fields a request head may have for this server to parse it; a
 /// longer head goes to the general server, with its own limit.
@@ -115,7 +115,7 @@ fn parse_request_within<const N: usize>(
     for &(n0, n1, v0, v1) in &spans[..count] {
         let name = &head[n0 as usize..n1 as usize];
         let value = &head[v0 as usize..v1 as usize];
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
             if value != b"0" {
                 return Some(Parsed::Other);
             }
@@ -245,10 +245,7 @@ pub fn encode_response(
             continue;
         }
         if *name == CONTENT_LENGTH {
-            match std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
+            match parse_length(value.as_bytes()).ok() {
                 Some(n) if length.is_none() => length = Some(n),
                 // A second or unreadable length: the body's own size decides.
                 _ => continue,
@@ -259,10 +256,7 @@ pub fn encode_response(
             has_connection = true;
             keep_alive &= !tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(out, name, value);
     }
 
     let bodiless_status = status.is_informational()
@@ -311,31 +305,23 @@ pub fn encode_response(
 
 fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
-    out.put_slice(b"\r\n");
+    put_number(out, n, 10);
 }
 
 /// The size line of a chunk of `len` bytes.
 pub fn put_chunk_size(out: &mut BytesMut, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
+    put_number(out, len as u64, 16);
+}
+
+/// `n` in `radix` (10 or 16, lowercase), then CRLF.
+fn put_number(out: &mut BytesMut, mut n: u64, radix: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut n = len;
     loop {
         i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
+        digits[i] = DIGITS[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }

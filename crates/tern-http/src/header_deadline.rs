@@ -5,8 +5,8 @@
 //! and removes it when dropped: about 450 instructions and a visit to the timer
 //! wheel for every proxied request, though a machine almost always answers long
 //! before the deadline. An HTTP/1.1 connection's driver wakes its task at least
-//! once a second whatever happens (its idle and header timers), and that wake
-//! polls the request in flight. So until the deadline is within `ARM_WITHIN`,
+//! every `server::MAX_WAIT` (a second) whatever happens, draining included, and
+//! that wake polls the request in flight. So until the deadline is within `ARM_WITHIN`,
 //! each poll only compares the coarse clock with it; then a real timer is armed
 //! for the rest.
 
@@ -17,9 +17,11 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
+use crate::server::MAX_WAIT;
+
 /// How near the deadline must be for a real timer: longer than the driver's
-/// longest wait between wakes (1 s) plus the coarse clock's lag (100 ms).
-const ARM_WITHIN: Duration = Duration::from_millis(1500);
+/// longest wait between wakes plus the coarse clock's lag (100 ms).
+const ARM_WITHIN: Duration = MAX_WAIT.saturating_add(Duration::from_millis(500));
 
 /// The deadline passed before the inner future finished.
 #[derive(Debug)]

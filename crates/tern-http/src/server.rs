@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::activity::{Activity, ActivityIo};
 use crate::body::{Body, OnEnd, RequestBody};
@@ -43,6 +44,11 @@ pub struct ServerSettings {
 /// enough that idle connections cost little memory soon after their last request,
 /// long enough that a busy connection never pays for rebuilding it.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// The longest a connection's driver waits before it wakes the task again,
+/// whatever its timers say (while draining too). A wake polls the request in
+/// flight, which `HeaderDeadline` counts on to see its deadline coming.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves HTTP on `io` until the client leaves, a timer fires, or `shutdown` turns true.
 pub async fn serve_connection<IO>(
@@ -172,19 +178,19 @@ where
             close_quietly(inbound.io_mut()).await;
             InTaskEnd::Closed
         }
-        Driven::Ended(Some(tern_h1::Served::HandOver)) => {
-            let (mut io, unread) = inbound.into_parts();
-            io.append(unread);
-            InTaskEnd::HandOver(io)
-        }
         Driven::Ended(None) => InTaskEnd::Closed,
-        Driven::Park => {
-            // Nothing of a new head has been read (see `Activity::parkable`), so
-            // the buffers go with nothing in them.
+        // The bytes read and not answered go back in front of the socket: a
+        // request for hyper, or (parked) nothing, since nothing of a new head
+        // has been read then (see `Activity::parkable`).
+        handed @ (Driven::Ended(Some(tern_h1::Served::HandOver)) | Driven::Park) => {
             let (mut io, unread) = inbound.into_parts();
             io.append(unread);
-            metrics::counter!("tern_client_parked_total").increment(1);
-            InTaskEnd::Parked(io)
+            if matches!(handed, Driven::Park) {
+                metrics::counter!("tern_client_parked_total").increment(1);
+                InTaskEnd::Parked(io)
+            } else {
+                InTaskEnd::HandOver(io)
+            }
         }
     }
 }
@@ -344,8 +350,10 @@ where
     C: Future<Output = Result<T, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
-    let mut draining = false;
+    // Set once draining: when the connection is dropped, whatever it is doing.
+    let mut drain_until: Option<Instant> = None;
     loop {
+        let draining = drain_until.is_some();
         let mut wait = next_check(activity, settings);
         if may_park {
             if let Some(idle) = activity.idle_for() {
@@ -356,10 +364,11 @@ where
                 );
             }
         }
-        let after = if draining {
-            settings.drain_timeout
-        } else {
-            wait
+        let after = match drain_until {
+            Some(until) => until
+                .saturating_duration_since(Instant::now())
+                .min(MAX_WAIT),
+            None => wait,
         };
         let signal = (!draining).then_some(&mut *shutdown);
         match next_conn_event(conn, after, signal).await {
@@ -372,18 +381,21 @@ where
                     }
                 });
             }
-            ConnEvent::Timer if draining => return Driven::Ended(None),
+            ConnEvent::Timer if drain_until.is_some_and(|u| Instant::now() >= u) => {
+                return Driven::Ended(None)
+            }
+            ConnEvent::Timer if draining => {}
             ConnEvent::Timer => match expired(activity, settings) {
                 Some(Expired::HeaderRead) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
-                    draining = true;
+                    drain_until = Some(Instant::now() + settings.drain_timeout);
                     graceful(conn);
                 }
                 None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
                 None => {}
             },
             ConnEvent::Shutdown => {
-                draining = true;
+                drain_until = Some(Instant::now() + settings.drain_timeout);
                 graceful(conn);
             }
         }
@@ -428,10 +440,8 @@ fn next_check(activity: &Activity, settings: &ServerSettings) -> Duration {
             settings.header_read_timeout.saturating_sub(t)
         });
     // A request that starts or ends changes the deadlines; re-checking at least every
-    // second keeps the timers accurate to about a second without per-byte wakeups.
-    idle.min(head)
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(10))
+    // MAX_WAIT keeps the timers accurate to about a second without per-byte wakeups.
+    idle.min(head).min(MAX_WAIT).max(Duration::from_millis(10))
 }
 
 /// Marks a request finished when its response body is done.
@@ -440,5 +450,61 @@ struct Finished(Arc<Activity>);
 impl OnEnd for Finished {
     fn on_end(self, _complete: bool) {
         self.0.request_finished();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Poll;
+
+    fn settings(drain_timeout: Duration) -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_header_bytes: 8192,
+            max_headers: 100,
+            drain_timeout,
+        }
+    }
+
+    /// A connection's future keeps being polled at least every MAX_WAIT, while
+    /// it serves and while it drains: a request in flight counts on those polls
+    /// to see its response-header deadline coming (`HeaderDeadline`).
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_polls_a_busy_connection_every_max_wait_draining_too() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&polls);
+        // Never done, with a request in flight (so no idle timer, no parking).
+        let mut conn = std::future::poll_fn(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Poll::<Result<(), std::io::Error>>::Pending
+        });
+        let activity = Activity::default();
+        activity.request_started(false);
+        let (tx, mut rx) = watch::channel(false);
+        let settings = settings(Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let driving = drive(&mut conn, |_| {}, &activity, &settings, &mut rx, true);
+        let mut driving = std::pin::pin!(driving);
+        // Five seconds of serving, then the drain begins.
+        let serving = tokio::time::timeout(Duration::from_secs(5), driving.as_mut()).await;
+        assert!(serving.is_err(), "still serving");
+        let before_drain = polls.load(Ordering::Relaxed);
+        assert!(before_drain >= 5, "{before_drain} polls in 5 s of serving");
+        tx.send(true).unwrap();
+        let ended = driving.await;
+        assert!(matches!(ended, Driven::Ended(None)));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(15),
+            "dropped at the drain's end"
+        );
+        let while_draining = polls.load(Ordering::Relaxed) - before_drain;
+        assert!(
+            while_draining >= 10,
+            "{while_draining} polls in 10 s of draining"
+        );
     }
 }

@@ -91,18 +91,24 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
 }
 
 async fn start() -> (Tern, Arc<AtomicUsize>, Ips) {
-    start_with_limits("").await
+    start_with("", "").await
 }
 
-async fn start_with_limits(limits: &str) -> (Tern, Arc<AtomicUsize>, Ips) {
+/// `limits` go into `[limits]`; `tail` ends the configuration.
+async fn start_with(limits: &str, tail: &str) -> (Tern, Arc<AtomicUsize>, Ips) {
     let ips = Ips::new();
     let ports = Ports::new();
     let accepted = scripted_machine(&ips).await;
     let mut c = config_head(ports, limits);
     c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
+    c.push_str(tail);
     (Tern::start(&c, ports), accepted, ips)
 }
+
+/// The spin watchdog off: its probes wake connection tasks on their own, and the
+/// deadline tests must see only the wakes Tern's connection driver guarantees.
+const NO_WATCHDOG: &str = "\n[watchdog]\nenabled = false\n";
 
 /// One request on a fresh client connection, read until Tern closes it.
 fn get(port: u16, method: &str, path: &str) -> String {
@@ -239,7 +245,7 @@ async fn keep_alive_requests_share_one_machine_connection() {
 async fn a_silent_machine_gives_upstream_timeout_at_the_deadline() {
     for (timeout_ms, lazily_armed) in [(600u64, false), (2600, true)] {
         let limits = format!("response_header_timeout = \"{timeout_ms}ms\"");
-        let (tern, _, _ips) = start_with_limits(&limits).await;
+        let (tern, _, _ips) = start_with(&limits, NO_WATCHDOG).await;
         let port = tern.ports.http;
         let started = std::time::Instant::now();
         let out = blocking(move || get(port, "GET", "/silent")).await;
@@ -275,4 +281,34 @@ async fn a_silent_machine_gives_upstream_timeout_at_the_deadline() {
         .await;
         assert!(out.starts_with("HTTP/2 504"), "{out} {err}");
     }
+}
+
+/// While Tern drains, a request in flight still gets its 504 at the
+/// response-header deadline (its timer armed lazily, as the deadline nears),
+/// not a dropped connection at the end of the drain. (That the driver keeps
+/// waking the task while draining is tested deterministically in
+/// tern-http's `server.rs`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_is_kept_while_draining() {
+    // The tests' drain_timeout is 5 s (common::config_head).
+    let limits = "response_header_timeout = \"2600ms\"";
+    let (mut tern, _, _ips) = start_with(limits, NO_WATCHDOG).await;
+    let port = tern.ports.http;
+    let started = std::time::Instant::now();
+    let asking = tokio::task::spawn_blocking(move || get(port, "GET", "/silent"));
+    // The request is in flight before the drain begins.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exit = blocking(move || {
+        let status = tern.terminate(Duration::from_secs(20));
+        (status, tern)
+    });
+    let out = asking.await.unwrap();
+    let took = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    assert!(
+        took < Duration::from_millis(2600 + 1500),
+        "answered after {took:?}"
+    );
+    let (status, _tern) = exit.await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

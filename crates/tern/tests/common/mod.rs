@@ -534,14 +534,13 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
+/// It never reads past the response's last byte, so pipelined responses that
+/// arrive in one segment are each left for the next call.
 pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
     let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
             .await
             .expect("response head in time")
             .expect("read response");
@@ -550,9 +549,9 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (Strin
             "closed before a full head: {:?}",
             String::from_utf8_lossy(&data)
         );
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).into_owned();
     let len: usize = head
         .lines()
         .find_map(|l| {
@@ -561,14 +560,10 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (Strin
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or_else(|| panic!("response without content-length: {head}"));
-    while data.len() < head_end + len {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("response body in time")
-            .expect("read body");
-        assert!(n > 0, "closed inside the body");
-        data.extend_from_slice(&buf[..n]);
-    }
-    let body = String::from_utf8_lossy(&data[head_end..head_end + len]).into_owned();
-    (head, body)
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
+        .await
+        .expect("response body in time")
+        .expect("read body");
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
