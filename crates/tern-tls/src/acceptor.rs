@@ -4,13 +4,16 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::server::Acceptor;
 use rustls::version::{TLS12, TLS13};
-use rustls::{ProtocolVersion, ServerConfig};
+use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::error::TlsError;
 use crate::store::CertStore;
+use crate::suites;
 use crate::unvectored::Unvectored;
 
 pub const ALPN_H2: &[u8] = b"h2";
@@ -25,24 +28,58 @@ pub fn http_alpn() -> Vec<Vec<u8>> {
 /// only way to tell a rejected SNI from other failures after the fact.
 const NO_CERT_RESOLVED: &str = "no server certificate chain resolved";
 
-/// A server config picking certificates from `store`, TLS 1.2 and 1.3 only, offering `alpn`
-/// (empty for raw TLS listeners).
-pub fn server_config(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider)
+/// The two configs a TLS listener picks between for each ClientHello (see
+/// [`crate::suites`]): the same certificates, versions and ALPN, AES-128-GCM first in
+/// both, but only one follows the client's order.
+#[derive(Clone)]
+pub struct ServerConfigs {
+    ours: Arc<ServerConfig>,
+    clients: Arc<ServerConfig>,
+}
+
+impl ServerConfigs {
+    /// The config for a handshake that offers `offered`.
+    fn for_offer(&self, offered: &[CipherSuite]) -> &Arc<ServerConfig> {
+        if suites::follows_client(offered, &self.ours.crypto_provider().cipher_suites) {
+            &self.clients
+        } else {
+            &self.ours
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfigs")
+            .field("alpn", &self.ours.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Server configs picking certificates from `store`, TLS 1.2 and 1.3 only, offering
+/// `alpn` (empty for raw TLS listeners).
+pub fn server_config(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfigs {
+    let mut provider = rustls::crypto::ring::default_provider();
+    suites::aes128_first(&mut provider);
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&TLS13, &TLS12])
         // Only fails if the provider lacks suites for both versions, which ring's
         // default provider never does; the tests exercise this path.
         .expect("ring's default provider supports TLS 1.2 and 1.3");
     let mut config = builder.with_no_client_auth().with_cert_resolver(store);
     config.alpn_protocols = alpn;
-    Arc::new(config)
+    let clients = Arc::new(config.clone());
+    config.ignore_client_order = true;
+    ServerConfigs {
+        ours: Arc::new(config),
+        clients,
+    }
 }
 
 /// Accepts TLS on any stream, giving up after `handshake_timeout`.
 #[derive(Clone)]
 pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    configs: ServerConfigs,
     handshake_timeout: Duration,
 }
 
@@ -55,9 +92,9 @@ impl std::fmt::Debug for TlsAcceptor {
 }
 
 impl TlsAcceptor {
-    pub fn new(config: Arc<ServerConfig>, handshake_timeout: Duration) -> TlsAcceptor {
+    pub fn new(configs: ServerConfigs, handshake_timeout: Duration) -> TlsAcceptor {
         TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(config),
+            configs,
             handshake_timeout,
         }
     }
@@ -66,17 +103,18 @@ impl TlsAcceptor {
         self.handshake_timeout
     }
 
-    pub fn config(&self) -> &Arc<ServerConfig> {
-        self.inner.config()
-    }
-
     /// Runs the handshake. On timeout the stream is dropped, which closes the connection,
     /// so a client that sends nothing cannot hold a socket open.
     pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<Unvectored<IO>>, TlsError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let accepting = self.inner.accept(Unvectored::new(io));
+        // The ClientHello is read first, so that its cipher suites can pick the config.
+        let accepting = async {
+            let start = LazyConfigAcceptor::new(Acceptor::default(), Unvectored::new(io)).await?;
+            let config = self.configs.for_offer(start.client_hello().cipher_suites());
+            start.into_stream(Arc::clone(config)).await
+        };
         let result = match tokio::time::timeout(self.handshake_timeout, accepting).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(classify(e)),

@@ -1,7 +1,7 @@
 //! TLS for Tern: certificates picked by SNI from a directory, reloaded on change, and the acceptor.
 //!
 //! Wiring: [`CertStore::load`] the directory, [`spawn_reloader`] on it, build one
-//! [`server_config`] per ALPN set and wrap it in a [`TlsAcceptor`].
+//! [`server_config`]s per ALPN set and wrap it in a [`TlsAcceptor`].
 #![forbid(unsafe_code)]
 
 mod acceptor;
@@ -11,10 +11,12 @@ mod resolve;
 mod selfsigned;
 mod store;
 mod stuck;
+mod suites;
 mod unvectored;
 
 pub use acceptor::{
-    handshake_info, http_alpn, server_config, HandshakeInfo, TlsAcceptor, ALPN_H2, ALPN_HTTP11,
+    handshake_info, http_alpn, server_config, HandshakeInfo, ServerConfigs, TlsAcceptor, ALPN_H2,
+    ALPN_HTTP11,
 };
 pub use error::TlsError;
 pub use reload::{spawn_reloader, ReloadSummary};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
+use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use tern_tls::{
     generate_self_signed, handshake_info, http_alpn, server_config, spawn_reloader, CertStore,
@@ -66,6 +66,8 @@ struct Client {
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
     alpn: Vec<Vec<u8>>,
     sni: Option<&'static str>,
+    /// The cipher suites offered, in order; `None` offers ring's default list.
+    suites: Option<Vec<CipherSuite>>,
 }
 
 impl Default for Client {
@@ -74,6 +76,7 @@ impl Default for Client {
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
             alpn: Vec::new(),
             sni: None,
+            suites: None,
         }
     }
 }
@@ -89,7 +92,15 @@ impl Client {
     }
 
     async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<ClientStream> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(order) = &self.suites {
+            let all = provider.cipher_suites;
+            provider.cipher_suites = order
+                .iter()
+                .filter_map(|c| all.iter().find(|s| s.suite() == *c).copied())
+                .collect();
+        }
+        let provider = Arc::new(provider);
         let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&self.versions)
             .expect("versions")
@@ -330,7 +341,7 @@ async fn tls12_and_tls13_complete_and_alpn_h2_is_negotiated() {
         let client = Client {
             versions: vec![version],
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            sni: Some("exact.test"),
+            ..Client::sni("exact.test")
         };
         let mut stream = client.connect(server.addr).await.expect("handshake");
         assert_eq!(stream.get_ref().1.protocol_version(), Some(expected));
@@ -551,4 +562,75 @@ fn self_signed_key_is_private() {
         names(&["*.localhost", "localhost"])
     );
     assert!(generate_self_signed(dir.path(), "none", &[]).is_err());
+}
+
+/// AES-128-GCM wins over the client's AES-256-GCM (OpenSSL's default order), in both
+/// versions; a client leading with ChaCha20-Poly1305 keeps it; a client offering only
+/// AES-256-GCM still gets through.
+#[tokio::test]
+async fn the_cipher_suite_is_aes128_gcm_unless_the_client_leads_with_chacha20() {
+    use CipherSuite as C;
+    let dir = sni_dir();
+    let (_store, mut server) = server_for(
+        dir.path(),
+        UnknownSni::DefaultCert("default".into()),
+        Vec::new(),
+    )
+    .await;
+    let v13 = vec![&rustls::version::TLS13];
+    let v12 = vec![&rustls::version::TLS12];
+    for (versions, offered, expected) in [
+        (
+            &v13,
+            vec![
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_128_GCM_SHA256,
+            ],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &v13,
+            vec![
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_AES_128_GCM_SHA256,
+            ],
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &v13,
+            vec![C::TLS13_AES_256_GCM_SHA384],
+            C::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &v12,
+            vec![
+                C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &v12,
+            vec![
+                C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let client = Client {
+            versions: versions.clone(),
+            suites: Some(offered.clone()),
+            ..Client::sni("default.test")
+        };
+        let mut stream = client.connect(server.addr).await.expect("handshake");
+        let (_, conn) = stream.get_ref();
+        let agreed = conn.negotiated_cipher_suite().expect("a suite").suite();
+        assert_eq!(agreed, expected, "offered {offered:?}");
+        server.next().await.expect("server handshake");
+        echo(&mut stream, b"ping").await;
+    }
 }
