@@ -133,6 +133,25 @@ impl Activity {
             && self.idle_for().is_some_and(|t| t >= after)
     }
 
+    /// The connection parked holding `unread` bytes. Any are the start of a head
+    /// read while the request before it was in flight, when reads do not start
+    /// the header timer; it starts now, so that the head is not waited for
+    /// forever (and the connection does not park again and again).
+    pub(crate) fn parked_with(&self, unread: &[u8]) {
+        if !unread.is_empty() {
+            self.head_begun(self.now_ms());
+        }
+    }
+
+    fn head_begun(&self, now_ms: u64) {
+        let _ = self.head_started_ms.compare_exchange(
+            0,
+            now_ms + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     // The time of the last byte matters only while nothing is in flight (see
     // `idle_for`; `request_finished` stamps it too), so the clock is read only then.
     fn on_read(&self, n: usize) {
@@ -140,12 +159,7 @@ impl Activity {
         if self.in_flight() == 0 {
             let now = self.now_ms();
             self.last_io_ms.store(now, Ordering::Release);
-            let _ = self.head_started_ms.compare_exchange(
-                0,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            self.head_begun(now);
         }
     }
 

@@ -24,8 +24,18 @@ impl<IO> Prefixed<IO> {
         }
     }
 
-    /// Adds `bytes` behind what is still unread.
+    /// Adds `bytes` behind what is still unread: bytes just read from the socket.
     pub(crate) fn append(&mut self, bytes: Bytes) {
+        self.join(bytes, false);
+    }
+
+    /// Puts `bytes` in front of what is still unread: bytes a server read from
+    /// this prefix (and the socket) and gave back unanswered, which came first.
+    pub(crate) fn put_back(&mut self, bytes: Bytes) {
+        self.join(bytes, true);
+    }
+
+    fn join(&mut self, bytes: Bytes, in_front: bool) {
         if bytes.is_empty() {
             // Dropped, not kept: an empty `Bytes` may still hold its buffer (hyper's
             // 16 KiB read buffer, handed back when a connection parks).
@@ -34,9 +44,14 @@ impl<IO> Prefixed<IO> {
         if self.prefix.is_empty() {
             self.prefix = bytes;
         } else {
-            let mut joined = Vec::with_capacity(self.prefix.len() + bytes.len());
-            joined.extend_from_slice(&self.prefix);
-            joined.extend_from_slice(&bytes);
+            let (first, second) = if in_front {
+                (&bytes, &self.prefix)
+            } else {
+                (&self.prefix, &bytes)
+            };
+            let mut joined = Vec::with_capacity(first.len() + second.len());
+            joined.extend_from_slice(first);
+            joined.extend_from_slice(second);
             self.prefix = Bytes::from(joined);
         }
     }
@@ -130,6 +145,23 @@ mod tests {
         p.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"o worldly!");
         assert!(p.prefix().is_empty());
+    }
+
+    /// A server that read part of the prefix gives its bytes back: they go in
+    /// front of the part it did not read.
+    #[tokio::test]
+    async fn bytes_put_back_come_before_the_unread_rest() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut p = Prefixed::new(a);
+        p.append(Bytes::from_static(b"GET / HTTP/1.1\r\nX: 1\r\n"));
+        let mut taken = [0u8; 9];
+        p.read_exact(&mut taken).await.unwrap();
+        p.put_back(Bytes::copy_from_slice(&taken));
+        assert_eq!(p.prefix(), b"GET / HTTP/1.1\r\nX: 1\r\n");
+        p.put_back(Bytes::new());
+        let mut empty = Prefixed::new(tokio::io::duplex(1).0);
+        empty.put_back(Bytes::from_static(b"abc"));
+        assert_eq!(empty.prefix(), b"abc");
     }
 
     #[test]

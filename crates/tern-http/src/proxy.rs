@@ -183,8 +183,8 @@ impl Proxy {
         let snapshot = self.catalog.snapshot();
 
         // route: Host (or :authority) names the app; the public port names its service.
-        let host_value = request_host(&req)
-            .ok_or_else(|| ProxyError::new(ErrorCode::BadRequest, "the request names no host"))?;
+        let host_value =
+            request_host(&req).map_err(|why| ProxyError::new(ErrorCode::BadRequest, why))?;
         let host = host_value.to_str().unwrap_or_default();
         let app = snapshot.hosts.lookup(host).cloned().ok_or_else(|| {
             ProxyError::new(
@@ -246,7 +246,9 @@ impl Proxy {
         let host_from_uri = req.uri().authority().is_some();
         let h = req.headers_mut();
         let inherited = headers::scrub_request(h, upgrade);
-        if host_from_uri && !h.contains_key(HOST) {
+        // An absolute-form target overrides Host (RFC 9112, 3.2.2), so the machine
+        // sees the host the request was routed by.
+        if host_from_uri {
             h.insert(HOST, host_value.clone());
         }
         let (parts, body) = req.into_parts();
@@ -654,15 +656,22 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or
-/// Host. A Host header's value is shared with the request, not copied.
-fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if let Some(a) = req.uri().authority() {
-        return HeaderValue::from_str(a.as_str()).ok();
+/// Host. A Host header's value is shared with the request, not copied. Two Host
+/// fields are refused (RFC 9112, 3.2), whichever wins: a cache or a machine
+/// behind Tern might take the other one.
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, &'static str> {
+    const NO_HOST: &str = "the request names no host";
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host field");
     }
-    req.headers()
-        .get(HOST)
-        .filter(|h| h.to_str().is_ok_and(|h| !h.is_empty()))
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).map_err(|_| NO_HOST);
+    }
+    host.filter(|h| h.to_str().is_ok_and(|h| !h.is_empty()))
         .cloned()
+        .ok_or(NO_HOST)
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
@@ -774,10 +783,23 @@ mod tests {
     fn the_host_comes_from_the_authority_or_a_visible_host_header() {
         let req = Request::get("http://a.example:8080/x").body(()).unwrap();
         assert_eq!(request_host(&req).unwrap(), "a.example:8080");
+        let mut other = Request::get("http://a.example/x").body(()).unwrap();
+        other
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_static("b.example"));
+        assert_eq!(request_host(&other).unwrap(), "a.example");
         assert_eq!(request_host(&with_host(b"web.test")).unwrap(), "web.test");
-        assert!(request_host(&with_host(b"")).is_none());
-        assert!(request_host(&with_host(b"caf\xc3\xa9.test")).is_none());
-        assert!(request_host(&Request::new(())).is_none());
+        assert!(request_host(&with_host(b"")).is_err());
+        assert!(request_host(&with_host(b"caf\xc3\xa9.test")).is_err());
+        assert!(request_host(&Request::new(())).is_err());
+        let mut two = with_host(b"web.test");
+        two.headers_mut()
+            .append(HOST, HeaderValue::from_static("web.test"));
+        assert!(request_host(&two).is_err());
+        other
+            .headers_mut()
+            .append(HOST, HeaderValue::from_static("c.example"));
+        assert!(request_host(&other).is_err());
     }
 
     /// 1 = complete, 2 = incomplete.

@@ -2,10 +2,11 @@
 //! header and idle timers, size limits, upgrades and a graceful end on shutdown.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,6 +90,9 @@ pub async fn serve_connection<IO>(
     };
 
     let mut first = true;
+    // Set once the connection drains: kept across its servers, so that a request
+    // handed to hyper's is answered under the same deadline.
+    let mut drain_until = None;
     loop {
         if !h2_by_alpn {
             // No HTTP state is attached while waiting: a new connection before its
@@ -112,11 +116,13 @@ pub async fn serve_connection<IO>(
             &activity,
             settings,
             &mut shutdown,
+            &mut drain_until,
         ));
         let handed = match serving.await {
             InTaskEnd::Closed => return,
             InTaskEnd::Parked(parked) => {
                 io = parked;
+                activity.parked_with(io.prefix());
                 continue;
             }
             InTaskEnd::HandOver(handed) => handed,
@@ -127,9 +133,13 @@ pub async fn serve_connection<IO>(
             &activity,
             settings,
             &mut shutdown,
+            &mut drain_until,
         ));
         match serving.await {
-            Some(parked) => io = parked,
+            Some(parked) => {
+                io = parked;
+                activity.parked_with(io.prefix());
+            }
             None => return,
         }
     }
@@ -153,6 +163,7 @@ async fn serve_in_task<IO>(
     activity: &Arc<Activity>,
     settings: &ServerSettings,
     shutdown: &mut watch::Receiver<bool>,
+    drain_until: &mut Option<Instant>,
 ) -> InTaskEnd<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -171,7 +182,16 @@ where
         });
         let mut serving = std::pin::pin!(serving);
         let graceful = |_: &mut _| closing.store(true, Ordering::Release);
-        drive(&mut serving, graceful, activity, settings, shutdown, true).await
+        drive(
+            &mut serving,
+            graceful,
+            activity,
+            settings,
+            shutdown,
+            drain_until,
+            true,
+        )
+        .await
     };
     match driven {
         Driven::Ended(Some(tern_h1::Served::Closed)) => {
@@ -180,11 +200,11 @@ where
         }
         Driven::Ended(None) => InTaskEnd::Closed,
         // The bytes read and not answered go back in front of the socket: a
-        // request for hyper, or (parked) nothing, since nothing of a new head
-        // has been read then (see `Activity::parkable`).
+        // request for hyper, or (parked) the start of a head read behind a
+        // request that was in flight, if any.
         handed @ (Driven::Ended(Some(tern_h1::Served::HandOver)) | Driven::Park) => {
             let (mut io, unread) = inbound.into_parts();
-            io.append(unread);
+            io.put_back(unread);
             if matches!(handed, Driven::Park) {
                 metrics::counter!("tern_client_parked_total").increment(1);
                 InTaskEnd::Parked(io)
@@ -260,6 +280,7 @@ async fn serve_h1<IO, S>(
     activity: &Activity,
     settings: &ServerSettings,
     shutdown: &mut watch::Receiver<bool>,
+    drain_until: &mut Option<Instant>,
 ) -> Option<Prefixed<ActivityIo<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -287,13 +308,23 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let graceful = |c: &mut http1::UpgradeableConnection<_, _>| Pin::new(c).graceful_shutdown();
-    match drive(&mut conn, graceful, activity, settings, shutdown, true).await {
+    match drive(
+        &mut conn,
+        graceful,
+        activity,
+        settings,
+        shutdown,
+        drain_until,
+        true,
+    )
+    .await
+    {
         Driven::Ended(_) => None,
         Driven::Park => {
             let parts = conn.into_parts()?;
             metrics::counter!("tern_client_parked_total").increment(1);
             let mut io = parts.io.into_inner();
-            io.append(parts.read_buf);
+            io.put_back(parts.read_buf);
             Some(io)
         }
     }
@@ -324,7 +355,10 @@ async fn serve_h2<IO, S>(
     let graceful = |c: &mut WithStreams<http2::Connection<_, _, _>>| {
         Pin::new(c.conn_mut()).graceful_shutdown()
     };
-    drive(&mut conn, graceful, activity, settings, shutdown, false).await;
+    drive(
+        &mut conn, graceful, activity, settings, shutdown, &mut None, false,
+    )
+    .await;
 }
 
 enum Driven<T> {
@@ -344,27 +378,39 @@ async fn drive<C, T, E>(
     activity: &Activity,
     settings: &ServerSettings,
     shutdown: &mut watch::Receiver<bool>,
+    drain_until: &mut Option<Instant>,
     may_park: bool,
 ) -> Driven<T>
 where
     C: Future<Output = Result<T, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
-    // Set once draining: when the connection is dropped, whatever it is doing.
-    let mut drain_until: Option<Instant> = None;
+    if drain_until.is_some() {
+        // The drain began under the server this one took the connection from
+        // (a request handed from the in-task server to hyper's), and the shutdown
+        // signal, already seen, will not fire again. One poll first: hyper closes
+        // at once a connection it has read nothing from, and the request is
+        // waiting in the prefix.
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *conn).poll(cx))).await;
+        if let Poll::Ready(res) = polled {
+            return ended(res, activity);
+        }
+        graceful(conn);
+    }
     loop {
         let draining = drain_until.is_some();
         let mut wait = next_check(activity, settings);
         if may_park {
             if let Some(idle) = activity.idle_for() {
-                wait = wait.min(
-                    PARK_AFTER
-                        .saturating_sub(idle)
-                        .max(Duration::from_millis(10)),
-                );
+                // Past the park delay and still not parkable (a head begun, a body
+                // unread), the ordinary timers' wait: not a re-check every 10 ms.
+                let until_park = PARK_AFTER.saturating_sub(idle);
+                if !until_park.is_zero() {
+                    wait = wait.min(until_park.max(Duration::from_millis(10)));
+                }
             }
         }
-        let after = match drain_until {
+        let after = match *drain_until {
             Some(until) => until
                 .saturating_duration_since(Instant::now())
                 .min(MAX_WAIT),
@@ -372,15 +418,7 @@ where
         };
         let signal = (!draining).then_some(&mut *shutdown);
         match next_conn_event(conn, after, signal).await {
-            ConnEvent::Done(res) => {
-                return Driven::Ended(match res {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
-                        None
-                    }
-                });
-            }
+            ConnEvent::Done(res) => return ended(res, activity),
             ConnEvent::Timer if drain_until.is_some_and(|u| Instant::now() >= u) => {
                 return Driven::Ended(None)
             }
@@ -388,18 +426,29 @@ where
             ConnEvent::Timer => match expired(activity, settings) {
                 Some(Expired::HeaderRead) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
-                    drain_until = Some(Instant::now() + settings.drain_timeout);
+                    *drain_until = Some(Instant::now() + settings.drain_timeout);
                     graceful(conn);
                 }
                 None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
                 None => {}
             },
             ConnEvent::Shutdown => {
-                drain_until = Some(Instant::now() + settings.drain_timeout);
+                *drain_until = Some(Instant::now() + settings.drain_timeout);
                 graceful(conn);
             }
         }
     }
+}
+
+/// What a connection's future returned, as `drive` reports it.
+fn ended<T, E: std::fmt::Display>(res: Result<T, E>, activity: &Activity) -> Driven<T> {
+    Driven::Ended(match res {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::debug!(age = ?activity.age(), error = %e, "client connection ended with an error");
+            None
+        }
+    })
 }
 
 /// A client timer that has run out.
@@ -486,7 +535,16 @@ mod tests {
         let (tx, mut rx) = watch::channel(false);
         let settings = settings(Duration::from_secs(10));
         let started = tokio::time::Instant::now();
-        let driving = drive(&mut conn, |_| {}, &activity, &settings, &mut rx, true);
+        let mut drain_until = None;
+        let driving = drive(
+            &mut conn,
+            |_| {},
+            &activity,
+            &settings,
+            &mut rx,
+            &mut drain_until,
+            true,
+        );
         let mut driving = std::pin::pin!(driving);
         // Five seconds of serving, then the drain begins.
         let serving = tokio::time::timeout(Duration::from_secs(5), driving.as_mut()).await;

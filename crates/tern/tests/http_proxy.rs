@@ -159,6 +159,44 @@ async fn spoofed_tern_headers_are_stripped_and_hop_by_hop_removed() {
     assert!(!out.contains("keep-alive:"), "{out}");
 }
 
+/// An absolute-form target names the host, whatever Host says: the request is
+/// routed by it and the machine sees it as Host. Two Host fields get a 400, on
+/// both of Tern's HTTP/1.1 servers (a GET, and a POST with a body).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_target_overrides_host_and_two_hosts_are_refused() {
+    let s = web_setup("", "").await;
+    let port = s.tern.ports.http;
+    let (routed, twice_get, twice_post) = tokio::task::spawn_blocking(move || {
+        (
+            raw_exchange(
+                port,
+                b"GET http://web.test/abs HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n",
+            ),
+            raw_exchange(
+                port,
+                b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: nobody.example\r\nConnection: close\r\n\r\n",
+            ),
+            raw_exchange(
+                port,
+                b"POST / HTTP/1.1\r\nHost: web.test\r\nHost: web.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(routed.starts_with("HTTP/1.1 200"), "{routed}");
+    assert!(routed.contains("\nhost: web.test\n"), "{routed}");
+    assert!(!routed.contains("nobody.example"), "{routed}");
+    for out in [twice_get, twice_post] {
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(
+            out.to_ascii_lowercase().contains("tern-error: bad_request"),
+            "{out}"
+        );
+        assert!(out.contains("more than one Host"), "{out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_host_gets_a_coded_404() {
     let s = web_setup("", "").await;

@@ -194,3 +194,37 @@ async fn requests_with_and_without_bodies_share_a_connection() {
         "the pause parks the connection"
     );
 }
+
+/// The start of a head that came behind a request in the same write (so it was
+/// read while that request was in flight) is still under the header timer: the
+/// connection is dropped at `header_read_timeout`, not kept until the idle
+/// timeout while parking over and over. Both servers: a GET is answered in the
+/// task, a POST by hyper.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_begun_behind_a_request_meets_the_header_timeout() {
+    let setup = web_setup("", "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"").await;
+    for first in [
+        "GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let parked_before = parked_total(&setup.tern);
+        let mut s = connect_plain(&setup).await;
+        s.write_all(format!("{first}GET /b HTTP/1.1\r\nHo").as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{first}: {head}");
+        let from = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("dropped by the header timer, long before the idle timeout");
+        let after = from.elapsed();
+        assert!(
+            after < Duration::from_secs(4),
+            "{first}: the unfinished head held the connection for {after:?}"
+        );
+        let parks = parked_total(&setup.tern) - parked_before;
+        assert!(parks <= 2, "{first}: parked {parks} times while waiting");
+    }
+}

@@ -353,3 +353,47 @@ async fn raw_tcp_connection_runs_until_the_drain_deadline() {
     );
     echo_task.abort();
 }
+
+/// A request whose head was still arriving when the drain began is answered
+/// (its body makes Tern's in-task server hand it to hyper's) with `Connection:
+/// close`, and the connection ends with it, not at the drain deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_handed_over_while_draining_closes_its_connection() {
+    let ips = Ips::new();
+    let _backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let mut tern = Tern::start(&config(ports, &ips, "5s"), ports);
+    let (resp, closed_after, status) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", ports.http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "POST /late HTTP/1.1\r\nHost: web.test\r\nContent-Len").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&tern, "TERM");
+        std::thread::sleep(Duration::from_millis(300));
+        write!(s, "gth: 5\r\n\r\nhello").unwrap();
+        let sent = Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let closed_after = sent.elapsed();
+        let status = wait_exit(&mut tern, Duration::from_secs(8));
+        let resp = String::from_utf8_lossy(&out).into_owned();
+        (
+            format!("{resp}\n-- tern's log:\n{}", tern.log_text()),
+            closed_after,
+            status,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("uri=/late"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(3),
+        "the connection outlived its answer by {closed_after:?} (drain deadline 5 s)"
+    );
+    assert!(status.expect("tern exits").success());
+}
