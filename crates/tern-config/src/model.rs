@@ -59,6 +59,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// A response that makes no progress towards the client for this long (the
+    /// client stopped reading) ends its connection.
+    pub send_timeout: Duration,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// Most headers in one request.

@@ -55,6 +55,7 @@ reload_interval = "500ms"
 [limits]
 header_read_timeout = "11s"
 idle_timeout = "61s"
+send_timeout = "62s"
 max_header_bytes = "32KiB"
 max_headers = 50
 max_request_body = 1000
@@ -150,6 +151,7 @@ fn full_config_round_trips() {
         Limits {
             header_read_timeout: secs(11),
             idle_timeout: secs(61),
+            send_timeout: secs(62),
             max_header_bytes: 32 * 1024,
             max_headers: 50,
             max_request_body: 1000,
@@ -337,6 +339,7 @@ ip = "127.0.0.11"
         Limits {
             header_read_timeout: secs(10),
             idle_timeout: secs(60),
+            send_timeout: secs(60),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_request_body: 64 * 1024 * 1024,

@@ -27,8 +27,9 @@ pub struct Activity {
     multiplexed: AtomicBool,
     /// The last read found nothing to read: the reader waits on the socket.
     read_waiting: AtomicBool,
-    /// The last write or flush could not finish: bytes wait to go out.
-    write_blocked: AtomicBool,
+    /// Milliseconds after `opened` (plus one, so zero means none) since which
+    /// writes and flushes could not finish: bytes wait for the client to read.
+    write_blocked_ms: AtomicU64,
     /// The last request came with a body not yet read to its end.
     body_unread: AtomicBool,
 }
@@ -44,7 +45,7 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
             read_waiting: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
+            write_blocked_ms: AtomicU64::new(0),
             body_unread: AtomicBool::new(false),
         }
     }
@@ -127,7 +128,7 @@ impl Activity {
     /// written, the server waiting for a new request, for at least `after`.
     pub(crate) fn parkable(&self, after: Duration) -> bool {
         self.read_waiting.load(Ordering::Acquire)
-            && !self.write_blocked.load(Ordering::Acquire)
+            && self.write_blocked_ms.load(Ordering::Acquire) == 0
             && !self.body_unread.load(Ordering::Acquire)
             && self.head_started_ms.load(Ordering::Acquire) == 0
             && self.idle_for().is_some_and(|t| t >= after)
@@ -163,9 +164,26 @@ impl Activity {
         }
     }
 
+    /// Time the connection's writes have been stuck (the client reads nothing).
+    pub(crate) fn write_blocked_for(&self) -> Option<Duration> {
+        let since = self.write_blocked_ms.load(Ordering::Acquire);
+        (since != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
+    }
+
+    // The clock is read only when a write first blocks, not on every write.
+    fn on_write_ready(&self, blocked: bool) {
+        if blocked {
+            if self.write_blocked_ms.load(Ordering::Relaxed) == 0 {
+                self.write_blocked_ms
+                    .store(self.now_ms() + 1, Ordering::Relaxed);
+            }
+        } else if self.write_blocked_ms.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn on_write_polled(&self, polled: &Poll<io::Result<usize>>) {
-        self.write_blocked
-            .store(polled.is_pending(), Ordering::Relaxed);
+        self.on_write_ready(polled.is_pending());
         if let Poll::Ready(Ok(n)) = polled {
             self.on_write(*n);
         }
@@ -252,9 +270,7 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let polled = this.io.poll_flush(cx);
-        this.activity
-            .write_blocked
-            .store(polled.is_pending(), Ordering::Relaxed);
+        this.activity.on_write_ready(polled.is_pending());
         polled
     }
 

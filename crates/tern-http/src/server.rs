@@ -33,6 +33,9 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// A connection with nothing in flight and no bytes moving is closed after this.
     pub idle_timeout: Duration,
+    /// A connection whose writes have made no progress for this long (the client
+    /// stopped reading) is dropped, as nginx's `send_timeout` does.
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// How long a connection may take to finish its in-flight requests once shutdown
@@ -251,7 +254,7 @@ where
                 Ok(n) => io.append(Bytes::copy_from_slice(&buf[..n])),
             },
             _ = tokio::time::sleep(wait) => match expired(activity, settings) {
-                Some(Expired::HeaderRead) => return false,
+                Some(Expired::HeaderRead | Expired::Send) => return false,
                 Some(Expired::Idle) => {
                     close_quietly(io).await;
                     return false;
@@ -424,7 +427,7 @@ where
             }
             ConnEvent::Timer if draining => {}
             ConnEvent::Timer => match expired(activity, settings) {
-                Some(Expired::HeaderRead) => return Driven::Ended(None),
+                Some(Expired::HeaderRead | Expired::Send) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
                     *drain_until = Some(Instant::now() + settings.drain_timeout);
                     graceful(conn);
@@ -457,6 +460,8 @@ enum Expired {
     HeaderRead,
     /// Nothing in flight and no byte moving for the idle timeout: close.
     Idle,
+    /// A response stuck for the send timeout, the client reading nothing: drop.
+    Send,
 }
 
 /// Which timer, if any, has run out; counted in `tern_client_timeouts_total`.
@@ -466,6 +471,11 @@ fn expired(activity: &Activity, settings: &ServerSettings) -> Option<Expired> {
         .is_some_and(|t| t >= settings.header_read_timeout)
     {
         (Expired::HeaderRead, "header_read")
+    } else if activity
+        .write_blocked_for()
+        .is_some_and(|t| t >= settings.send_timeout)
+    {
+        (Expired::Send, "send")
     } else if activity
         .idle_for()
         .is_some_and(|t| t >= settings.idle_timeout)
@@ -488,9 +498,17 @@ fn next_check(activity: &Activity, settings: &ServerSettings) -> Duration {
         .map_or(settings.header_read_timeout, |t| {
             settings.header_read_timeout.saturating_sub(t)
         });
+    let send = activity
+        .write_blocked_for()
+        .map_or(settings.send_timeout, |t| {
+            settings.send_timeout.saturating_sub(t)
+        });
     // A request that starts or ends changes the deadlines; re-checking at least every
     // MAX_WAIT keeps the timers accurate to about a second without per-byte wakeups.
-    idle.min(head).min(MAX_WAIT).max(Duration::from_millis(10))
+    idle.min(head)
+        .min(send)
+        .min(MAX_WAIT)
+        .max(Duration::from_millis(10))
 }
 
 /// Marks a request finished when its response body is done.
@@ -512,6 +530,7 @@ mod tests {
         ServerSettings {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(600),
             max_header_bytes: 8192,
             max_headers: 100,
             drain_timeout,

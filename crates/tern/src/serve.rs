@@ -194,6 +194,7 @@ pub async fn serve(
         server: ServerSettings {
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            send_timeout: limits.send_timeout,
             max_header_bytes: limits.max_header_bytes,
             max_headers: limits.max_headers,
             drain_timeout: limits.drain_timeout,

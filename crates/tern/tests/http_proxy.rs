@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -348,4 +350,61 @@ async fn a_dead_only_machine_gives_upstream_connect_failed() {
             .contains("tern-error: upstream_connect_failed"),
         "{out}"
     );
+}
+
+/// A client that asks for a large body and never reads it is dropped once the
+/// response has made no progress for `send_timeout`, on both HTTP/1.1 servers (a
+/// GET is answered in the task, a POST by hyper), and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = web_setup("", "send_timeout = \"1s\"\nidle_timeout = \"60s\"").await;
+    let total: u64 = 256 << 20;
+    let timeouts = |tern: &Tern| -> u64 {
+        tern.admin_get("/metrics")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tern_client_timeouts_total{kind=\"send\"} ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    for (n, req) in [
+        format!("GET /big?bytes={total} HTTP/1.1\r\nHost: web.test\r\n\r\n"),
+        format!(
+            "POST /big?bytes={total} HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\n\r\nhi"
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket
+            .connect(([127, 0, 0, 1], s.tern.ports.http).into())
+            .await
+            .unwrap();
+        c.write_all(req.as_bytes()).await.unwrap();
+        let tern = &s.tern;
+        assert!(
+            eventually(Duration::from_secs(10), || timeouts(tern) > n as u64).await,
+            "{req}: not dropped within 10 s of the client's last read"
+        );
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let read_all = async {
+            while let Ok(k) = c.read(&mut buf).await {
+                if k == 0 {
+                    break;
+                }
+                got += k as u64;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .expect("the connection ends");
+        assert!(got < total, "{req}: the whole body arrived ({got} bytes)");
+    }
 }
