@@ -134,17 +134,13 @@ impl Activity {
             && self.idle_for().is_some_and(|t| t >= after)
     }
 
-    /// The connection parked holding `unread` bytes. Any are the start of a head
-    /// read while the request before it was in flight, when reads do not start
-    /// the header timer; it starts now, so that the head is not waited for
-    /// forever (and the connection does not park again and again).
-    pub(crate) fn parked_with(&self, unread: &[u8]) {
-        if !unread.is_empty() {
-            self.head_begun(self.now_ms());
-        }
+    /// A request head has begun (its first bytes are in hand): the header timer
+    /// starts now, unless it already runs.
+    pub(crate) fn head_begun(&self) {
+        self.head_begun_at(self.now_ms());
     }
 
-    fn head_begun(&self, now_ms: u64) {
+    fn head_begun_at(&self, now_ms: u64) {
         let _ = self.head_started_ms.compare_exchange(
             0,
             now_ms + 1,
@@ -160,7 +156,7 @@ impl Activity {
         if self.in_flight() == 0 {
             let now = self.now_ms();
             self.last_io_ms.store(now, Ordering::Release);
-            self.head_begun(now);
+            self.head_begun_at(now);
         }
     }
 

@@ -92,60 +92,53 @@ pub async fn serve_connection<IO>(
         })
     };
 
+    let mut timers = ConnTimers {
+        activity: &activity,
+        settings,
+        shutdown: &mut shutdown,
+        drain_until: None,
+    };
     let mut first = true;
-    // Set once the connection drains: kept across its servers, so that a request
-    // handed to hyper's is answered under the same deadline.
-    let mut drain_until = None;
     loop {
         if !h2_by_alpn {
             // No HTTP state is attached while waiting: a new connection before its
             // first byte, or a parked keep-alive connection.
-            if !wait_for_bytes(&mut io, &activity, settings, &mut shutdown).await {
+            if !wait_for_bytes(&mut io, &mut timers).await {
                 return;
             }
         }
         // Every server is boxed: the future of a parked connection then keeps no
         // room for a server's state.
         if h2_by_alpn || (first && H2_PREFACE.starts_with(io.prefix())) {
-            return Box::pin(serve_h2(io, service, &activity, settings, &mut shutdown)).await;
+            return Box::pin(serve_h2(io, service, &mut timers)).await;
         }
         first = false;
         // Requests without a body are answered in this task (tern-h1); the first
         // that needs more goes to hyper, with the bytes already read.
-        let serving = Box::pin(serve_in_task(
-            io,
-            &proxy,
-            &info,
-            &activity,
-            settings,
-            &mut shutdown,
-            &mut drain_until,
-        ));
-        let handed = match serving.await {
+        let handed = match Box::pin(serve_in_task(io, &proxy, &info, &mut timers)).await {
             InTaskEnd::Closed => return,
             InTaskEnd::Parked(parked) => {
                 io = parked;
-                activity.parked_with(io.prefix());
                 continue;
             }
             InTaskEnd::HandOver(handed) => handed,
         };
-        let serving = Box::pin(serve_h1(
-            handed,
-            service.clone(),
-            &activity,
-            settings,
-            &mut shutdown,
-            &mut drain_until,
-        ));
-        match serving.await {
-            Some(parked) => {
-                io = parked;
-                activity.parked_with(io.prefix());
-            }
+        match Box::pin(serve_h1(handed, service.clone(), &mut timers)).await {
+            Some(parked) => io = parked,
             None => return,
         }
     }
+}
+
+/// What a connection's timers read, and the drain they keep: shared by the
+/// servers that take the connection in turn, so that a request handed from one
+/// to the next is answered under the same drain deadline.
+struct ConnTimers<'a> {
+    activity: &'a Arc<Activity>,
+    settings: &'a ServerSettings,
+    shutdown: &'a mut watch::Receiver<bool>,
+    /// Set once the connection drains: when it is dropped, whatever it is doing.
+    drain_until: Option<Instant>,
 }
 
 /// How the in-task server let go of a connection.
@@ -163,14 +156,12 @@ async fn serve_in_task<IO>(
     io: Prefixed<ActivityIo<IO>>,
     proxy: &Proxy,
     info: &ConnInfo,
-    activity: &Arc<Activity>,
-    settings: &ServerSettings,
-    shutdown: &mut watch::Receiver<bool>,
-    drain_until: &mut Option<Instant>,
+    timers: &mut ConnTimers<'_>,
 ) -> InTaskEnd<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let (activity, settings) = (timers.activity, timers.settings);
     let mut inbound = tern_h1::Inbound::new(io);
     let closing = AtomicBool::new(false);
     let limits = tern_h1::Limits {
@@ -185,16 +176,7 @@ where
         });
         let mut serving = std::pin::pin!(serving);
         let graceful = |_: &mut _| closing.store(true, Ordering::Release);
-        drive(
-            &mut serving,
-            graceful,
-            activity,
-            settings,
-            shutdown,
-            drain_until,
-            true,
-        )
-        .await
+        drive(&mut serving, graceful, timers, true).await
     };
     match driven {
         Driven::Ended(Some(tern_h1::Served::Closed)) => {
@@ -224,15 +206,17 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads the first bytes the client sends, with no HTTP state attached; enough to
 /// tell an HTTP/2 preface from HTTP/1.1 on a new connection. Returns false when
 /// the connection is done: the client left, the idle timer fired or shutdown began.
-async fn wait_for_bytes<IO>(
-    io: &mut Prefixed<IO>,
-    activity: &Activity,
-    settings: &ServerSettings,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool
+async fn wait_for_bytes<IO>(io: &mut Prefixed<IO>, timers: &mut ConnTimers<'_>) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    if !io.prefix().is_empty() {
+        // Bytes given back when the connection parked: the start of a head read
+        // behind a request in flight, when reads do not start the header timer.
+        // It starts now, so that the head is not waited for forever (nor the
+        // connection parked again and again).
+        timers.activity.head_begun();
+    }
     loop {
         let have = io.prefix().len();
         if have > 0 && (have >= H2_PREFACE.len() || !H2_PREFACE.starts_with(io.prefix())) {
@@ -240,7 +224,7 @@ where
         }
         let mut buf = [0u8; H2_PREFACE.len()];
         let want = H2_PREFACE.len() - have;
-        let wait = next_check(activity, settings);
+        let wait = next_check(timers.activity, timers.settings);
         tokio::select! {
             read = io.get_mut().read(&mut buf[..want]) => match read {
                 Ok(0) if have == 0 => {
@@ -253,7 +237,7 @@ where
                 Ok(0) | Err(_) => return have > 0,
                 Ok(n) => io.append(Bytes::copy_from_slice(&buf[..n])),
             },
-            _ = tokio::time::sleep(wait) => match expired(activity, settings) {
+            _ = tokio::time::sleep(wait) => match expired(timers.activity, timers.settings) {
                 Some(Expired::HeaderRead | Expired::Send) => return false,
                 Some(Expired::Idle) => {
                     close_quietly(io).await;
@@ -261,7 +245,7 @@ where
                 }
                 None => {}
             },
-            _ = shutdown.changed() => {
+            _ = timers.shutdown.changed() => {
                 close_quietly(io).await;
                 return false;
             }
@@ -280,10 +264,7 @@ async fn close_quietly<IO: AsyncWrite + Unpin>(io: &mut IO) {
 async fn serve_h1<IO, S>(
     io: Prefixed<ActivityIo<IO>>,
     service: S,
-    activity: &Activity,
-    settings: &ServerSettings,
-    shutdown: &mut watch::Receiver<bool>,
-    drain_until: &mut Option<Instant>,
+    timers: &mut ConnTimers<'_>,
 ) -> Option<Prefixed<ActivityIo<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -297,8 +278,8 @@ where
         // Tern's own header timer starts at a head's first byte, so that an idle
         // keep-alive connection is governed by the idle timeout alone.
         .header_read_timeout(None)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(settings.max_headers)
+        .max_buf_size(timers.settings.max_header_bytes.max(8192))
+        .max_headers(timers.settings.max_headers)
         // A client that ends its side right after a request (a POST followed by
         // close_notify or FIN) still gets its answer, as nginx and HAProxy give it.
         .half_close(true)
@@ -311,17 +292,7 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let graceful = |c: &mut http1::UpgradeableConnection<_, _>| Pin::new(c).graceful_shutdown();
-    match drive(
-        &mut conn,
-        graceful,
-        activity,
-        settings,
-        shutdown,
-        drain_until,
-        true,
-    )
-    .await
-    {
+    match drive(&mut conn, graceful, timers, true).await {
         Driven::Ended(_) => None,
         Driven::Park => {
             let parts = conn.into_parts()?;
@@ -334,34 +305,26 @@ where
 }
 
 /// Serves HTTP/2 until the connection ends.
-async fn serve_h2<IO, S>(
-    io: Prefixed<ActivityIo<IO>>,
-    service: S,
-    activity: &Activity,
-    settings: &ServerSettings,
-    shutdown: &mut watch::Receiver<bool>,
-) where
+async fn serve_h2<IO, S>(io: Prefixed<ActivityIo<IO>>, service: S, timers: &mut ConnTimers<'_>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    activity.set_multiplexed();
+    timers.activity.set_multiplexed();
     // Streams run in this task, under its spin watchdog (see in_task.rs).
     let exec = InTask::default();
     let mut builder = http2::Builder::new(exec.clone());
     builder
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(timers.settings.max_header_bytes).unwrap_or(u32::MAX));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = WithStreams::new(conn, &exec);
     let graceful = |c: &mut WithStreams<http2::Connection<_, _, _>>| {
         Pin::new(c.conn_mut()).graceful_shutdown()
     };
-    drive(
-        &mut conn, graceful, activity, settings, shutdown, &mut None, false,
-    )
-    .await;
+    drive(&mut conn, graceful, timers, false).await;
 }
 
 enum Driven<T> {
@@ -378,17 +341,15 @@ enum Driven<T> {
 async fn drive<C, T, E>(
     conn: &mut C,
     graceful: impl Fn(&mut C),
-    activity: &Activity,
-    settings: &ServerSettings,
-    shutdown: &mut watch::Receiver<bool>,
-    drain_until: &mut Option<Instant>,
+    timers: &mut ConnTimers<'_>,
     may_park: bool,
 ) -> Driven<T>
 where
     C: Future<Output = Result<T, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
-    if drain_until.is_some() {
+    let (activity, settings) = (timers.activity, timers.settings);
+    if timers.drain_until.is_some() {
         // The drain began under the server this one took the connection from
         // (a request handed from the in-task server to hyper's), and the shutdown
         // signal, already seen, will not fire again. One poll first: hyper closes
@@ -401,7 +362,7 @@ where
         graceful(conn);
     }
     loop {
-        let draining = drain_until.is_some();
+        let draining = timers.drain_until.is_some();
         let mut wait = next_check(activity, settings);
         if may_park {
             if let Some(idle) = activity.idle_for() {
@@ -413,30 +374,30 @@ where
                 }
             }
         }
-        let after = match *drain_until {
+        let after = match timers.drain_until {
             Some(until) => until
                 .saturating_duration_since(Instant::now())
                 .min(MAX_WAIT),
             None => wait,
         };
-        let signal = (!draining).then_some(&mut *shutdown);
+        let signal = (!draining).then_some(&mut *timers.shutdown);
         match next_conn_event(conn, after, signal).await {
             ConnEvent::Done(res) => return ended(res, activity),
-            ConnEvent::Timer if drain_until.is_some_and(|u| Instant::now() >= u) => {
+            ConnEvent::Timer if timers.drain_until.is_some_and(|u| Instant::now() >= u) => {
                 return Driven::Ended(None)
             }
             ConnEvent::Timer if draining => {}
             ConnEvent::Timer => match expired(activity, settings) {
                 Some(Expired::HeaderRead | Expired::Send) => return Driven::Ended(None),
                 Some(Expired::Idle) => {
-                    *drain_until = Some(Instant::now() + settings.drain_timeout);
+                    timers.drain_until = Some(Instant::now() + settings.drain_timeout);
                     graceful(conn);
                 }
                 None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
                 None => {}
             },
             ConnEvent::Shutdown => {
-                *drain_until = Some(Instant::now() + settings.drain_timeout);
+                timers.drain_until = Some(Instant::now() + settings.drain_timeout);
                 graceful(conn);
             }
         }
@@ -549,21 +510,18 @@ mod tests {
             counted.fetch_add(1, Ordering::Relaxed);
             Poll::<Result<(), std::io::Error>>::Pending
         });
-        let activity = Activity::default();
+        let activity = Arc::new(Activity::default());
         activity.request_started(false);
         let (tx, mut rx) = watch::channel(false);
         let settings = settings(Duration::from_secs(10));
         let started = tokio::time::Instant::now();
-        let mut drain_until = None;
-        let driving = drive(
-            &mut conn,
-            |_| {},
-            &activity,
-            &settings,
-            &mut rx,
-            &mut drain_until,
-            true,
-        );
+        let mut timers = ConnTimers {
+            activity: &activity,
+            settings: &settings,
+            shutdown: &mut rx,
+            drain_until: None,
+        };
+        let driving = drive(&mut conn, |_| {}, &mut timers, true);
         let mut driving = std::pin::pin!(driving);
         // Five seconds of serving, then the drain begins.
         let serving = tokio::time::timeout(Duration::from_secs(5), driving.as_mut()).await;

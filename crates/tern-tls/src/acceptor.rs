@@ -58,7 +58,7 @@ impl std::fmt::Debug for ServerConfigs {
 
 /// Server configs picking certificates from `store`, TLS 1.2 and 1.3 only, offering
 /// `alpn` (empty for raw TLS listeners).
-pub fn server_config(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfigs {
+pub fn server_configs(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfigs {
     let mut provider = rustls::crypto::ring::default_provider();
     suites::aes128_first(&mut provider);
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))

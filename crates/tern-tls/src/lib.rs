@@ -1,7 +1,7 @@
 //! TLS for Tern: certificates picked by SNI from a directory, reloaded on change, and the acceptor.
 //!
-//! Wiring: [`CertStore::load`] the directory, [`spawn_reloader`] on it, build one
-//! [`server_config`]s per ALPN set and wrap it in a [`TlsAcceptor`].
+//! Wiring: [`CertStore::load`] the directory, [`spawn_reloader`] on it, build
+//! [`server_configs`] for each ALPN set and wrap them in a [`TlsAcceptor`].
 #![forbid(unsafe_code)]
 
 mod acceptor;
@@ -15,7 +15,7 @@ mod suites;
 mod unvectored;
 
 pub use acceptor::{
-    handshake_info, http_alpn, server_config, HandshakeInfo, ServerConfigs, TlsAcceptor, ALPN_H2,
+    handshake_info, http_alpn, server_configs, HandshakeInfo, ServerConfigs, TlsAcceptor, ALPN_H2,
     ALPN_HTTP11,
 };
 pub use error::TlsError;

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use tern_tls::{
-    generate_self_signed, handshake_info, http_alpn, server_config, spawn_reloader, CertStore,
+    generate_self_signed, handshake_info, http_alpn, server_configs, spawn_reloader, CertStore,
     HandshakeInfo, TlsAcceptor, TlsError, UnknownSni,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -209,7 +209,7 @@ async fn server_for(
 ) -> (Arc<CertStore>, Server) {
     let store = CertStore::load(dir, unknown).expect("load");
     let acceptor = TlsAcceptor::new(
-        server_config(Arc::clone(&store), alpn),
+        server_configs(Arc::clone(&store), alpn),
         Duration::from_secs(5),
     );
     (store, serve(acceptor).await)
@@ -480,7 +480,7 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
     let dir = sni_dir();
     let store = CertStore::load(dir.path(), UnknownSni::Reject).expect("load");
     let timeout = Duration::from_millis(200);
-    let acceptor = TlsAcceptor::new(server_config(store, Vec::new()), timeout);
+    let acceptor = TlsAcceptor::new(server_configs(store, Vec::new()), timeout);
     let mut server = serve(acceptor).await;
 
     let started = Instant::now();

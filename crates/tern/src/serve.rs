@@ -156,11 +156,11 @@ pub async fn serve(
         Some(store) => {
             tern_tls::spawn_reloader(Arc::clone(store), config.tls.reload_interval);
             let http = TlsAcceptor::new(
-                tern_tls::server_config(Arc::clone(store), tern_tls::http_alpn()),
+                tern_tls::server_configs(Arc::clone(store), tern_tls::http_alpn()),
                 config.tls.handshake_timeout,
             );
             let raw = TlsAcceptor::new(
-                tern_tls::server_config(Arc::clone(store), Vec::new()),
+                tern_tls::server_configs(Arc::clone(store), Vec::new()),
                 config.tls.handshake_timeout,
             );
             (Some(http), Some(raw))
