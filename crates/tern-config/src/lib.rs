@@ -43,6 +43,26 @@ fn toml_message(message: &str) -> String {
         .replace("expected i64", "expected an integer")
 }
 
+/// Parses and validates a catalog file on its own: the fleet's regions, nodes,
+/// apps and machines, with the same located errors as a configuration.
+pub fn parse_catalog(src: &str, file: &Path, used: CatalogUse) -> Result<CatalogFile, ConfigError> {
+    let raw: raw::RawCatalogFile = toml::from_str(src).map_err(|e| {
+        let locator = error::Locator::new(src, file);
+        let span = e.span().unwrap_or(0..0);
+        ConfigError::Invalid(vec![locator.diagnostic(&span, toml_message(e.message()))])
+    })?;
+    validate::validate_catalog(raw, src, file, used).map_err(ConfigError::Invalid)
+}
+
+/// Reads and validates the catalog file at `path`.
+pub fn load_catalog(path: &Path, used: CatalogUse) -> Result<CatalogFile, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_catalog(&src, path, used)
+}
+
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -14,10 +14,84 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub watchdog: Watchdog,
-    /// Measured round-trip times between regions, symmetric. Same region is zero.
+    /// The backhaul to other nodes; `None` for a node that runs alone.
+    pub backhaul: Option<Backhaul>,
+    /// Where the fleet's definitions come from.
+    pub catalog: CatalogSource,
+    /// Round-trip times between regions, symmetric, as the operator gave them: the
+    /// seed for peers whose RTT is not measured yet. Same region is zero.
     pub regions: RegionDistances,
+    /// Every node of a static fleet (a catalog file's `[[node]]`); empty when this
+    /// node runs alone or the catalog is in etcd.
+    pub nodes: Vec<FleetNode>,
     pub apps: Vec<App>,
     pub machines: Vec<Machine>,
+}
+
+/// A catalog file on its own: the fleet's definitions, read by every node of a
+/// static fleet (`[catalog] file`) or written to etcd (`tern catalog push`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogFile {
+    pub regions: RegionDistances,
+    pub nodes: Vec<FleetNode>,
+    pub apps: Vec<App>,
+    pub machines: Vec<Machine>,
+}
+
+/// What a catalog file is read for: the rules differ in who names a machine's node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogUse {
+    /// Read by the nodes themselves (`[catalog] file`).
+    File,
+    /// Written to etcd, where nodes register themselves: `[[node]]` is refused and
+    /// every machine names its node.
+    Etcd,
+}
+
+/// One node of a static fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetNode {
+    pub id: String,
+    pub region: String,
+    /// Where its backhaul listens.
+    pub backhaul: SocketAddr,
+}
+
+/// The mutual-TLS HTTP/2 link between nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backhaul {
+    pub listen: SocketAddr,
+    /// The address peers are told to reach this node at (etcd registration).
+    pub advertise: SocketAddr,
+    /// The fleet CA's certificate: peers must present a certificate it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (signed by the fleet CA) and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often each peer's round trip is measured with an HTTP/2 PING.
+    pub ping_interval: Duration,
+}
+
+/// Where the fleet's definitions come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogSource {
+    /// This configuration's own `[[app]]` and `[[machine]]` entries, or those of the
+    /// catalog file it names (already read into `Config`).
+    File { path: Option<PathBuf> },
+    Etcd(EtcdSource),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSource {
+    /// Client URLs such as `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Every key Tern reads and writes starts with this.
+    pub prefix: String,
+    /// TTL of this node's lease: its registration and its machines' live state
+    /// vanish this long after the node dies.
+    pub lease_ttl: Duration,
+    /// How long one connection attempt to etcd may take.
+    pub dial_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +304,10 @@ pub struct Machine {
     pub id: String,
     pub app: String,
     pub region: String,
+    /// The node that runs it: the only one that connects to it, checks its health
+    /// and publishes its live state. `None` in a catalog file without `[[node]]`:
+    /// the node that reads it.
+    pub node: Option<String>,
     pub ip: IpAddr,
     pub state: MachineState,
 }

@@ -19,6 +19,8 @@ pub(crate) struct RawConfig {
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
     pub watchdog: Option<RawWatchdog>,
+    pub backhaul: Option<RawBackhaul>,
+    pub catalog: Option<RawCatalogSource>,
     #[serde(default)]
     pub region: Vec<RawRegion>,
     #[serde(default)]
@@ -34,6 +36,51 @@ pub(crate) struct RawNode {
     pub region: Spanned<String>,
     pub workers: Opt<i64>,
     pub bind: Opt<String>,
+}
+
+/// A catalog file on its own (`[catalog] file`, `tern catalog push`): the fleet's
+/// definitions without any node's own settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalogFile {
+    #[serde(default)]
+    pub region: Vec<RawRegion>,
+    #[serde(default)]
+    pub node: Vec<Spanned<RawFleetNode>>,
+    #[serde(default)]
+    pub app: Vec<RawApp>,
+    #[serde(default)]
+    pub machine: Vec<Spanned<RawMachine>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleetNode {
+    pub id: Spanned<String>,
+    pub region: Spanned<String>,
+    pub backhaul: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackhaul {
+    pub listen: Spanned<String>,
+    pub advertise: Opt<String>,
+    pub ca: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub ping_interval: Opt<DurationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalogSource {
+    pub source: Opt<String>,
+    pub file: Opt<String>,
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub prefix: Opt<String>,
+    pub lease_ttl: Opt<DurationText>,
+    pub dial_timeout: Opt<DurationText>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +218,7 @@ pub(crate) struct RawMachine {
     pub id: Spanned<String>,
     pub app: Spanned<String>,
     pub region: Spanned<String>,
+    pub node: Opt<String>,
     pub ip: Spanned<String>,
     pub state: Opt<String>,
 }

@@ -290,6 +290,7 @@ fn full_config_round_trips() {
                 id: "m-ams-1".into(),
                 app: "demo".into(),
                 region: "ams".into(),
+                node: Some("ams-1".into()),
                 ip: "127.0.0.11".parse().unwrap(),
                 state: MachineState::Started,
             },
@@ -297,6 +298,7 @@ fn full_config_round_trips() {
                 id: "m-ord-1".into(),
                 app: "other".into(),
                 region: "ord".into(),
+                node: Some("ams-1".into()),
                 ip: "::1".parse().unwrap(),
                 state: MachineState::Stopped,
             },
@@ -425,7 +427,7 @@ fn unknown_key() {
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
-        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `watchdog`, `region`, `app`, `machine`"
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
     );
 }
 
@@ -772,7 +774,7 @@ fn load_reports_unreadable_file() {
 fn columns_count_characters() {
     // "é" is two bytes but one column.
     assert_eq!(
-        error("[node]\nid = \"é\"\nregion = \"ams\"\n[log]\nformat = \"é\" \n"),
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[log]\nformat = \"é\" \n"),
         "t.toml:5:10: unknown log.format \"é\"; expected \"text\" or \"json\""
     );
     assert_eq!(
@@ -816,4 +818,157 @@ fn watchdog_defaults_and_values() {
         e.to_string(),
         "t.toml:5:10: unknown watchdog.action \"kill\"; expected \"close\", \"backoff\" or \"log\""
     );
+}
+
+// ---- the fleet: catalog files, the backhaul, etcd
+
+const FLEET: &str = r#"[[node]]
+id = "ams-1"
+region = "ams"
+backhaul = "127.0.0.1:4431"
+
+[[node]]
+id = "ord-1"
+region = "ord"
+backhaul = "127.0.0.1:4432"
+
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+
+[[app.service]]
+internal_port = 7000
+ports = [{ port = 8080, handlers = ["http"] }]
+
+[[machine]]
+id = "m1"
+app = "web"
+region = "ams"
+node = "ams-1"
+ip = "127.0.0.11"
+
+[[machine]]
+id = "m2"
+app = "web"
+region = "ord"
+node = "ord-1"
+ip = "127.0.0.12"
+"#;
+
+fn catalog_errors(src: &str, used: CatalogUse) -> Vec<String> {
+    match parse_catalog(src, Path::new("c.toml"), used) {
+        Ok(c) => panic!("expected an error, got {c:#?}"),
+        Err(e) => e.diagnostics().iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_catalog_file_lists_nodes_and_their_machines() {
+    let c = parse_catalog(FLEET, Path::new("c.toml"), CatalogUse::File).unwrap();
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[1].backhaul, "127.0.0.1:4432".parse().unwrap());
+    assert_eq!(c.machines[1].node.as_deref(), Some("ord-1"));
+
+    let unknown = FLEET.replace("node = \"ord-1\"", "node = \"syd-1\"");
+    assert_eq!(
+        catalog_errors(&unknown, CatalogUse::File),
+        ["c.toml:30:8: machine \"m2\" names node \"syd-1\", which is not listed; listed nodes: \"ams-1\", \"ord-1\""]
+    );
+    let unnamed = FLEET.replace("node = \"ord-1\"\n", "");
+    assert_eq!(
+        catalog_errors(&unnamed, CatalogUse::File),
+        ["c.toml:27:6: machine \"m2\" names no node; this catalog lists its nodes, so each machine says which one runs it (node = \"...\")"]
+    );
+}
+
+#[test]
+fn a_catalog_for_etcd_has_no_nodes_and_names_every_machines_node() {
+    let errs = catalog_errors(FLEET, CatalogUse::Etcd);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].starts_with("c.toml:1:1: a catalog for etcd has no [[node]] entries"));
+    let without_nodes = &FLEET[FLEET.find("[[app]]").unwrap()..];
+    let c = parse_catalog(without_nodes, Path::new("c.toml"), CatalogUse::Etcd).unwrap();
+    assert_eq!(c.machines.len(), 2);
+    let unnamed = without_nodes.replace("node = \"ams-1\"\n", "");
+    let errs = catalog_errors(&unnamed, CatalogUse::Etcd);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("machine \"m1\" names no node; in etcd"), "{errs:?}");
+}
+
+/// A node's configuration naming the catalog file `FLEET` in a fresh directory.
+fn fleet_node(head: &str) -> Result<Config, Vec<String>> {
+    let dir = std::env::temp_dir().join(format!("tern-config-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+    let path = dir.join(format!("node-{:x}.toml", head.len() * 31 + head.bytes().map(usize::from).sum::<usize>()));
+    std::fs::write(&path, head).unwrap();
+    load(&path).map_err(|e| e.diagnostics().iter().map(|d| d.message.clone()).collect())
+}
+
+#[test]
+fn a_node_reads_the_fleet_from_its_catalog_file() {
+    let backhaul = "[backhaul]\nlisten = \"127.0.0.1:4432\"\nca = \"ca.crt\"\ncert = \"n.crt\"\nkey = \"n.key\"\n[catalog]\nfile = \"fleet.toml\"\n";
+    let c = fleet_node(&format!("[node]\nid = \"ord-1\"\nregion = \"ord\"\n{backhaul}")).unwrap();
+    assert_eq!(c.apps.len(), 1);
+    assert_eq!(c.nodes.len(), 2);
+    let b = c.backhaul.unwrap();
+    assert_eq!(b.advertise, "127.0.0.1:4432".parse().unwrap());
+    assert_eq!(b.ping_interval, secs(1));
+    assert!(b.ca.ends_with("ca.crt") && b.ca.is_absolute());
+
+    let stranger = fleet_node(&format!("[node]\nid = \"syd-1\"\nregion = \"syd\"\n{backhaul}")).unwrap_err();
+    assert_eq!(stranger.len(), 1, "{stranger:?}");
+    assert!(stranger[0].starts_with("node.id \"syd-1\" is not among the catalog file's nodes"), "{stranger:?}");
+
+    let elsewhere = fleet_node(&format!("[node]\nid = \"ams-1\"\nregion = \"ams\"\n{backhaul}")).unwrap_err();
+    assert_eq!(
+        elsewhere,
+        ["this node's backhaul address is 127.0.0.1:4432 but the catalog file gives 127.0.0.1:4431 for node \"ams-1\"; peers dial the catalog's address"]
+    );
+
+    let alone = fleet_node("[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"fleet.toml\"\n").unwrap_err();
+    assert_eq!(
+        alone,
+        ["machine \"m1\" runs on node \"ams-1\", which this node can reach only over the backhaul; add a [backhaul] section"]
+    );
+
+    let missing = fleet_node("[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"nowhere.toml\"\n").unwrap_err();
+    assert_eq!(missing.len(), 1);
+    assert!(missing[0].starts_with("cannot read catalog file"), "{missing:?}");
+}
+
+#[test]
+fn an_etcd_catalog_keeps_definitions_out_of_the_file() {
+    let c = ok("[node]\nid = \"n\"\nregion = \"ams\"\n[catalog]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"3s\"\n");
+    let CatalogSource::Etcd(e) = c.catalog else {
+        panic!("etcd expected");
+    };
+    assert_eq!(e.prefix, "/tern");
+    assert_eq!(e.lease_ttl, secs(3));
+    assert_eq!(e.dial_timeout, secs(2));
+
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[catalog]\nsource = \"etcd\"\n[[app]]\nname = \"a\"\n"),
+        "t.toml:7:8: catalog.source at 5:10 is \"etcd\": apps, machines and regions live in etcd (push them with `tern catalog push`), not in this file"
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[catalog]\nsource = \"etcd\"\nprefix = \"tern/\"\n"),
+        "t.toml:6:10: catalog.prefix \"tern/\" must start with '/', not end with one, and name something, e.g. \"/tern\""
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[catalog]\nendpoints = [\"http://x:1\"]\n"),
+        "t.toml:5:13: catalog.endpoints is only for catalog.source = \"etcd\""
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[catalog]\nsource = \"consul\"\n"),
+        "t.toml:5:10: unknown catalog.source \"consul\"; expected \"file\" or \"etcd\""
+    );
+}
+
+#[test]
+fn an_inline_machine_runs_on_this_node() {
+    let c = ok("[node]\nid = \"n\"\nregion = \"ams\"\n[[app]]\nname = \"a\"\n[[machine]]\nid = \"m\"\napp = \"a\"\nregion = \"ams\"\nip = \"127.0.0.2\"\n");
+    assert_eq!(c.machines[0].node.as_deref(), Some("n"));
+    let err = error("[node]\nid = \"n\"\nregion = \"ams\"\n[[app]]\nname = \"a\"\n[[machine]]\nid = \"m\"\napp = \"a\"\nregion = \"ams\"\nnode = \"o\"\nip = \"127.0.0.2\"\n");
+    assert!(err.starts_with("t.toml:10:8: machine \"m\" runs on node \"o\", but this file describes node \"n\" alone"), "{err}");
 }

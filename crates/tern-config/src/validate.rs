@@ -32,6 +32,9 @@ struct Validator<'a> {
     loc: Locator<'a>,
     file: &'a Path,
     diags: Vec<Diagnostic>,
+    /// Problems found in another file (a catalog file the configuration names),
+    /// reported after this file's own.
+    elsewhere: Vec<Diagnostic>,
 }
 
 /// How a public port is used, remembered to check later uses of the same number.
@@ -47,18 +50,40 @@ pub(crate) fn validate(raw: RawConfig, src: &str, file: &Path) -> Result<Config,
         loc: Locator::new(src, file),
         file,
         diags: Vec::new(),
+        elsewhere: Vec::new(),
     };
     let config = v.config(raw);
-    if v.diags.is_empty() {
-        Ok(config)
-    } else {
-        let mut diags = v.diags;
-        diags.sort_by_key(|d| (d.line, d.column));
-        Err(diags)
-    }
+    v.finish(config)
+}
+
+/// Validates a catalog file read on its own.
+pub(crate) fn validate_catalog(
+    raw: RawCatalogFile,
+    src: &str,
+    file: &Path,
+    used: CatalogUse,
+) -> Result<CatalogFile, Vec<Diagnostic>> {
+    let mut v = Validator {
+        loc: Locator::new(src, file),
+        file,
+        diags: Vec::new(),
+        elsewhere: Vec::new(),
+    };
+    let catalog = v.catalog_file(raw, used);
+    v.finish(catalog)
 }
 
 impl Validator<'_> {
+    fn finish<T>(self, value: T) -> Result<T, Vec<Diagnostic>> {
+        if self.diags.is_empty() && self.elsewhere.is_empty() {
+            return Ok(value);
+        }
+        let mut diags = self.diags;
+        diags.sort_by_key(|d| (d.line, d.column));
+        diags.extend(self.elsewhere);
+        Err(diags)
+    }
+
     fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
         let d = self.loc.diagnostic(span, message);
         self.diags.push(d);
@@ -69,25 +94,382 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        let node_id_span = raw.node.id.span();
+        let node_region_span = raw.node.region.span();
         let node = self.node(raw.node);
         let (admin, admin_span) = self.admin(raw.admin);
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
         let log = self.log(raw.log);
         let watchdog = self.watchdog(raw.watchdog.unwrap_or_default());
+        let backhaul_span = raw.backhaul.as_ref().map(|b| b.listen.span());
+        let backhaul = raw.backhaul.map(|b| self.backhaul(b));
+        let (catalog, catalog_span) = self.catalog_source(raw.catalog);
+        let inline = raw.app.first().map(|a| a.name.span()).or_else(|| {
+            raw.machine
+                .first()
+                .map(|m| m.span())
+                .or_else(|| raw.region.first().map(|r| r.code.span()))
+        });
+        let ports = PortCtx {
+            node: &node,
+            admin: &admin,
+            admin_span: admin_span.as_ref(),
+        };
         let regions = self.regions(raw.region);
-        let apps = self.apps(raw.app, &node, &admin, admin_span.as_ref());
-        let machines = self.machines(raw.machine, &apps);
-        Config {
+        let apps = self.apps(raw.app, Some(&ports));
+        let machines = self.machines(raw.machine, &apps, Nodes::Inline(&node.id));
+        let mut config = Config {
             node,
             admin,
             tls,
             limits,
             log,
             watchdog,
+            backhaul,
+            catalog,
             regions,
+            nodes: Vec::new(),
             apps,
             machines,
+        };
+        let (Some(inline), Some(source_span)) = (inline, &catalog_span) else {
+            self.read_catalog_file(&mut config, catalog_span.as_ref());
+            self.check_fleet(&config, &node_id_span, &node_region_span, backhaul_span);
+            return config;
+        };
+        let message = match &config.catalog {
+            CatalogSource::Etcd(_) => format!(
+                "catalog.source at {} is \"etcd\": apps, machines and regions live in etcd (push them with `tern catalog push`), not in this file",
+                self.at(source_span)
+            ),
+            CatalogSource::File { .. } => format!(
+                "catalog.file at {} names the catalog file: apps, machines and regions go there, not in this file",
+                self.at(source_span)
+            ),
+        };
+        self.error(&inline, message);
+        config
+    }
+
+    /// Reads the catalog file that `[catalog] file` names into `config`.
+    fn read_catalog_file(&mut self, config: &mut Config, span: Option<&Range<usize>>) {
+        let (CatalogSource::File { path: Some(path) }, Some(span)) = (&config.catalog, span) else {
+            return;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("cannot read catalog file {}: {e}", path.display());
+                self.error(span, msg);
+                return;
+            }
+        };
+        match crate::parse_catalog(&text, path, CatalogUse::File) {
+            Ok(file) => {
+                config.regions = file.regions;
+                config.nodes = file.nodes;
+                config.apps = file.apps;
+                config.machines = file.machines;
+            }
+            Err(e) => self.elsewhere.extend(e.diagnostics().iter().cloned()),
+        }
+    }
+
+    /// The fleet as a whole, seen from this node: it is listed among the fleet's
+    /// nodes, and it can reach machines that other nodes run.
+    fn check_fleet(
+        &mut self,
+        config: &Config,
+        id_span: &Range<usize>,
+        region_span: &Range<usize>,
+        backhaul_span: Option<Range<usize>>,
+    ) {
+        let me = &config.node;
+        if !config.nodes.is_empty() {
+            match config.nodes.iter().find(|n| n.id == me.id) {
+                None => {
+                    let listed: Vec<String> =
+                        config.nodes.iter().map(|n| format!("\"{}\"", n.id)).collect();
+                    self.error(
+                        id_span,
+                        format!(
+                            "node.id \"{}\" is not among the catalog file's nodes ({}); every node of a static fleet is listed there",
+                            me.id,
+                            listed.join(", ")
+                        ),
+                    );
+                }
+                Some(listed) => {
+                    if listed.region != me.region {
+                        self.error(
+                            region_span,
+                            format!(
+                                "node.region \"{}\" differs from the catalog file, which puts node \"{}\" in region \"{}\"",
+                                me.region, me.id, listed.region
+                            ),
+                        );
+                    }
+                    if let (Some(b), Some(span)) = (&config.backhaul, &backhaul_span) {
+                        if b.advertise != listed.backhaul {
+                            self.error(
+                                span,
+                                format!(
+                                    "this node's backhaul address is {} but the catalog file gives {} for node \"{}\"; peers dial the catalog's address",
+                                    b.advertise, listed.backhaul, me.id
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // An inline catalog's machines are this node's (checked where they are given).
+        let inline = matches!(config.catalog, CatalogSource::File { path: None });
+        if config.backhaul.is_some() || inline {
+            return;
+        }
+        let remote = config
+            .machines
+            .iter()
+            .find(|m| m.node.as_deref().is_some_and(|n| n != me.id));
+        if let Some(m) = remote {
+            self.error(
+                id_span,
+                format!(
+                    "machine \"{}\" runs on node \"{}\", which this node can reach only over the backhaul; add a [backhaul] section",
+                    m.id,
+                    m.node.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    fn catalog_file(&mut self, raw: RawCatalogFile, used: CatalogUse) -> CatalogFile {
+        let regions = self.regions(raw.region);
+        let nodes = self.fleet_nodes(raw.node, used);
+        let apps = self.apps(raw.app, None);
+        let rule = match used {
+            CatalogUse::Etcd => Nodes::Required,
+            CatalogUse::File if nodes.is_empty() => Nodes::Optional,
+            CatalogUse::File => Nodes::Listed(&nodes),
+        };
+        let machines = self.machines(raw.machine, &apps, rule);
+        CatalogFile {
+            regions,
+            nodes,
+            apps,
+            machines,
+        }
+    }
+
+    fn fleet_nodes(&mut self, raw: Vec<Spanned<RawFleetNode>>, used: CatalogUse) -> Vec<FleetNode> {
+        let mut ids: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        let mut addrs: BTreeMap<SocketAddr, Range<usize>> = BTreeMap::new();
+        let mut nodes = Vec::new();
+        for n in raw {
+            if used == CatalogUse::Etcd {
+                self.error(
+                    &n.span(),
+                    "a catalog for etcd has no [[node]] entries: nodes register themselves when they start",
+                );
+                continue;
+            }
+            let n = n.into_inner();
+            let id = n.id.get_ref();
+            if let Err(e) = values::check_slug("node id", id) {
+                self.error(&n.id.span(), e);
+            } else if let Some(first) = ids.get(id) {
+                let msg = format!("node \"{id}\" is already listed at {}", self.at(first));
+                self.error(&n.id.span(), msg);
+            } else {
+                ids.insert(id.clone(), n.id.span());
+            }
+            if let Err(e) = values::check_slug("node region", n.region.get_ref()) {
+                self.error(&n.region.span(), e);
+            }
+            let Some(backhaul) = self.socket_addr(&n.backhaul, "node backhaul") else {
+                continue;
+            };
+            if let Some(first) = addrs.get(&backhaul) {
+                let msg = format!(
+                    "backhaul address {backhaul} is already given to another node at {}",
+                    self.at(first)
+                );
+                self.error(&n.backhaul.span(), msg);
+            } else {
+                addrs.insert(backhaul, n.backhaul.span());
+            }
+            nodes.push(FleetNode {
+                id: n.id.into_inner(),
+                region: n.region.into_inner(),
+                backhaul,
+            });
+        }
+        nodes
+    }
+
+    fn backhaul(&mut self, raw: RawBackhaul) -> Backhaul {
+        let unset = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        let listen = self.socket_addr(&raw.listen, "backhaul.listen").unwrap_or(unset);
+        let advertise = match &raw.advertise {
+            Some(a) => self.socket_addr(a, "backhaul.advertise").unwrap_or(listen),
+            None => {
+                if listen.ip().is_unspecified() && listen != unset {
+                    self.error(
+                        &raw.listen.span(),
+                        format!("backhaul.listen {listen} is not an address peers can dial; set backhaul.advertise to the address they should use"),
+                    );
+                }
+                listen
+            }
+        };
+        Backhaul {
+            listen,
+            advertise,
+            ca: self.path(&raw.ca, "backhaul.ca"),
+            cert: self.path(&raw.cert, "backhaul.cert"),
+            key: self.path(&raw.key, "backhaul.key"),
+            ping_interval: self.duration(
+                &raw.ping_interval,
+                "backhaul.ping_interval",
+                Duration::from_secs(1),
+                false,
+            ),
+        }
+    }
+
+    /// The catalog's source, and where `source` or `file` was given.
+    fn catalog_source(
+        &mut self,
+        raw: Option<RawCatalogSource>,
+    ) -> (CatalogSource, Option<Range<usize>>) {
+        let Some(raw) = raw else {
+            return (CatalogSource::File { path: None }, None);
+        };
+        let kind = raw.source.as_ref().map_or("file", |s| s.get_ref().as_str());
+        let kind_span = raw.source.as_ref().map(|s| s.span());
+        let etcd_keys = [
+            raw.endpoints.as_ref().map(|e| ("endpoints", e.span())),
+            raw.prefix.as_ref().map(|p| ("prefix", p.span())),
+            raw.lease_ttl.as_ref().map(|l| ("lease_ttl", l.span())),
+            raw.dial_timeout.as_ref().map(|d| ("dial_timeout", d.span())),
+        ];
+        match kind {
+            "file" => {
+                for (key, span) in etcd_keys.into_iter().flatten() {
+                    self.error(
+                        &span,
+                        format!("catalog.{key} is only for catalog.source = \"etcd\""),
+                    );
+                }
+                let path = raw.file.as_ref().map(|f| self.path(f, "catalog.file"));
+                let span = raw.file.as_ref().map(|f| f.span());
+                (CatalogSource::File { path }, span)
+            }
+            "etcd" => {
+                if let Some(f) = &raw.file {
+                    self.error(
+                        &f.span(),
+                        "catalog.file is only for catalog.source = \"file\"",
+                    );
+                }
+                (CatalogSource::Etcd(self.etcd(&raw)), kind_span)
+            }
+            other => {
+                if let Some(span) = &kind_span {
+                    self.error(
+                        span,
+                        format!("unknown catalog.source \"{other}\"; expected \"file\" or \"etcd\""),
+                    );
+                }
+                (CatalogSource::File { path: None }, None)
+            }
+        }
+    }
+
+    fn etcd(&mut self, raw: &RawCatalogSource) -> EtcdSource {
+        let mut endpoints = Vec::new();
+        match &raw.endpoints {
+            None => endpoints.push("http://127.0.0.1:2379".to_owned()),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    self.error(&list.span(), "catalog.endpoints must list at least one etcd URL");
+                }
+                for e in list.get_ref() {
+                    let url = e.get_ref();
+                    if url.starts_with("https://") {
+                        self.error(
+                            &e.span(),
+                            format!("catalog endpoint \"{url}\": TLS to etcd is not supported yet; use http:// on a trusted network"),
+                        );
+                    } else if !url.starts_with("http://") || url.len() <= "http://".len() {
+                        self.error(
+                            &e.span(),
+                            format!("catalog endpoint \"{url}\" is not an etcd client URL; expected e.g. \"http://127.0.0.1:2379\""),
+                        );
+                    }
+                    endpoints.push(url.clone());
+                }
+            }
+        }
+        let prefix = match &raw.prefix {
+            None => "/tern".to_owned(),
+            Some(p) => {
+                let text = p.get_ref();
+                if !text.starts_with('/') || text.len() < 2 || text.ends_with('/') {
+                    self.error(
+                        &p.span(),
+                        format!("catalog.prefix \"{text}\" must start with '/', not end with one, and name something, e.g. \"/tern\""),
+                    );
+                }
+                text.clone()
+            }
+        };
+        let lease_ttl = self.duration(&raw.lease_ttl, "catalog.lease_ttl", Duration::from_secs(5), false);
+        if lease_ttl < Duration::from_secs(1) {
+            if let Some(l) = &raw.lease_ttl {
+                self.error(&l.span(), "catalog.lease_ttl must be at least 1s: etcd counts leases in whole seconds");
+            }
+        }
+        EtcdSource {
+            endpoints,
+            prefix,
+            lease_ttl,
+            dial_timeout: self.duration(
+                &raw.dial_timeout,
+                "catalog.dial_timeout",
+                Duration::from_secs(2),
+                false,
+            ),
+        }
+    }
+
+    /// A path, relative to the configuration file's directory unless absolute.
+    fn path(&mut self, raw: &Spanned<String>, key: &str) -> PathBuf {
+        if raw.get_ref().is_empty() {
+            self.error(&raw.span(), format!("{key} must not be empty"));
+        }
+        let path = PathBuf::from(raw.get_ref());
+        match self.file.parent() {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        }
+    }
+
+    fn socket_addr(&mut self, raw: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match raw.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            _ => {
+                self.error(
+                    &raw.span(),
+                    format!(
+                        "{key} \"{}\" is not a socket address with a port; expected IP:PORT such as \"127.0.0.1:4433\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -182,8 +564,9 @@ impl Validator<'_> {
     }
 
     fn node(&mut self, raw: RawNode) -> Node {
-        if raw.id.get_ref().is_empty() {
-            self.error(&raw.id.span(), "node.id must not be empty");
+        // A node's id names it to its peers, and in its backhaul certificate.
+        if let Err(e) = values::check_slug("node.id", raw.id.get_ref()) {
+            self.error(&raw.id.span(), e);
         }
         if let Err(e) = values::check_slug("node.region", raw.region.get_ref()) {
             self.error(&raw.region.span(), e);
@@ -459,13 +842,9 @@ impl Validator<'_> {
         }
     }
 
-    fn apps(
-        &mut self,
-        raw: Vec<RawApp>,
-        node: &Node,
-        admin: &Admin,
-        admin_span: Option<&Range<usize>>,
-    ) -> Vec<App> {
+    /// `own` is this node's own setup, for a catalog inside its configuration:
+    /// public ports must not clash with its admin listener.
+    fn apps(&mut self, raw: Vec<RawApp>, own: Option<&PortCtx<'_>>) -> Vec<App> {
         let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
         let mut hostnames: BTreeMap<String, (String, Range<usize>)> = BTreeMap::new();
         let mut ports: BTreeMap<u16, PortUse> = BTreeMap::new();
@@ -514,9 +893,7 @@ impl Validator<'_> {
                 let ctx = ServiceCtx {
                     app: &name,
                     index,
-                    node,
-                    admin,
-                    admin_span,
+                    ports: own,
                 };
                 let service = self.service(
                     service,
@@ -720,11 +1097,11 @@ impl Validator<'_> {
             app_ports.insert(number, (ctx.index, port_span.clone()));
         }
 
-        if number == ctx.admin.listen.port() {
-            let bind = ctx.node.bind;
-            let admin_ip = ctx.admin.listen.ip();
+        if let Some(node) = ctx.ports.filter(|p| p.admin.listen.port() == number) {
+            let bind = node.node.bind;
+            let admin_ip = node.admin.listen.ip();
             if bind == admin_ip || bind.is_unspecified() || admin_ip.is_unspecified() {
-                let where_set = ctx.admin_span.map_or_else(
+                let where_set = node.admin_span.map_or_else(
                     || " (the default)".to_owned(),
                     |s| format!(" at {}", self.at(s)),
                 );
@@ -732,7 +1109,7 @@ impl Validator<'_> {
                     &port_span,
                     format!(
                         "port {number} on {bind} clashes with admin.listen {}{where_set}; use another port or bind them to different addresses",
-                        ctx.admin.listen
+                        node.admin.listen
                     ),
                 );
             }
@@ -875,7 +1252,12 @@ impl Validator<'_> {
         (i, t, g)
     }
 
-    fn machines(&mut self, raw: Vec<Spanned<RawMachine>>, apps: &[App]) -> Vec<Machine> {
+    fn machines(
+        &mut self,
+        raw: Vec<Spanned<RawMachine>>,
+        apps: &[App],
+        nodes: Nodes<'_>,
+    ) -> Vec<Machine> {
         let app_names: BTreeSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
         let mut ids: BTreeMap<String, Range<usize>> = BTreeMap::new();
         let mut machines = Vec::new();
@@ -908,6 +1290,7 @@ impl Validator<'_> {
             if let Err(e) = values::check_slug("machine region", m.region.get_ref()) {
                 self.error(&m.region.span(), e);
             }
+            let node = self.machine_node(id, m.node.as_ref(), &m.id.span(), nodes);
             let ip = self.ip(&m.ip, "machine ip");
             let state = match &m.state {
                 None => MachineState::Started,
@@ -930,11 +1313,56 @@ impl Validator<'_> {
                 id: m.id.into_inner(),
                 app: m.app.into_inner(),
                 region: m.region.into_inner(),
+                node,
                 ip,
                 state,
             });
         }
         machines
+    }
+
+    /// The node a machine runs on, by the rule of where it is described.
+    fn machine_node(
+        &mut self,
+        id: &str,
+        given: Option<&Spanned<String>>,
+        id_span: &Range<usize>,
+        nodes: Nodes<'_>,
+    ) -> Option<String> {
+        let Some(given) = given else {
+            return match nodes {
+                Nodes::Inline(me) => Some(me.to_owned()),
+                Nodes::Optional => None,
+                Nodes::Listed(_) => {
+                    self.error(id_span, format!("machine \"{id}\" names no node; this catalog lists its nodes, so each machine says which one runs it (node = \"...\")"));
+                    None
+                }
+                Nodes::Required => {
+                    self.error(id_span, format!("machine \"{id}\" names no node; in etcd each machine says which node runs it (node = \"...\")"));
+                    None
+                }
+            };
+        };
+        let name = given.get_ref();
+        match nodes {
+            Nodes::Inline(me) if name != me => self.error(
+                &given.span(),
+                format!("machine \"{id}\" runs on node \"{name}\", but this file describes node \"{me}\" alone; describe a fleet of several nodes in a catalog file ([catalog] file)"),
+            ),
+            Nodes::Listed(list) if !list.iter().any(|n| &n.id == name) => {
+                let listed: Vec<String> = list.iter().map(|n| format!("\"{}\"", n.id)).collect();
+                self.error(
+                    &given.span(),
+                    format!("machine \"{id}\" names node \"{name}\", which is not listed; listed nodes: {}", listed.join(", ")),
+                );
+            }
+            _ => {
+                if let Err(e) = values::check_slug("machine node", name) {
+                    self.error(&given.span(), e);
+                }
+            }
+        }
+        Some(name.clone())
     }
 
     // ---- scalar helpers: report a problem and return a placeholder so validation goes on.
@@ -1071,9 +1499,27 @@ impl Validator<'_> {
 struct ServiceCtx<'a> {
     app: &'a str,
     index: usize,
+    ports: Option<&'a PortCtx<'a>>,
+}
+
+/// The node's own listeners, which public ports must not clash with.
+struct PortCtx<'a> {
     node: &'a Node,
     admin: &'a Admin,
     admin_span: Option<&'a Range<usize>>,
+}
+
+/// Who names a machine's node.
+#[derive(Clone, Copy)]
+enum Nodes<'a> {
+    /// A configuration's own catalog: this node, the only one it describes.
+    Inline(&'a str),
+    /// A catalog file without `[[node]]`: whichever node reads it.
+    Optional,
+    /// A catalog file with `[[node]]`: one of these.
+    Listed(&'a [FleetNode]),
+    /// A catalog for etcd: every machine names its node.
+    Required,
 }
 
 fn stack_name(h: Handlers) -> String {
