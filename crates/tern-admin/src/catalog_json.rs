@@ -9,7 +9,18 @@ struct CatalogView<'a> {
     version: u64,
     node: &'a str,
     region: &'a str,
+    /// The other nodes this one knows, with what it measured of each.
+    peers: Vec<PeerView<'a>>,
     apps: Vec<AppView<'a>>,
+}
+
+#[derive(Serialize)]
+struct PeerView<'a> {
+    id: &'a str,
+    region: &'a str,
+    backhaul: Option<String>,
+    reachable: bool,
+    rtt_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -34,8 +45,11 @@ struct ServiceView {
 struct MachineView<'a> {
     id: &'a str,
     region: &'a str,
+    node: &'a str,
     ip: String,
     state: &'static str,
+    /// Whether this node may route to it now (started, reported, node reachable).
+    routable: bool,
     services: Vec<SlotView>,
 }
 
@@ -51,8 +65,19 @@ struct SlotView {
 pub fn catalog_json(snap: &Snapshot) -> String {
     let view = CatalogView {
         version: snap.version,
-        node: &snap.node_id,
-        region: &snap.node_region,
+        node: &snap.node.id,
+        region: &snap.node.region,
+        peers: snap
+            .nodes
+            .values()
+            .map(|n| PeerView {
+                id: &n.def.id,
+                region: &n.def.region,
+                backhaul: n.def.backhaul.map(|a| a.to_string()),
+                reachable: n.live.reachable(),
+                rtt_ms: n.live.rtt().map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect(),
         apps: snap
             .apps
             .values()
@@ -63,14 +88,11 @@ pub fn catalog_json(snap: &Snapshot) -> String {
                     .services
                     .iter()
                     .map(|s| ServiceView {
-                        internal_port: s.config.internal_port,
-                        ports: s.config.ports.iter().map(|p| p.port).collect(),
-                        concurrency: match s.config.concurrency.kind {
-                            tern_config::ConcurrencyKind::Connections => "connections",
-                            tern_config::ConcurrencyKind::Requests => "requests",
-                        },
-                        soft_limit: s.config.concurrency.soft_limit,
-                        hard_limit: s.config.concurrency.hard_limit,
+                        internal_port: s.def.internal_port,
+                        ports: s.def.ports.iter().map(|p| p.port).collect(),
+                        concurrency: s.def.concurrency.kind.as_str(),
+                        soft_limit: s.def.concurrency.soft_limit,
+                        hard_limit: s.def.concurrency.hard_limit,
                         waiting: s.queue.waiting(),
                     })
                     .collect(),
@@ -78,17 +100,19 @@ pub fn catalog_json(snap: &Snapshot) -> String {
                     .machines
                     .iter()
                     .map(|m| MachineView {
-                        id: &m.config.id,
-                        region: &m.config.region,
-                        ip: m.config.ip.to_string(),
-                        state: m.config.state.as_str(),
+                        id: &m.def.id,
+                        region: &m.def.region,
+                        node: &m.def.node,
+                        ip: m.def.ip.to_string(),
+                        state: m.live.state().as_str(),
+                        routable: m.routable(),
                         services: m
                             .live
                             .slots()
                             .map(|(port, slot)| SlotView {
                                 internal_port: port,
                                 healthy: slot.healthy(),
-                                load: slot.load.active(),
+                                load: slot.seen_load(),
                                 band: slot.band().as_str(),
                             })
                             .collect(),

@@ -177,7 +177,7 @@ fn publish_gauges(state: &AdminState) {
             for (port, slot) in m.live.slots() {
                 let labels = [
                     ("app", app.name.clone()),
-                    ("machine", m.config.id.clone()),
+                    ("machine", m.def.id.clone()),
                     ("port", port.to_string()),
                 ];
                 metrics::gauge!("tern_machine_load", &labels).set(f64::from(slot.load.active()));
@@ -196,7 +196,7 @@ fn publish_gauges(state: &AdminState) {
             }
         }
         for s in &app.services {
-            metrics::gauge!("tern_queue_waiting", "app" => app.name.clone(), "port" => s.config.internal_port.to_string())
+            metrics::gauge!("tern_queue_waiting", "app" => app.name.clone(), "port" => s.def.internal_port.to_string())
                 .set(s.queue.waiting() as f64);
         }
     }

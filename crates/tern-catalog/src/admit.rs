@@ -15,6 +15,8 @@ pub enum AdmitError {
     QueueFull { app: String, waiting: usize },
     #[error("every machine of {app} stayed at its hard limit for {waited:?}")]
     QueueTimeout { app: String, waited: Duration },
+    #[error("machine {machine} of {app} is not started and healthy on this node")]
+    MachineUnavailable { app: String, machine: String },
 }
 
 impl Snapshot {
@@ -26,7 +28,7 @@ impl Snapshot {
         tried: &[String],
         queue_timeout: Duration,
     ) -> Result<(Pick, LoadGuard), AdmitError> {
-        let untried = |p: &Pick| !tried.contains(&p.machine.config.id);
+        let untried = |p: &Pick| !tried.contains(&p.machine.def.id);
         if !self.any_eligible(app, service, tried) {
             return Err(AdmitError::NoHealthyMachine {
                 app: app.name.clone(),
@@ -45,25 +47,56 @@ impl Snapshot {
             .queue
             .wait_for(queue_timeout, attempt)
             .await
-            .map_err(|e| match e {
-                QueueError::Full(waiting) => AdmitError::QueueFull {
-                    app: app.name.clone(),
-                    waiting,
-                },
-                QueueError::TimedOut(waited) => AdmitError::QueueTimeout {
-                    app: app.name.clone(),
-                    waited,
-                },
-            })
+            .map_err(|e| queue_error(app, e))
+    }
+
+    /// Admits one unit to this node's own machine `id`, which a peer chose: the
+    /// hard limit is the machine's, so it holds for traffic from every edge, and a
+    /// request over it waits in this node's queue.
+    pub async fn admit_local(
+        &self,
+        app: &AppEntry,
+        service: &ServiceEntry,
+        id: &str,
+        queue_timeout: Duration,
+    ) -> Result<(Pick, LoadGuard), AdmitError> {
+        let unavailable = || AdmitError::MachineUnavailable {
+            app: app.name.clone(),
+            machine: id.to_owned(),
+        };
+        let pick = self.local_pick(app, service, id).ok_or_else(unavailable)?;
+        let attempt = || async {
+            let guard = pick.slot.load.try_acquire(pick.slot.limits.hard)?;
+            Some(guard)
+        };
+        let guard = service
+            .queue
+            .wait_for(queue_timeout, attempt)
+            .await
+            .map_err(|e| queue_error(app, e))?;
+        Ok((pick, guard))
+    }
+}
+
+fn queue_error(app: &AppEntry, e: QueueError) -> AdmitError {
+    match e {
+        QueueError::Full(waiting) => AdmitError::QueueFull {
+            app: app.name.clone(),
+            waiting,
+        },
+        QueueError::TimedOut(waited) => AdmitError::QueueTimeout {
+            app: app.name.clone(),
+            waited,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Catalog, FileCatalog};
+    use crate::{Catalog, Fleet};
 
-    fn catalog() -> FileCatalog {
+    fn catalog() -> Fleet {
         let toml = r#"
 [node]
 id = "n"
@@ -95,7 +128,7 @@ region = "ams"
 ip = "127.0.0.4"
 state = "stopped"
 "#;
-        FileCatalog::new(&tern_config::parse(toml, std::path::Path::new("t.toml")).unwrap())
+        Fleet::from_config(&tern_config::parse(toml, std::path::Path::new("t.toml")).unwrap())
     }
 
     #[tokio::test(start_paused = true)]
@@ -105,7 +138,7 @@ state = "stopped"
         let app = &snap.apps["web"];
         let svc = &app.services[0];
         let wait = Duration::from_millis(100);
-        let id = |p: &Pick| p.machine.config.id.clone();
+        let id = |p: &Pick| p.machine.def.id.clone();
 
         // Under the soft limit everywhere: the near region wins; stopped never.
         let (p1, g1) = snap.admit(app, svc, &[], wait).await.unwrap();
@@ -146,11 +179,12 @@ state = "stopped"
             .await
             .unwrap_err();
         assert!(matches!(err, AdmitError::NoHealthyMachine { .. }));
-        app.machines[1].live.slot(7000).unwrap().set_healthy(true);
+        let far = app.machines.iter().find(|m| m.def.id == "far").unwrap();
+        far.live.slot(7000).unwrap().set_healthy(true);
         let (p, _g) = snap
             .admit(app, svc, &[], Duration::from_millis(10))
             .await
             .unwrap();
-        assert_eq!(p.machine.config.id, "far");
+        assert_eq!(p.machine.def.id, "far");
     }
 }

@@ -2,31 +2,46 @@
 
 use std::borrow::Cow;
 
-use foldhash::{HashMap, HashMapExt};
+/// A persistent map: a clone shares its structure, and a change copies only the
+/// path to what changed, so one app's hostnames change without copying the rest.
+type Map<T> = imbl::GenericHashMap<
+    String,
+    T,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
 
-/// Maps hostnames (exact or `*.suffix`) to a value, usually an app name.
+/// Maps hostnames (exact or `*.suffix`) to a value, usually an app.
 #[derive(Debug, Clone)]
-pub struct HostIndex<T> {
-    exact: HashMap<String, T>,
+pub struct HostIndex<T: Clone> {
+    exact: Map<T>,
     /// Keyed by the suffix without `*.`; a wildcard matches one or more labels.
-    wildcard: HashMap<String, T>,
+    wildcard: Map<T>,
 }
 
-impl<T> Default for HostIndex<T> {
+impl<T: Clone> Default for HostIndex<T> {
     fn default() -> Self {
         HostIndex {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: Map::with_hasher(foldhash::fast::RandomState::default()),
+            wildcard: Map::with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 }
 
-impl<T> HostIndex<T> {
+impl<T: Clone> HostIndex<T> {
     pub fn insert(&mut self, pattern: &str, value: T) {
         let pattern = pattern.to_ascii_lowercase();
         match pattern.strip_prefix("*.") {
             Some(suffix) => self.wildcard.insert(suffix.to_owned(), value),
             None => self.exact.insert(pattern, value),
+        };
+    }
+
+    pub fn remove(&mut self, pattern: &str) {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.remove(suffix),
+            None => self.exact.remove(&pattern),
         };
     }
 

@@ -1,25 +1,33 @@
-//! The fleet as this node sees it: an immutable snapshot of apps, services and
-//! machines, swapped atomically, with the live state (health, load) that outlives swaps.
+//! The fleet as this node sees it: apps, services, machines and nodes as the
+//! catalog's own types; an immutable snapshot of them, changed one entry at a time
+//! and swapped atomically; and the live state (machine state, health, load, peer
+//! reachability) that outlives swaps and changes without one.
 #![forbid(unsafe_code)]
 
 mod admit;
-mod file;
+mod convert;
+mod fleet;
 mod hosts;
 mod live;
+pub mod model;
 mod snapshot;
 
 pub use admit::AdmitError;
-pub use file::{CatalogError, FileCatalog};
+pub use convert::Definitions;
+pub use fleet::{now_us, settings_from, CatalogError, Change, Fleet, FleetSettings, RemoteStatus};
 pub use hosts::HostIndex;
-pub use live::{MachineLive, ServiceSlot};
-pub use snapshot::{AppEntry, MachineEntry, Pick, ServiceEntry, Snapshot};
+pub use live::{MachineLive, NodeLive, ServiceSlot};
+pub use snapshot::{
+    AppEntry, FleetMap, MachineEntry, NodeEntry, Peer, Pick, ServiceEntry, Snapshot,
+};
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 /// A source of the fleet's state. The data plane only ever reads `snapshot()`, which
-/// never blocks; backends (a file now, etcd later) push new snapshots through `watch()`.
+/// never blocks; sources (a file, etcd) feed a [`Fleet`], which publishes new
+/// snapshots through `watch()`.
 pub trait Catalog: Send + Sync + 'static {
     /// The current snapshot.
     fn snapshot(&self) -> Arc<Snapshot>;

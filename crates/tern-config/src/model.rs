@@ -77,7 +77,9 @@ pub struct Backhaul {
 pub enum CatalogSource {
     /// This configuration's own `[[app]]` and `[[machine]]` entries, or those of the
     /// catalog file it names (already read into `Config`).
-    File { path: Option<PathBuf> },
+    File {
+        path: Option<PathBuf>,
+    },
     Etcd(EtcdSource),
 }
 

@@ -892,7 +892,10 @@ fn a_catalog_for_etcd_has_no_nodes_and_names_every_machines_node() {
     let unnamed = without_nodes.replace("node = \"ams-1\"\n", "");
     let errs = catalog_errors(&unnamed, CatalogUse::Etcd);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].contains("machine \"m1\" names no node; in etcd"), "{errs:?}");
+    assert!(
+        errs[0].contains("machine \"m1\" names no node; in etcd"),
+        "{errs:?}"
+    );
 }
 
 /// A node's configuration naming the catalog file `FLEET` in a fresh directory.
@@ -900,7 +903,10 @@ fn fleet_node(head: &str) -> Result<Config, Vec<String>> {
     let dir = std::env::temp_dir().join(format!("tern-config-fleet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
-    let path = dir.join(format!("node-{:x}.toml", head.len() * 31 + head.bytes().map(usize::from).sum::<usize>()));
+    let path = dir.join(format!(
+        "node-{:x}.toml",
+        head.len() * 31 + head.bytes().map(usize::from).sum::<usize>()
+    ));
     std::fs::write(&path, head).unwrap();
     load(&path).map_err(|e| e.diagnostics().iter().map(|d| d.message.clone()).collect())
 }
@@ -908,7 +914,10 @@ fn fleet_node(head: &str) -> Result<Config, Vec<String>> {
 #[test]
 fn a_node_reads_the_fleet_from_its_catalog_file() {
     let backhaul = "[backhaul]\nlisten = \"127.0.0.1:4432\"\nca = \"ca.crt\"\ncert = \"n.crt\"\nkey = \"n.key\"\n[catalog]\nfile = \"fleet.toml\"\n";
-    let c = fleet_node(&format!("[node]\nid = \"ord-1\"\nregion = \"ord\"\n{backhaul}")).unwrap();
+    let c = fleet_node(&format!(
+        "[node]\nid = \"ord-1\"\nregion = \"ord\"\n{backhaul}"
+    ))
+    .unwrap();
     assert_eq!(c.apps.len(), 1);
     assert_eq!(c.nodes.len(), 2);
     let b = c.backhaul.unwrap();
@@ -916,25 +925,42 @@ fn a_node_reads_the_fleet_from_its_catalog_file() {
     assert_eq!(b.ping_interval, secs(1));
     assert!(b.ca.ends_with("ca.crt") && b.ca.is_absolute());
 
-    let stranger = fleet_node(&format!("[node]\nid = \"syd-1\"\nregion = \"syd\"\n{backhaul}")).unwrap_err();
+    let stranger = fleet_node(&format!(
+        "[node]\nid = \"syd-1\"\nregion = \"syd\"\n{backhaul}"
+    ))
+    .unwrap_err();
     assert_eq!(stranger.len(), 1, "{stranger:?}");
-    assert!(stranger[0].starts_with("node.id \"syd-1\" is not among the catalog file's nodes"), "{stranger:?}");
+    assert!(
+        stranger[0].starts_with("node.id \"syd-1\" is not among the catalog file's nodes"),
+        "{stranger:?}"
+    );
 
-    let elsewhere = fleet_node(&format!("[node]\nid = \"ams-1\"\nregion = \"ams\"\n{backhaul}")).unwrap_err();
+    let elsewhere = fleet_node(&format!(
+        "[node]\nid = \"ams-1\"\nregion = \"ams\"\n{backhaul}"
+    ))
+    .unwrap_err();
     assert_eq!(
         elsewhere,
         ["this node's backhaul address is 127.0.0.1:4432 but the catalog file gives 127.0.0.1:4431 for node \"ams-1\"; peers dial the catalog's address"]
     );
 
-    let alone = fleet_node("[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"fleet.toml\"\n").unwrap_err();
+    let alone =
+        fleet_node("[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"fleet.toml\"\n")
+            .unwrap_err();
     assert_eq!(
         alone,
         ["machine \"m1\" runs on node \"ams-1\", which this node can reach only over the backhaul; add a [backhaul] section"]
     );
 
-    let missing = fleet_node("[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"nowhere.toml\"\n").unwrap_err();
+    let missing = fleet_node(
+        "[node]\nid = \"ord-1\"\nregion = \"ord\"\n[catalog]\nfile = \"nowhere.toml\"\n",
+    )
+    .unwrap_err();
     assert_eq!(missing.len(), 1);
-    assert!(missing[0].starts_with("cannot read catalog file"), "{missing:?}");
+    assert!(
+        missing[0].starts_with("cannot read catalog file"),
+        "{missing:?}"
+    );
 }
 
 #[test]

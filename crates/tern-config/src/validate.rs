@@ -189,8 +189,11 @@ impl Validator<'_> {
         if !config.nodes.is_empty() {
             match config.nodes.iter().find(|n| n.id == me.id) {
                 None => {
-                    let listed: Vec<String> =
-                        config.nodes.iter().map(|n| format!("\"{}\"", n.id)).collect();
+                    let listed: Vec<String> = config
+                        .nodes
+                        .iter()
+                        .map(|n| format!("\"{}\"", n.id))
+                        .collect();
                     self.error(
                         id_span,
                         format!(
@@ -311,7 +314,9 @@ impl Validator<'_> {
 
     fn backhaul(&mut self, raw: RawBackhaul) -> Backhaul {
         let unset = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-        let listen = self.socket_addr(&raw.listen, "backhaul.listen").unwrap_or(unset);
+        let listen = self
+            .socket_addr(&raw.listen, "backhaul.listen")
+            .unwrap_or(unset);
         let advertise = match &raw.advertise {
             Some(a) => self.socket_addr(a, "backhaul.advertise").unwrap_or(listen),
             None => {
@@ -353,7 +358,9 @@ impl Validator<'_> {
             raw.endpoints.as_ref().map(|e| ("endpoints", e.span())),
             raw.prefix.as_ref().map(|p| ("prefix", p.span())),
             raw.lease_ttl.as_ref().map(|l| ("lease_ttl", l.span())),
-            raw.dial_timeout.as_ref().map(|d| ("dial_timeout", d.span())),
+            raw.dial_timeout
+                .as_ref()
+                .map(|d| ("dial_timeout", d.span())),
         ];
         match kind {
             "file" => {
@@ -380,7 +387,9 @@ impl Validator<'_> {
                 if let Some(span) = &kind_span {
                     self.error(
                         span,
-                        format!("unknown catalog.source \"{other}\"; expected \"file\" or \"etcd\""),
+                        format!(
+                            "unknown catalog.source \"{other}\"; expected \"file\" or \"etcd\""
+                        ),
                     );
                 }
                 (CatalogSource::File { path: None }, None)
@@ -394,7 +403,10 @@ impl Validator<'_> {
             None => endpoints.push("http://127.0.0.1:2379".to_owned()),
             Some(list) => {
                 if list.get_ref().is_empty() {
-                    self.error(&list.span(), "catalog.endpoints must list at least one etcd URL");
+                    self.error(
+                        &list.span(),
+                        "catalog.endpoints must list at least one etcd URL",
+                    );
                 }
                 for e in list.get_ref() {
                     let url = e.get_ref();
@@ -426,10 +438,18 @@ impl Validator<'_> {
                 text.clone()
             }
         };
-        let lease_ttl = self.duration(&raw.lease_ttl, "catalog.lease_ttl", Duration::from_secs(5), false);
+        let lease_ttl = self.duration(
+            &raw.lease_ttl,
+            "catalog.lease_ttl",
+            Duration::from_secs(5),
+            false,
+        );
         if lease_ttl < Duration::from_secs(1) {
             if let Some(l) = &raw.lease_ttl {
-                self.error(&l.span(), "catalog.lease_ttl must be at least 1s: etcd counts leases in whole seconds");
+                self.error(
+                    &l.span(),
+                    "catalog.lease_ttl must be at least 1s: etcd counts leases in whole seconds",
+                );
             }
         }
         EtcdSource {

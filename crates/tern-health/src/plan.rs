@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tern_catalog::model::MachineState;
 use tern_catalog::{AppEntry, ServiceSlot, Snapshot};
-use tern_config::MachineState;
 
 use crate::probe::Probe;
 
@@ -58,24 +58,26 @@ pub(crate) struct Planned {
     pub slot: Arc<ServiceSlot>,
 }
 
-/// All checks the snapshot asks for. Machines not started are left out: nothing is
-/// routed to them, and probing a machine that is booting or gone only adds noise.
+/// All checks the snapshot asks for, of this node's own machines: a machine is
+/// checked only by the node that runs it, which publishes the result. Machines not
+/// started are left out: nothing is routed to them, and probing a machine that is
+/// booting or gone only adds noise.
 pub(crate) fn plan(snap: &Snapshot) -> BTreeMap<CheckKey, Planned> {
     let mut out = BTreeMap::new();
     for app in snap.apps.values() {
         let host = host_header(app);
         for machine in &app.machines {
-            if machine.config.state != MachineState::Started {
+            if !machine.is_local() || machine.live.state() != MachineState::Started {
                 continue;
             }
             for svc in &app.services {
-                let port = svc.config.internal_port;
+                let port = svc.def.internal_port;
                 let Some(slot) = machine.live.slot(port) else {
                     continue;
                 };
-                let addr = SocketAddr::new(machine.config.ip, port);
+                let addr = SocketAddr::new(machine.def.ip, port);
                 let key = |kind, index| CheckKey {
-                    machine: machine.config.id.clone(),
+                    machine: machine.def.id.clone(),
                     port,
                     kind,
                     index,
@@ -89,7 +91,7 @@ pub(crate) fn plan(snap: &Snapshot) -> BTreeMap<CheckKey, Planned> {
                     },
                     slot: Arc::clone(slot),
                 };
-                for (i, c) in svc.config.tcp_checks.iter().enumerate() {
+                for (i, c) in svc.def.tcp_checks.iter().enumerate() {
                     let probe = Probe::Tcp {
                         addr,
                         timeout: c.timeout,
@@ -99,7 +101,7 @@ pub(crate) fn plan(snap: &Snapshot) -> BTreeMap<CheckKey, Planned> {
                         planned(probe, c.interval, c.grace_period),
                     );
                 }
-                for (i, c) in svc.config.http_checks.iter().enumerate() {
+                for (i, c) in svc.def.http_checks.iter().enumerate() {
                     let probe = Probe::Http {
                         addr,
                         timeout: c.timeout,

@@ -1,4 +1,4 @@
-//! End-to-end: a checker over a FileCatalog, probing real sockets on 127.0.0.1.
+//! End-to-end: a checker over a file-fed Fleet, probing real sockets on 127.0.0.1.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tern_catalog::{Catalog, FileCatalog, ServiceSlot};
+use tern_catalog::{Catalog, Definitions, Fleet, ServiceSlot};
 use tern_config::{
     App, Concurrency, ConcurrencyKind, Config, HttpCheck, Machine, MachineState, Service, TcpCheck,
 };
@@ -64,6 +64,7 @@ fn machine(id: &str) -> Machine {
         id: id.into(),
         app: "demo".into(),
         region: "ams".into(),
+        node: None,
         ip: LOCALHOST,
         state: MachineState::Started,
     }
@@ -87,7 +88,7 @@ fn http_check(grace_period: Duration) -> HttpCheck {
     }
 }
 
-fn slot(catalog: &FileCatalog, machine: &str, port: u16) -> Arc<ServiceSlot> {
+fn slot(catalog: &Fleet, machine: &str, port: u16) -> Arc<ServiceSlot> {
     let snap = catalog.snapshot();
     let m = snap.machines.get(machine).expect("machine in snapshot");
     Arc::clone(m.live.slot(port).expect("slot for port"))
@@ -105,7 +106,7 @@ impl Drop for Checker {
     }
 }
 
-fn start(catalog: &Arc<FileCatalog>) -> Checker {
+fn start(catalog: &Arc<Fleet>) -> Checker {
     let (stop, mut rx) = watch::channel(false);
     let shutdown = async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -231,7 +232,7 @@ async fn http_check_takes_machine_out_and_back() {
         vec![app(backend.port, vec![], vec![http_check(Duration::ZERO)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", backend.port);
     let _checker = start(&catalog);
 
@@ -258,7 +259,7 @@ async fn tcp_check_follows_the_listener() {
         vec![app(port, vec![tcp_check()], vec![])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", port);
     let _checker = start(&catalog);
 
@@ -287,7 +288,7 @@ async fn all_checks_must_pass() {
         )],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", backend.port);
     let _checker = start(&catalog);
 
@@ -309,7 +310,7 @@ async fn nothing_runs_during_grace_period() {
         vec![app(backend.port, vec![], vec![http_check(grace)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let started = tokio::time::Instant::now();
     let _checker = start(&catalog);
 
@@ -334,14 +335,14 @@ async fn removed_machine_is_no_longer_checked() {
         vec![app(backend.port, vec![], vec![http_check(Duration::ZERO)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&with));
+    let catalog = Arc::new(Fleet::from_config(&with));
     let _checker = start(&catalog);
 
     let requests = &backend.requests;
     eventually("checks running", || requests.load(Ordering::SeqCst) >= 2).await;
 
     let without = config(with.apps.clone(), vec![]);
-    catalog.replace(&without);
+    catalog.replace(Definitions::from_config(&without));
     // Let an in-flight probe finish or be cut, then expect silence.
     tokio::time::sleep(INTERVAL * 2).await;
     let seen = requests.load(Ordering::SeqCst);
@@ -358,7 +359,7 @@ async fn stopped_machine_is_not_checked_and_released() {
         vec![app(backend.port, vec![], vec![http_check(Duration::ZERO)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", backend.port);
     let _checker = start(&catalog);
 
@@ -366,7 +367,7 @@ async fn stopped_machine_is_not_checked_and_released() {
     eventually("unhealthy on 500", || !slot.healthy()).await;
 
     catalog
-        .set_machine_state("m1", MachineState::Stopped)
+        .set_state("m1", tern_catalog::model::MachineState::Stopped)
         .unwrap();
     // With no checks left nothing holds the slot out: it is back to the optimistic
     // default for when the machine starts again.
@@ -388,7 +389,7 @@ async fn unchanged_checks_survive_a_swap() {
         vec![app(backend.port, vec![], vec![http_check(grace)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", backend.port);
     let _checker = start(&catalog);
 
@@ -399,7 +400,10 @@ async fn unchanged_checks_survive_a_swap() {
     // requests) and a dropped result would let the machine back in.
     let mut other = machine("m2");
     other.state = MachineState::Stopped;
-    catalog.replace(&config(cfg.apps.clone(), vec![machine("m1"), other]));
+    catalog.replace(Definitions::from_config(&config(
+        cfg.apps.clone(),
+        vec![machine("m1"), other],
+    )));
     let requests = &backend.requests;
     let before = requests.load(Ordering::SeqCst);
     always("stays out across the swap", grace, || !slot.healthy()).await;
@@ -420,17 +424,17 @@ async fn dropping_a_failing_check_releases_the_machine() {
         )],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let slot = slot(&catalog, "m1", backend.port);
     let _checker = start(&catalog);
 
     backend.ok.store(false, Ordering::SeqCst);
     eventually("unhealthy on 500", || !slot.healthy()).await;
 
-    catalog.replace(&config(
+    catalog.replace(Definitions::from_config(&config(
         vec![app(backend.port, vec![tcp_check()], vec![])],
         vec![machine("m1")],
-    ));
+    )));
     eventually("healthy once the http check is gone", || slot.healthy()).await;
 }
 
@@ -441,7 +445,7 @@ async fn shutdown_stops_all_checks() {
         vec![app(backend.port, vec![], vec![http_check(Duration::ZERO)])],
         vec![machine("m1")],
     );
-    let catalog = Arc::new(FileCatalog::new(&cfg));
+    let catalog = Arc::new(Fleet::from_config(&cfg));
     let (stop, mut rx) = watch::channel(false);
     let handle = HealthChecker::spawn(Arc::clone(&catalog) as Arc<dyn Catalog>, async move {
         let _ = rx.wait_for(|s| *s).await;

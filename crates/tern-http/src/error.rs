@@ -21,10 +21,14 @@ pub enum ErrorCode {
     UpstreamTimeout,
     UpstreamBadResponse,
     RequestBodyTooLarge,
+    MachineUnavailable,
+    BackhaulConnectFailed,
+    BackhaulReset,
+    UnknownPeer,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::NoAppForHost,
         ErrorCode::NoServiceForPort,
@@ -37,6 +41,10 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamBadResponse,
         ErrorCode::RequestBodyTooLarge,
+        ErrorCode::MachineUnavailable,
+        ErrorCode::BackhaulConnectFailed,
+        ErrorCode::BackhaulReset,
+        ErrorCode::UnknownPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +61,10 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamBadResponse => "upstream_bad_response",
             ErrorCode::RequestBodyTooLarge => "request_body_too_large",
+            ErrorCode::MachineUnavailable => "machine_unavailable",
+            ErrorCode::BackhaulConnectFailed => "backhaul_connect_failed",
+            ErrorCode::BackhaulReset => "backhaul_reset",
+            ErrorCode::UnknownPeer => "unknown_peer",
         }
     }
 
@@ -70,6 +82,10 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::MachineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BackhaulConnectFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::BackhaulReset => StatusCode::BAD_GATEWAY,
+            ErrorCode::UnknownPeer => StatusCode::FORBIDDEN,
         }
     }
 }

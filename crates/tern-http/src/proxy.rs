@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tern_balance::LoadGuard;
+use tern_catalog::model::ConcurrencyKind;
 use tern_catalog::{AdmitError, AppEntry, Catalog, MachineEntry, Pick, ServiceEntry, Snapshot};
-use tern_config::ConcurrencyKind;
 
 use crate::activity::Activity;
 use crate::binding::{ConnBindings, Unit};
@@ -224,7 +224,7 @@ impl Proxy {
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding headers in.
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let h2 = service.config.h2_backend && !upgrade;
+        let h2 = service.def.h2_backend && !upgrade;
         let bodyless = http_body::Body::is_end_stream(req.body());
         let want = if h2 {
             Want::H2
@@ -281,10 +281,10 @@ impl Proxy {
             headers::add_forwarding(req.headers_mut(), &forwarded);
         }
         let uri = std::mem::take(req.uri_mut());
-        *req.uri_mut() = upstream_uri(uri, host, pick.addr, h2)?;
+        *req.uri_mut() = upstream_uri(uri, host, pick.addr(), h2)?;
         if let Some(p) = &conn.probe {
             if conn.noted_machine.changed(&pick.machine) {
-                p.note("machine", &pick.machine.config.id);
+                p.note("machine", &pick.machine.def.id);
             }
         }
 
@@ -294,7 +294,7 @@ impl Proxy {
         // once a second, so its deadline needs no timer until it is near.
         let ticked = conn.activity.as_ref().is_some_and(|a| !a.is_multiplexed());
         let (resp, sender) = self
-            .send(req, sender, pick.addr, want, fields, ticked)
+            .send(req, sender, pick.addr(), want, fields, ticked)
             .await?;
 
         // respond: relay the head, and hold the load until the body is done.
@@ -312,7 +312,7 @@ impl Proxy {
                 ));
             };
             let machine_upgrade = hyper::upgrade::on(&mut resp);
-            let machine = pick.machine.config.id.clone();
+            let machine = pick.machine.def.id.clone();
             tokio::spawn(async move {
                 // The load unit stays taken while the tunnel is open.
                 let _guard = guard;
@@ -338,7 +338,7 @@ impl Proxy {
         let hook = Release {
             _guard: guard,
             pool: match sender {
-                Some(Sender::H1 { tx, .. }) => Some((Arc::clone(&self.upstreams), pick.addr, tx)),
+                Some(Sender::H1 { tx, .. }) => Some((Arc::clone(&self.upstreams), pick.addr(), tx)),
                 // An in-task response body hands its socket back itself.
                 _ => None,
             },
@@ -354,20 +354,20 @@ impl Proxy {
         conn: &ConnInfo,
         want: Want<'_>,
     ) -> Result<(Pick, Unit, Sender), ProxyError> {
-        let port = service.config.internal_port;
-        let per_connection = service.config.concurrency.kind == ConcurrencyKind::Connections;
+        let port = service.def.internal_port;
+        let per_connection = service.def.concurrency.kind == ConcurrencyKind::Connections;
         let mut tried: Vec<String> = Vec::new();
         let mut last_error: Option<ConnectError> = None;
 
         if per_connection {
             if let Some((pick, unit)) = conn.bindings.get(&app.name, port) {
-                let id = &pick.machine.config.id;
+                let id = &pick.machine.def.id;
                 let still_eligible = snapshot
                     .eligible(app, service)
                     .iter()
-                    .any(|p| &p.machine.config.id == id);
+                    .any(|p| &p.machine.def.id == id);
                 if still_eligible {
-                    match self.upstreams.checkout(pick.addr, want).await {
+                    match self.upstreams.checkout(pick.addr(), want).await {
                         Ok(sender) => return Ok((pick, unit, sender)),
                         Err(e) => {
                             self.count_connect_error(app, &pick, &e);
@@ -387,7 +387,7 @@ impl Proxy {
                 Err(e) => return Err(e),
             };
             let unit = Arc::new(guard);
-            match self.upstreams.checkout(pick.addr, want).await {
+            match self.upstreams.checkout(pick.addr(), want).await {
                 Ok(sender) => {
                     if per_connection {
                         conn.bindings
@@ -397,7 +397,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     self.count_connect_error(app, &pick, &e);
-                    tried.push(pick.machine.config.id.clone());
+                    tried.push(pick.machine.def.id.clone());
                     last_error = Some(e);
                 }
             }
@@ -415,8 +415,8 @@ impl Proxy {
 
     #[cold]
     fn count_connect_error(&self, app: &AppEntry, pick: &Pick, e: &ConnectError) {
-        tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
-        metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.config.id.clone())
+        tracing::info!(machine = %pick.machine.def.id, error = %e, "connect failed, trying the next machine");
+        metrics::counter!("tern_upstream_connect_errors_total", "app" => app.name.clone(), "machine" => pick.machine.def.id.clone())
             .increment(1);
     }
 
@@ -436,6 +436,7 @@ impl Proxy {
                     AdmitError::NoHealthyMachine { .. } => ErrorCode::NoHealthyMachine,
                     AdmitError::QueueFull { .. } => ErrorCode::QueueFull,
                     AdmitError::QueueTimeout { .. } => ErrorCode::QueueTimeout,
+                    AdmitError::MachineUnavailable { .. } => ErrorCode::MachineUnavailable,
                 };
                 ProxyError::new(code, e.to_string())
             })
@@ -701,7 +702,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 fn forces_https(service: &ServiceEntry, port: u16) -> bool {
     service
-        .config
+        .def
         .ports
         .iter()
         .any(|p| p.port == port && p.force_https)
@@ -718,7 +719,7 @@ fn redirect_to_https<B>(req: &Request<B>, host: &str, app: &AppEntry) -> Respons
     let https_port = app
         .services
         .iter()
-        .flat_map(|s| s.config.ports.iter())
+        .flat_map(|s| s.def.ports.iter())
         .find(|p| p.handlers.tls && p.handlers.http)
         .map_or(443, |p| p.port);
     let authority = if https_port == 443 {

@@ -1,8 +1,8 @@
-//! Which listeners a configuration needs: one per public port, with its handler stack.
+//! Which listeners the fleet's apps need: one per public port, with its handler stack.
 
 use std::collections::BTreeMap;
 
-use tern_config::Config;
+use tern_catalog::Snapshot;
 
 /// What one public port does. `tern check` has ensured every use of a port agrees
 /// on `tls` and `http`.
@@ -14,11 +14,11 @@ pub struct PortPlan {
 }
 
 /// The ports to listen on, in order.
-pub fn plan(config: &Config) -> Vec<PortPlan> {
+pub fn plan(snap: &Snapshot) -> Vec<PortPlan> {
     let mut ports = BTreeMap::new();
-    for app in &config.apps {
+    for app in snap.apps.values() {
         for svc in &app.services {
-            for p in &svc.ports {
+            for p in &svc.def.ports {
                 ports.entry(p.port).or_insert(PortPlan {
                     port: p.port,
                     tls: p.handlers.tls,

@@ -38,7 +38,7 @@ where
         return;
     };
     let proxy_proto = service
-        .config
+        .def
         .ports
         .iter()
         .find(|p| p.port == plan.port)
@@ -57,23 +57,23 @@ where
                 return;
             }
         };
-        let connect = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(pick.addr));
+        let connect = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(pick.addr()));
         let machine = match connect.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::info!(machine = %pick.machine.config.id, error = %e, "connect failed, trying the next machine");
-                tried.push(pick.machine.config.id.clone());
+                tracing::info!(machine = %pick.machine.def.id, error = %e, "connect failed, trying the next machine");
+                tried.push(pick.machine.def.id.clone());
                 continue;
             }
             Err(_) => {
-                tracing::info!(machine = %pick.machine.config.id, "connect timed out, trying the next machine");
-                tried.push(pick.machine.config.id.clone());
+                tracing::info!(machine = %pick.machine.def.id, "connect timed out, trying the next machine");
+                tried.push(pick.machine.def.id.clone());
                 continue;
             }
         };
         let _ = machine.set_nodelay(true);
         if let Some(p) = &probe {
-            p.note("machine", &pick.machine.config.id);
+            p.note("machine", &pick.machine.def.id);
         }
         // The machine side is this connection's I/O too: bytes there are progress.
         let mut machine = match &probe {
@@ -85,11 +85,11 @@ where
             .unwrap_or_default();
         match tern_tcp::splice(&mut io, &mut machine, &header).await {
             Ok(t) => {
-                tracing::debug!(%peer, machine = %pick.machine.config.id, up = t.client_to_machine, down = t.machine_to_client, "TCP connection done");
+                tracing::debug!(%peer, machine = %pick.machine.def.id, up = t.client_to_machine, down = t.machine_to_client, "TCP connection done");
                 count(&app.name, "ok");
             }
             Err(e) => {
-                tracing::debug!(%peer, machine = %pick.machine.config.id, error = %e, "TCP connection ended with an error");
+                tracing::debug!(%peer, machine = %pick.machine.def.id, error = %e, "TCP connection ended with an error");
                 count(&app.name, "reset");
             }
         }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tern_config::ProxyProtoVersion;
+use tern_catalog::model::ProxyProto as ProxyProtoVersion;
 
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 

@@ -74,7 +74,8 @@ fn load(path: &std::path::Path) -> anyhow::Result<tern_config::Config> {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path)?;
-    let ports = tern_listen::plan(&config).len();
+    let fleet = tern_catalog::Fleet::from_config(&config);
+    let ports = tern_listen::plan(&tern_catalog::Catalog::snapshot(&fleet)).len();
     println!(
         "{}: ok ({} apps, {} machines, {} public ports)",
         path.display(),

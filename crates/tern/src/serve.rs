@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tern_admin::AdminState;
-use tern_catalog::{Catalog, FileCatalog};
+use tern_catalog::{Catalog, Fleet};
 use tern_config::Config;
 use tern_health::HealthChecker;
 use tern_http::{Proxy, ProxySettings, ServerSettings, Upstreams};
@@ -24,7 +24,8 @@ pub struct Bound {
 
 /// Refuses a configuration whose TLS ports cannot be served, before anything starts.
 pub fn check_certificates(config: &Config) -> anyhow::Result<Option<Arc<CertStore>>> {
-    let needs_tls = tern_listen::plan(config).iter().any(|p| p.tls);
+    let fleet = Fleet::from_config(config);
+    let needs_tls = tern_listen::plan(&fleet.snapshot()).iter().any(|p| p.tls);
     match &config.tls.certs_dir {
         Some(dir) => {
             let store = CertStore::load(dir, config.tls.unknown_sni.clone())
@@ -148,8 +149,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
     let _stall = stall_watchdog(&config.watchdog)?;
-    let file_catalog = Arc::new(FileCatalog::new(&config));
-    let catalog: Arc<dyn Catalog> = file_catalog;
+    let fleet = Arc::new(Fleet::from_config(&config));
+    let catalog: Arc<dyn Catalog> = fleet;
 
     let store = check_certificates(&config)?;
     let (http_tls, raw_tls) = match &store {
@@ -211,7 +212,7 @@ pub async fn serve(
 
     // Bind everything before serving anything: a port in use is a startup error.
     let mut listeners = Vec::new();
-    for plan in tern_listen::plan(&config) {
+    for plan in tern_listen::plan(&catalog.snapshot()) {
         listeners.push(tern_listen::bind(config.node.bind, plan, &shared)?);
     }
     let admin = tokio::net::TcpListener::bind(config.admin.listen)

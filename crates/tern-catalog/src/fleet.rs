@@ -1,0 +1,876 @@
+//! The fleet in memory: definitions and live state, changed one entry at a time by
+//! whatever feeds it (a file, etcd), and published as snapshots.
+//!
+//! A definition change rebuilds only the entries it touches: the app's entry, its
+//! machines' entries and its hostnames, in persistent maps whose untouched parts
+//! are shared with the previous snapshot. A live status change rebuilds nothing:
+//! it is stored in the machine's atomics, which every snapshot shares.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tern_balance::{Limits, Load, WaitQueue};
+use tokio::sync::{watch, Notify};
+
+use crate::convert::Definitions;
+use crate::live::{MachineLive, NodeLive, ServiceSlot};
+use crate::model::*;
+use crate::snapshot::{AppEntry, FleetMap, MachineEntry, NodeEntry, ServiceEntry, Snapshot};
+use crate::{Catalog, HostIndex};
+
+/// One change to the fleet, as a source reports it. `None` removes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    App(String, Option<AppDef>),
+    Machine(String, Option<MachineDef>),
+    Node(String, Option<NodeDef>),
+    /// Another node's machine's live status.
+    Status(String, Option<MachineStatus>),
+    Regions(RegionSeeds),
+}
+
+/// How the live state of other nodes' machines is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteStatus {
+    /// A static fleet: as declared, with nothing published.
+    Declared,
+    /// From the statuses their nodes publish (etcd); none means not routable.
+    Published,
+}
+
+/// What the fleet needs from this node's configuration.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub me: NodeDef,
+    /// Requests that may wait for a machine when all are at their hard limit.
+    pub queue_size: usize,
+    /// An app's body limit when it sets none.
+    pub max_request_body: u64,
+    pub remote: RemoteStatus,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    #[error("no machine with id {0:?}")]
+    UnknownMachine(String),
+    #[error("machine {id:?} runs on node {node:?}; only that node changes its state")]
+    NotLocal { id: String, node: String },
+}
+
+/// The in-memory catalog that every source feeds.
+pub struct Fleet {
+    tx: watch::Sender<Arc<Snapshot>>,
+    state: Mutex<State>,
+    /// Rung when one of this node's machines changes state or health.
+    local_changes: Arc<Notify>,
+}
+
+struct State {
+    settings: FleetSettings,
+    snap: Snapshot,
+    apps: BTreeMap<String, AppDef>,
+    machines: BTreeMap<String, MachineDef>,
+    /// App name -> ids of its machines.
+    by_app: BTreeMap<String, BTreeSet<String>>,
+    nodes: BTreeMap<String, NodeDef>,
+    node_live: HashMap<String, Arc<NodeLive>>,
+    /// Other nodes' machines' statuses, kept also for machines not defined yet.
+    statuses: HashMap<String, MachineStatus>,
+    queues: HashMap<(String, u16), Arc<WaitQueue>>,
+    loads: HashMap<(String, u16), Arc<Load>>,
+    local_changes: Arc<Notify>,
+}
+
+impl Fleet {
+    pub fn new(settings: FleetSettings) -> Self {
+        let local_changes = Arc::new(Notify::new());
+        let snap = Snapshot {
+            version: 0,
+            node: Arc::new(settings.me.clone()),
+            regions: Arc::new(RegionSeeds::default()),
+            nodes: FleetMap::new(),
+            apps: FleetMap::new(),
+            hosts: HostIndex::default(),
+            machines: FleetMap::new(),
+        };
+        let (tx, _) = watch::channel(Arc::new(snap.clone()));
+        Fleet {
+            tx,
+            state: Mutex::new(State {
+                settings,
+                snap,
+                apps: BTreeMap::new(),
+                machines: BTreeMap::new(),
+                by_app: BTreeMap::new(),
+                nodes: BTreeMap::new(),
+                node_live: HashMap::new(),
+                statuses: HashMap::new(),
+                queues: HashMap::new(),
+                loads: HashMap::new(),
+                local_changes: Arc::clone(&local_changes),
+            }),
+            local_changes,
+        }
+    }
+
+    /// A fleet holding `defs`.
+    pub fn with_definitions(settings: FleetSettings, defs: Definitions) -> Self {
+        let fleet = Fleet::new(settings);
+        fleet.replace(defs);
+        fleet
+    }
+
+    /// The catalog of a node's configuration: its inline fleet or its catalog
+    /// file, with other nodes' machines as declared.
+    pub fn from_config(config: &tern_config::Config) -> Self {
+        Fleet::with_definitions(
+            settings_from(config, RemoteStatus::Declared),
+            Definitions::from_config(config),
+        )
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies changes in order and publishes one snapshot for all of them.
+    pub fn apply(&self, changes: impl IntoIterator<Item = Change>) {
+        let mut state = self.state();
+        let mut defined = false;
+        for change in changes {
+            defined |= state.apply(change);
+        }
+        if defined {
+            state.snap.version += 1;
+            self.tx.send_replace(Arc::new(state.snap.clone()));
+        }
+    }
+
+    /// Makes the fleet hold exactly `defs`: what is new or changed is applied,
+    /// what is gone is removed. Statuses are kept.
+    pub fn replace(&self, defs: Definitions) {
+        let changes = self.state().diff(defs);
+        self.apply(changes);
+    }
+
+    /// Makes other nodes' statuses exactly `statuses` (after a resynchronisation).
+    pub fn replace_statuses(&self, statuses: HashMap<String, MachineStatus>) {
+        let gone: Vec<Change> = {
+            let state = self.state();
+            state
+                .statuses
+                .keys()
+                .filter(|id| !statuses.contains_key(*id))
+                .map(|id| Change::Status(id.clone(), None))
+                .collect()
+        };
+        let changes = statuses
+            .into_iter()
+            .map(|(id, s)| Change::Status(id, Some(s)));
+        self.apply(gone.into_iter().chain(changes));
+    }
+
+    /// Sets the live state of one of this node's machines.
+    pub fn set_state(&self, id: &str, to: MachineState) -> Result<(), CatalogError> {
+        let mut state = self.state();
+        let Some(m) = state.snap.machines.get(id).cloned() else {
+            return Err(CatalogError::UnknownMachine(id.to_owned()));
+        };
+        if !m.is_local() {
+            return Err(CatalogError::NotLocal {
+                id: id.to_owned(),
+                node: m.def.node.clone(),
+            });
+        }
+        if m.live.set_state(to) {
+            // Health checks follow the snapshot: a stopped machine is not checked.
+            state.snap.version += 1;
+            self.tx.send_replace(Arc::new(state.snap.clone()));
+        }
+        Ok(())
+    }
+
+    /// Rung when one of this node's machines changes state or health.
+    pub fn local_changes(&self) -> Arc<Notify> {
+        Arc::clone(&self.local_changes)
+    }
+
+    /// The live status of each of this node's machines, as it would publish it.
+    pub fn local_statuses(&self) -> BTreeMap<String, MachineStatus> {
+        let snap = self.snapshot();
+        snap.machines
+            .values()
+            .filter(|m| m.is_local())
+            .map(|m| (m.def.id.clone(), status_of(m, &snap.node.id)))
+            .collect()
+    }
+
+    /// The node this fleet is seen from.
+    pub fn me(&self) -> NodeDef {
+        self.state().settings.me.clone()
+    }
+}
+
+/// This node's settings for its fleet, from its configuration.
+pub fn settings_from(config: &tern_config::Config, remote: RemoteStatus) -> FleetSettings {
+    FleetSettings {
+        me: NodeDef {
+            id: config.node.id.clone(),
+            region: config.node.region.clone(),
+            backhaul: config.backhaul.as_ref().map(|b| b.advertise),
+        },
+        queue_size: config.limits.queue_size,
+        max_request_body: config.limits.max_request_body,
+        remote,
+    }
+}
+
+/// A local machine's status now.
+fn status_of(m: &MachineEntry, node: &str) -> MachineStatus {
+    MachineStatus {
+        node: node.to_owned(),
+        state: m.live.state(),
+        services: m
+            .live
+            .slots()
+            .map(|(port, s)| {
+                (
+                    port,
+                    SlotStatus {
+                        healthy: s.healthy(),
+                        load: s.load.active(),
+                    },
+                )
+            })
+            .collect(),
+        changed_at_us: now_us(),
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Catalog for Fleet {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+}
+
+impl State {
+    /// Applies one change; returns whether a definition changed (a new snapshot
+    /// is due).
+    fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::App(name, def) => {
+                match def {
+                    Some(d) => {
+                        if self.apps.get(&name) == Some(&d) {
+                            return false;
+                        }
+                        self.apps.insert(name.clone(), d);
+                    }
+                    None => {
+                        if self.apps.remove(&name).is_none() {
+                            return false;
+                        }
+                    }
+                }
+                self.rebuild_app(&name);
+                true
+            }
+            Change::Machine(id, def) => {
+                let old = self.machines.get(&id).cloned();
+                if old == def {
+                    return false;
+                }
+                if let Some(o) = &old {
+                    if let Some(set) = self.by_app.get_mut(&o.app) {
+                        set.remove(&id);
+                    }
+                }
+                match def {
+                    Some(d) => {
+                        let app = d.app.clone();
+                        self.by_app
+                            .entry(app.clone())
+                            .or_default()
+                            .insert(id.clone());
+                        self.machines.insert(id.clone(), d);
+                        if let Some(o) = old.filter(|o| o.app != app) {
+                            self.rebuild_app(&o.app);
+                        }
+                        self.rebuild_app(&app);
+                    }
+                    None => {
+                        self.machines.remove(&id);
+                        if let Some(o) = old {
+                            self.rebuild_app(&o.app);
+                        }
+                    }
+                }
+                true
+            }
+            Change::Node(id, def) => self.set_node(id, def),
+            Change::Status(id, status) => {
+                self.set_status(id, status);
+                false
+            }
+            Change::Regions(seeds) => {
+                if *self.snap.regions == seeds {
+                    return false;
+                }
+                self.snap.regions = Arc::new(seeds);
+                true
+            }
+        }
+    }
+
+    fn set_node(&mut self, id: String, def: Option<NodeDef>) -> bool {
+        if id == self.settings.me.id {
+            // This node's own entry (in a static fleet's list, or its registration
+            // seen back from etcd) says nothing new.
+            return false;
+        }
+        match def {
+            Some(d) => {
+                if self.nodes.get(&id) == Some(&d) {
+                    return false;
+                }
+                let live = Arc::clone(self.node_live.entry(id.clone()).or_default());
+                self.nodes.insert(id.clone(), d.clone());
+                self.snap
+                    .nodes
+                    .insert(id.clone(), Arc::new(NodeEntry { def: d, live }));
+            }
+            None => {
+                if self.nodes.remove(&id).is_none() {
+                    return false;
+                }
+                self.node_live.remove(&id);
+                self.snap.nodes.remove(&id);
+            }
+        }
+        // A machine's entry holds its node's live state: rebuild those on it.
+        let apps: BTreeSet<String> = self
+            .machines
+            .values()
+            .filter(|m| m.node == id)
+            .map(|m| m.app.clone())
+            .collect();
+        for app in apps {
+            self.rebuild_app(&app);
+        }
+        true
+    }
+
+    /// Stores another node's machine's status in its live state.
+    fn set_status(&mut self, id: String, status: Option<MachineStatus>) {
+        let local = self
+            .machines
+            .get(&id)
+            .is_some_and(|m| m.node == self.settings.me.id);
+        if local {
+            // Only this node writes its machines' state; an echo is not news.
+            return;
+        }
+        match status {
+            Some(s) => {
+                if let Some(m) = self.snap.machines.get(&id) {
+                    apply_status(&m.live, &s);
+                }
+                self.statuses.insert(id, s);
+            }
+            None => {
+                self.statuses.remove(&id);
+                if self.settings.remote == RemoteStatus::Published {
+                    if let Some(m) = self.snap.machines.get(&id) {
+                        m.live.set_reported(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds one app's entry from its definition and its machines', reusing the
+    /// live objects (queues, loads, machine state) of what did not change.
+    fn rebuild_app(&mut self, name: &str) {
+        let old = self.snap.apps.get(name).cloned();
+        if let Some(old) = &old {
+            for h in &old.hostnames {
+                self.snap.hosts.remove(h);
+            }
+            for m in &old.machines {
+                self.snap.machines.remove(&m.def.id);
+            }
+        }
+        let Some(def) = self.apps.get(name).cloned() else {
+            self.snap.apps.remove(name);
+            self.queues.retain(|(app, _), _| app != name);
+            return;
+        };
+        let services: Vec<Arc<ServiceEntry>> = def
+            .services
+            .iter()
+            .map(|svc| {
+                let key = (name.to_owned(), svc.internal_port);
+                let size = self.settings.queue_size;
+                let queue = self
+                    .queues
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(WaitQueue::new(size)));
+                Arc::new(ServiceEntry {
+                    app: name.to_owned(),
+                    def: svc.clone(),
+                    queue: Arc::clone(queue),
+                })
+            })
+            .collect();
+        let ports: BTreeSet<u16> = services.iter().map(|s| s.def.internal_port).collect();
+        self.queues
+            .retain(|(app, port), _| app != name || ports.contains(port));
+
+        let ids: Vec<String> = self
+            .by_app
+            .get(name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut machines = Vec::with_capacity(ids.len());
+        for id in ids {
+            let previous = old
+                .as_ref()
+                .and_then(|o| o.machines.iter().find(|m| m.def.id == id));
+            if let Some(entry) = self.machine_entry(&id, &services, previous.map(Arc::as_ref)) {
+                self.snap.machines.insert(id, Arc::clone(&entry));
+                machines.push(entry);
+            }
+        }
+        let entry = Arc::new(AppEntry {
+            name: name.to_owned(),
+            hostnames: def.hostnames.clone(),
+            max_request_body: def
+                .max_request_body
+                .unwrap_or(self.settings.max_request_body),
+            services,
+            machines,
+        });
+        for h in &entry.hostnames {
+            self.snap.hosts.insert(h, Arc::clone(&entry));
+        }
+        self.snap.apps.insert(name.to_owned(), entry);
+    }
+
+    fn machine_entry(
+        &mut self,
+        id: &str,
+        services: &[Arc<ServiceEntry>],
+        previous: Option<&MachineEntry>,
+    ) -> Option<Arc<MachineEntry>> {
+        let def = self.machines.get(id)?.clone();
+        let local = def.node == self.settings.me.id;
+        let node = if local {
+            None
+        } else {
+            Some(Arc::clone(
+                self.node_live.entry(def.node.clone()).or_default(),
+            ))
+        };
+        let changes = local.then(|| Arc::clone(&self.local_changes));
+        let mut slots = BTreeMap::new();
+        for svc in services {
+            let port = svc.def.internal_port;
+            let limits = Limits {
+                soft: svc.def.concurrency.soft_limit,
+                hard: svc.def.concurrency.hard_limit,
+            };
+            let load = self
+                .loads
+                .entry((id.to_owned(), port))
+                .or_insert_with(|| Arc::new(Load::with_notify(svc.queue.notifier())));
+            let reuse = previous
+                .and_then(|p| p.live.slot(port))
+                .filter(|s| s.limits == limits && Arc::ptr_eq(&s.load, load));
+            let slot = match reuse {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s =
+                        ServiceSlot::new(Arc::clone(load), limits).with_changes(changes.clone());
+                    if let Some(p) = previous.and_then(|p| p.live.slot(port)) {
+                        s.set_healthy(p.healthy());
+                    }
+                    Arc::new(s)
+                }
+            };
+            slots.insert(port, slot);
+        }
+        let ports: BTreeSet<u16> = slots.keys().copied().collect();
+        self.loads
+            .retain(|(m, port), _| m != id || ports.contains(port));
+
+        let same_shape = previous.is_some_and(|p| {
+            p.is_local() == local
+                && p.live.slots().count() == slots.len()
+                && slots
+                    .iter()
+                    .all(|(port, s)| p.live.slot(*port).is_some_and(|o| Arc::ptr_eq(o, s)))
+        });
+        let declared_changed = previous.is_some_and(|p| p.def.state != def.state);
+        let live = match previous {
+            Some(p) if same_shape => {
+                if declared_changed && self.adopts_declared(local) {
+                    p.live.set_state(def.state);
+                }
+                Arc::clone(&p.live)
+            }
+            _ => Arc::new(self.new_live(&def, local, slots, previous, changes)),
+        };
+        Some(Arc::new(MachineEntry { def, live, node }))
+    }
+
+    /// Whether a machine's live state follows its declared state: this node's own
+    /// machines do, and other nodes' in a static fleet.
+    fn adopts_declared(&self, local: bool) -> bool {
+        local || self.settings.remote == RemoteStatus::Declared
+    }
+
+    fn new_live(
+        &self,
+        def: &MachineDef,
+        local: bool,
+        slots: BTreeMap<u16, Arc<ServiceSlot>>,
+        previous: Option<&MachineEntry>,
+        changes: Option<Arc<Notify>>,
+    ) -> MachineLive {
+        let live = MachineLive::new(def.id.clone(), slots).with_changes(changes);
+        if let Some(p) = previous.filter(|p| p.is_local() == local) {
+            let state = if p.def.state != def.state && self.adopts_declared(local) {
+                def.state
+            } else {
+                p.live.state()
+            };
+            return live.with_state(state, p.live.reported());
+        }
+        if self.adopts_declared(local) {
+            return live.with_state(def.state, true);
+        }
+        match self.statuses.get(&def.id) {
+            Some(s) => {
+                let live = live.with_state(s.state, true);
+                apply_status(&live, s);
+                live
+            }
+            None => live.with_state(MachineState::Stopped, false),
+        }
+    }
+
+    /// The changes that turn the current definitions into `defs`.
+    fn diff(&self, defs: Definitions) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if *self.snap.regions != defs.regions {
+            changes.push(Change::Regions(defs.regions));
+        }
+        let nodes: BTreeMap<String, NodeDef> =
+            defs.nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let apps: BTreeMap<String, AppDef> =
+            defs.apps.into_iter().map(|a| (a.name.clone(), a)).collect();
+        let machines: BTreeMap<String, MachineDef> = defs
+            .machines
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        diff_map(&self.nodes, nodes, Change::Node, &mut changes);
+        diff_map(&self.apps, apps, Change::App, &mut changes);
+        diff_map(&self.machines, machines, Change::Machine, &mut changes);
+        changes
+    }
+}
+
+fn diff_map<T: PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: BTreeMap<String, T>,
+    change: fn(String, Option<T>) -> Change,
+    out: &mut Vec<Change>,
+) {
+    for id in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.push(change(id.clone(), None));
+    }
+    for (id, def) in new {
+        if old.get(&id) != Some(&def) {
+            out.push(change(id, Some(def)));
+        }
+    }
+}
+
+fn apply_status(live: &MachineLive, s: &MachineStatus) {
+    live.set_state(s.state);
+    for (port, slot) in live.slots() {
+        match s.services.get(&port) {
+            Some(st) => {
+                slot.set_healthy(st.healthy);
+                slot.set_reported_load(st.load);
+            }
+            None => {
+                slot.set_healthy(false);
+                slot.set_reported_load(0);
+            }
+        }
+    }
+    live.set_reported(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn settings(me: &str, remote: RemoteStatus) -> FleetSettings {
+        FleetSettings {
+            me: NodeDef {
+                id: me.into(),
+                region: "ams".into(),
+                backhaul: Some("127.0.0.1:4431".parse().unwrap()),
+            },
+            queue_size: 10,
+            max_request_body: 1 << 20,
+            remote,
+        }
+    }
+
+    fn app(name: &str) -> AppDef {
+        AppDef {
+            name: name.into(),
+            hostnames: vec![format!("{name}.test")],
+            max_request_body: None,
+            services: vec![ServiceDef {
+                internal_port: 7000,
+                h2_backend: false,
+                concurrency: Concurrency {
+                    kind: ConcurrencyKind::Requests,
+                    soft_limit: 1,
+                    hard_limit: 2,
+                },
+                ports: vec![PortDef {
+                    port: 80,
+                    handlers: Handlers {
+                        tls: false,
+                        http: true,
+                        proxy_proto: None,
+                    },
+                    force_https: false,
+                }],
+                tcp_checks: vec![],
+                http_checks: vec![],
+            }],
+        }
+    }
+
+    fn machine(id: &str, app: &str, node: &str) -> MachineDef {
+        MachineDef {
+            id: id.into(),
+            app: app.into(),
+            region: "ams".into(),
+            node: node.into(),
+            ip: "127.0.0.2".parse().unwrap(),
+            state: MachineState::Started,
+        }
+    }
+
+    fn node(id: &str) -> NodeDef {
+        NodeDef {
+            id: id.into(),
+            region: "ord".into(),
+            backhaul: Some("127.0.0.1:4432".parse::<SocketAddr>().unwrap()),
+        }
+    }
+
+    fn status(state: MachineState, healthy: bool, load: u32) -> MachineStatus {
+        MachineStatus {
+            node: "ord-1".into(),
+            state,
+            services: [(7000, SlotStatus { healthy, load })].into(),
+            changed_at_us: 1,
+        }
+    }
+
+    fn eligible(f: &Fleet, app: &str) -> Vec<String> {
+        let snap = f.snapshot();
+        let a = &snap.apps[app];
+        snap.eligible(a, &a.services[0])
+            .into_iter()
+            .map(|p| p.machine.def.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_machine_change_leaves_other_apps_entries_untouched() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Declared));
+        f.apply([
+            Change::App("a".into(), Some(app("a"))),
+            Change::App("b".into(), Some(app("b"))),
+            Change::Machine("m1".into(), Some(machine("m1", "a", "ams-1"))),
+            Change::Machine("m2".into(), Some(machine("m2", "b", "ams-1"))),
+        ]);
+        let before = f.snapshot();
+        let m2_load = Arc::clone(&before.machines["m2"].live.slot(7000).unwrap().load);
+        let _held = m2_load.try_acquire(2).unwrap();
+        f.apply([Change::Machine(
+            "m3".into(),
+            Some(machine("m3", "b", "ams-1")),
+        )]);
+        let after = f.snapshot();
+        assert!(after.version > before.version);
+        assert!(Arc::ptr_eq(&before.apps["a"], &after.apps["a"]));
+        assert!(Arc::ptr_eq(&before.machines["m1"], &after.machines["m1"]));
+        assert!(!Arc::ptr_eq(&before.apps["b"], &after.apps["b"]));
+        // m2's live state (and load) carried over into its new entry.
+        assert!(Arc::ptr_eq(
+            &before.machines["m2"].live,
+            &after.machines["m2"].live
+        ));
+        assert_eq!(
+            after.machines["m2"].live.slot(7000).unwrap().load.active(),
+            1
+        );
+        assert_eq!(after.hosts.lookup("b.test").unwrap().machines.len(), 2);
+        assert_eq!(eligible(&f, "b"), ["m2", "m3"]);
+
+        // Removing an app takes its hostnames and machines out.
+        f.apply([Change::App("b".into(), None)]);
+        let gone = f.snapshot();
+        assert!(gone.hosts.lookup("b.test").is_none());
+        assert!(!gone.machines.contains_key("m2"));
+        assert!(gone.machines.contains_key("m1"));
+    }
+
+    #[test]
+    fn published_statuses_decide_other_nodes_machines() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
+        f.apply([
+            Change::Node("ord-1".into(), Some(node("ord-1"))),
+            Change::App("a".into(), Some(app("a"))),
+            Change::Machine("far".into(), Some(machine("far", "a", "ord-1"))),
+            Change::Machine("near".into(), Some(machine("near", "a", "ams-1"))),
+        ]);
+        // Nothing published for `far` yet: only the local machine.
+        assert_eq!(eligible(&f, "a"), ["near"]);
+        let version = f.snapshot().version;
+        f.apply([Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, true, 1)),
+        )]);
+        assert_eq!(f.snapshot().version, version, "a status rebuilds nothing");
+        assert_eq!(eligible(&f, "a"), ["far", "near"]);
+        let snap = f.snapshot();
+        let slot = snap.machines["far"].live.slot(7000).unwrap();
+        assert_eq!(slot.seen_load(), 1);
+        assert!(matches!(
+            snap.peer(&snap.machines["far"], 7000),
+            Some(crate::Peer::Backhaul { .. })
+        ));
+
+        f.apply([Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, false, 0)),
+        )]);
+        assert_eq!(eligible(&f, "a"), ["near"]);
+        f.apply([Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, true, 0)),
+        )]);
+        assert_eq!(eligible(&f, "a"), ["far", "near"]);
+        // The node's lease ran out: its status goes, and so does it.
+        f.apply([Change::Status("far".into(), None)]);
+        assert_eq!(eligible(&f, "a"), ["near"]);
+        f.apply([Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, true, 0)),
+        )]);
+        f.apply([Change::Node("ord-1".into(), None)]);
+        assert_eq!(eligible(&f, "a"), ["near"]);
+        // An unreachable node's machines are out too.
+        f.apply([Change::Node("ord-1".into(), Some(node("ord-1")))]);
+        assert_eq!(eligible(&f, "a"), ["far", "near"]);
+        f.snapshot().nodes["ord-1"].live.set_reachable(false);
+        assert_eq!(eligible(&f, "a"), ["near"]);
+    }
+
+    #[test]
+    fn only_this_node_sets_its_machines_state_and_an_echo_changes_nothing() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
+        f.apply([
+            Change::Node("ord-1".into(), Some(node("ord-1"))),
+            Change::App("a".into(), Some(app("a"))),
+            Change::Machine("far".into(), Some(machine("far", "a", "ord-1"))),
+            Change::Machine("near".into(), Some(machine("near", "a", "ams-1"))),
+        ]);
+        let rung = f.local_changes();
+        assert!(matches!(
+            f.set_state("far", MachineState::Stopped),
+            Err(CatalogError::NotLocal { .. })
+        ));
+        assert_eq!(
+            f.set_state("nope", MachineState::Stopped),
+            Err(CatalogError::UnknownMachine("nope".into()))
+        );
+        f.set_state("near", MachineState::Stopped).unwrap();
+        assert!(std::pin::pin!(rung.notified())
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready());
+        assert_eq!(eligible(&f, "a"), Vec::<String>::new());
+        // Its own status, seen back from the store, does not override it.
+        f.apply([Change::Status(
+            "near".into(),
+            Some(status(MachineState::Started, true, 0)),
+        )]);
+        assert_eq!(
+            f.snapshot().machines["near"].live.state(),
+            MachineState::Stopped
+        );
+        let published = f.local_statuses();
+        assert_eq!(published["near"].state, MachineState::Stopped);
+        assert_eq!(published.len(), 1);
+    }
+
+    #[test]
+    fn replace_applies_only_the_difference() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Declared));
+        let defs = Definitions {
+            regions: RegionSeeds::default(),
+            nodes: vec![],
+            apps: vec![app("a"), app("b")],
+            machines: vec![machine("m1", "a", "ams-1"), machine("m2", "b", "ams-1")],
+        };
+        f.replace(defs.clone());
+        let before = f.snapshot();
+        let mut changed = defs.clone();
+        changed.machines[1].state = MachineState::Stopped;
+        f.replace(changed);
+        let after = f.snapshot();
+        assert!(Arc::ptr_eq(&before.apps["a"], &after.apps["a"]));
+        assert_eq!(after.machines["m2"].live.state(), MachineState::Stopped);
+        let v = after.version;
+        f.replace(defs_with_stopped(&defs));
+        assert_eq!(
+            f.snapshot().version,
+            v,
+            "nothing changed, nothing published"
+        );
+    }
+
+    fn defs_with_stopped(d: &Definitions) -> Definitions {
+        let mut d = d.clone();
+        d.machines[1].state = MachineState::Stopped;
+        d
+    }
+
+    use std::future::Future;
+}
