@@ -258,6 +258,13 @@ impl Probe {
         WatchedIo::new(io, Arc::clone(&self.0))
     }
 
+    /// Counts bytes moved by something that is not one of the connection's sockets
+    /// (a body copied from one stream of a multiplexed connection to another) as
+    /// progress, as [`Probe::io`] counts a socket's.
+    pub fn moved(&self, bytes: u64) {
+        self.0.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Wraps the connection's future. It resolves to `Err(Spun)` if it is cut.
     pub fn watch<F: std::future::Future>(&self, future: F) -> Watched<F> {
         Watched::new(future, Arc::clone(&self.0))
