@@ -12,6 +12,9 @@ pub static PORT: HeaderName = HeaderName::from_static("tern-backhaul-port");
 pub static CLIENT: HeaderName = HeaderName::from_static("tern-backhaul-client");
 /// The address and port the client connected to, at the edge.
 pub static LOCAL: HeaderName = HeaderName::from_static("tern-backhaul-local");
+/// A CONNECT for raw TCP: the PROXY protocol header (`v1`, `v2`) the machine
+/// gets, with `CLIENT` and `LOCAL` as its addresses.
+pub static PROXY_PROTO: HeaderName = HeaderName::from_static("tern-backhaul-proxy-proto");
 /// A CONNECT for an HTTP upgrade: the protocol asked for (`Upgrade`), since HTTP/2
 /// forbids the field itself.
 pub static UPGRADE: HeaderName = HeaderName::from_static("tern-backhaul-upgrade");

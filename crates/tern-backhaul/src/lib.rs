@@ -26,7 +26,7 @@ pub use accept::{AcceptError, BackhaulAcceptor};
 pub use body::RecvBody;
 pub use error::BackhaulError;
 pub use link::PeerLink;
-pub use pool::{Backhaul, Tunnel};
+pub use pool::{Backhaul, Ready, Tunnel};
 pub use tls::{FleetTls, ALPN};
 pub use tunnel::H2Stream;
 

@@ -125,16 +125,18 @@ impl Backhaul {
         Ok(link)
     }
 
-    /// A ready handle on `node`'s connection. Fails (and the request was not
-    /// sent) when the node cannot be reached.
-    async fn ready(
-        &self,
-        node: &NodeEntry,
-    ) -> Result<(Arc<PeerLink>, h2::client::SendRequest<Bytes>), BackhaulError> {
+    /// A ready handle on `node`'s connection: the "connect" of a request that
+    /// crosses the backhaul. Fails, and nothing was sent, when the node cannot be
+    /// reached.
+    pub async fn ready(&self, node: &NodeEntry) -> Result<Ready, BackhaulError> {
         let link = self.link(node)?;
         let sender = link.sender().await?;
         match sender.ready().await {
-            Ok(s) => Ok((link, s)),
+            Ok(sender) => Ok(Ready {
+                link,
+                sender,
+                settings: Arc::clone(&self.settings),
+            }),
             Err(e) => {
                 link.broken();
                 Err(BackhaulError::Connect {
@@ -145,36 +147,56 @@ impl Backhaul {
             }
         }
     }
+}
 
-    /// Sends a request to `node` as one stream and waits for the response head.
-    /// The body, if any, streams from a task of its own, under the watchdog.
-    pub async fn send<B>(
-        &self,
-        node: &NodeEntry,
-        req: Request<B>,
-    ) -> Result<Response<RecvBody>, BackhaulError>
+/// A peer's connection, ready for one stream.
+pub struct Ready {
+    link: Arc<PeerLink>,
+    sender: h2::client::SendRequest<Bytes>,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("node", &self.link.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ready {
+    /// The node it reaches.
+    pub fn node(&self) -> &str {
+        &self.link.node
+    }
+
+    fn refused(&self, e: h2::Error) -> BackhaulError {
+        self.link.broken();
+        BackhaulError::Connect {
+            node: self.link.node.clone(),
+            addr: self.link.addr,
+            reason: format!("stream refused: {e}"),
+        }
+    }
+
+    /// Sends a request as one stream and waits for the response head. The body,
+    /// if any, streams from a task of its own, under the watchdog.
+    pub async fn send<B>(mut self, req: Request<B>) -> Result<Response<RecvBody>, BackhaulError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Send,
     {
-        let (link, mut sender) = self.ready(node).await?;
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
-        let (response, stream) = sender
+        let (response, stream) = self
+            .sender
             .send_request(Request::from_parts(parts, ()), end)
-            .map_err(|e| {
-                link.broken();
-                BackhaulError::Connect {
-                    node: link.node.clone(),
-                    addr: link.addr,
-                    reason: format!("stream refused: {e}"),
-                }
-            })?;
+            .map_err(|e| self.refused(e))?;
         if !end {
             let probe = self.settings.watchdog.as_ref().map(|d| {
                 let p = d.register();
                 p.set("state", "backhaul-request-body");
-                p.set("node", link.node.clone());
+                p.set("node", self.link.node.clone());
                 p
             });
             let pumping = pump(body, stream, probe.clone());
@@ -191,21 +213,12 @@ impl Backhaul {
         Ok(response.map(RecvBody::new))
     }
 
-    /// Opens a CONNECT stream to `node`: raw TCP or an upgraded connection.
-    pub async fn tunnel(
-        &self,
-        node: &NodeEntry,
-        req: Request<()>,
-    ) -> Result<Tunnel, BackhaulError> {
-        let (link, mut sender) = self.ready(node).await?;
-        let (response, send) = sender.send_request(req, false).map_err(|e| {
-            link.broken();
-            BackhaulError::Connect {
-                node: link.node.clone(),
-                addr: link.addr,
-                reason: format!("stream refused: {e}"),
-            }
-        })?;
+    /// Opens a CONNECT stream: raw TCP or an upgraded connection.
+    pub async fn tunnel(mut self, req: Request<()>) -> Result<Tunnel, BackhaulError> {
+        let (response, send) = self
+            .sender
+            .send_request(req, false)
+            .map_err(|e| self.refused(e))?;
         let response = response.await?;
         if !response.status().is_success() {
             return Ok(Tunnel::Refused(response.map(RecvBody::new)));

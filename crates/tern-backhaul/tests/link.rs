@@ -107,7 +107,7 @@ async fn requests_and_tunnels_cross_one_shared_connection() {
     let req = Request::post("https://web.test/echo")
         .body(Full::new(Bytes::from(big.clone())))
         .unwrap();
-    let resp = client.send(&peer, req).await.unwrap();
+    let resp = client.ready(&peer).await.unwrap().send(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), big.len());
@@ -117,12 +117,19 @@ async fn requests_and_tunnels_cross_one_shared_connection() {
         let req = Request::get("https://web.test/")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let resp = client.send(&peer, req).await.unwrap();
+        let resp = client.ready(&peer).await.unwrap().send(req).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "peer");
     }
 
     let connect = Request::connect("127.0.0.1:7000").body(()).unwrap();
-    let Tunnel::Open(_, mut stream) = client.tunnel(&peer, connect).await.unwrap() else {
+    let Tunnel::Open(_, mut stream) = client
+        .ready(&peer)
+        .await
+        .unwrap()
+        .tunnel(connect)
+        .await
+        .unwrap()
+    else {
         panic!("the tunnel was refused");
     };
     stream.write_all(b"hello over the backhaul").await.unwrap();
@@ -148,7 +155,13 @@ async fn the_link_measures_its_round_trip_and_marks_a_dead_peer() {
     let req = Request::get("https://web.test/")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    client.send(&snap_node, req).await.unwrap();
+    client
+        .ready(&snap_node)
+        .await
+        .unwrap()
+        .send(req)
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while live.rtt().is_none() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -165,10 +178,7 @@ async fn the_link_measures_its_round_trip_and_marks_a_dead_peer() {
         .unwrap();
     snap_node = node("ord-1", gone);
     let dead = Arc::clone(&snap_node.live);
-    let req = Request::get("https://web.test/")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let err = client.send(&snap_node, req).await.unwrap_err();
+    let err = client.ready(&snap_node).await.unwrap_err();
     assert!(err.not_sent(), "{err}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while dead.reachable() && tokio::time::Instant::now() < deadline {
@@ -185,10 +195,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let mut foreign = fleet(theirs.path(), &["ams-1"]);
     let (addr, mut seen) = serve_peer(tls.pop().unwrap()).await;
     let client = backhaul(foreign.pop().unwrap());
-    let req = Request::get("https://web.test/")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let err = client.send(&node("ord-1", addr), req).await.unwrap_err();
+    let err = client.ready(&node("ord-1", addr)).await.unwrap_err();
     assert!(err.not_sent(), "{err}");
     assert!(err.to_string().contains("TLS"), "{err}");
     assert!(seen.try_recv().is_err(), "no stream was accepted");

@@ -19,7 +19,57 @@ pub enum AdmitError {
     MachineUnavailable { app: String, machine: String },
 }
 
+/// Why no machine could take a connection or request.
+#[derive(Debug)]
+pub enum AttemptError<E> {
+    /// None could be admitted (none eligible, or the queue gave up).
+    Admit(AdmitError),
+    /// Connecting failed on every machine tried; the last failure.
+    Connect(E),
+}
+
 impl Snapshot {
+    /// Chooses the best machine not in `tried`, takes a unit of its load and
+    /// opens a connection to it with `open`; a failed open moves on to the next
+    /// best, up to `attempts` machines tried in all (those already in `tried`
+    /// count). This is the one place where connecting moves on: HTTP and raw TCP
+    /// share it, whatever `open` reaches the machine through.
+    pub async fn connect_best<C, E, F, Fut>(
+        &self,
+        app: &AppEntry,
+        service: &ServiceEntry,
+        tried: &mut Vec<String>,
+        attempts: usize,
+        queue_timeout: Duration,
+        mut open: F,
+    ) -> Result<(Pick, LoadGuard, C), AttemptError<E>>
+    where
+        F: FnMut(Pick) -> Fut,
+        Fut: std::future::Future<Output = Result<C, E>>,
+    {
+        let mut last = None;
+        while tried.len() < attempts.max(1) {
+            let (pick, guard) = match self.admit(app, service, tried, queue_timeout).await {
+                Ok(p) => p,
+                Err(AdmitError::NoHealthyMachine { .. }) if last.is_some() => break,
+                Err(e) => return Err(AttemptError::Admit(e)),
+            };
+            match open(pick.clone()).await {
+                Ok(c) => return Ok((pick, guard, c)),
+                Err(e) => {
+                    tried.push(pick.machine.def.id.clone());
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) => Err(AttemptError::Connect(e)),
+            None => Err(AttemptError::Admit(AdmitError::NoHealthyMachine {
+                app: app.name.clone(),
+            })),
+        }
+    }
+
     /// Admits one connection or request to a machine of `service` not in `tried`.
     pub async fn admit(
         &self,

@@ -12,7 +12,7 @@ mod live;
 pub mod model;
 mod snapshot;
 
-pub use admit::AdmitError;
+pub use admit::{AdmitError, AttemptError};
 pub use convert::Definitions;
 pub use fleet::{now_us, settings_from, CatalogError, Change, Fleet, FleetSettings, RemoteStatus};
 pub use hosts::HostIndex;

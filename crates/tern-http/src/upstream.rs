@@ -29,6 +29,10 @@ pub(crate) enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error(transparent)]
+    Backhaul(tern_backhaul::BackhaulError),
+    #[error("node {0} runs the machine, and this node has no [backhaul] to reach it")]
+    NoBackhaul(String),
 }
 
 /// A ready connection to one machine.
@@ -44,6 +48,14 @@ pub(crate) enum Sender {
         conn: Connection<MachineIo>,
         reused: bool,
     },
+    /// The machine's node, over the backhaul.
+    Backhaul(tern_backhaul::Ready),
+}
+
+impl Sender {
+    pub(crate) fn is_backhaul(&self) -> bool {
+        matches!(self, Sender::Backhaul(_))
+    }
 }
 
 /// What kind of connection a request needs.

@@ -1,10 +1,13 @@
-//! Public listeners: one per port, accepting within the connection limit, ending
-//! TLS where the port says so, and handing each connection to HTTP or raw TCP.
+//! Listeners: one per public port, accepting within the connection limit, ending
+//! TLS where the port says so, and handing each connection to HTTP or raw TCP;
+//! and the backhaul's, where peers' connections arrive.
 #![forbid(unsafe_code)]
 
+mod backhaul;
 mod listener;
 mod plan;
 mod tcp;
 
+pub use backhaul::{bind_backhaul, run_backhaul};
 pub use listener::{bind, run, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};

@@ -29,6 +29,8 @@ pub enum ListenError {
 pub struct Shared {
     pub catalog: Arc<dyn Catalog>,
     pub proxy: Arc<Proxy>,
+    /// Other nodes' machines are reached through it; `None` on a node alone.
+    pub backhaul: Option<Arc<tern_backhaul::Backhaul>>,
     pub server: ServerSettings,
     /// For TLS ports that speak HTTP: offers h2 and http/1.1.
     pub http_tls: Option<TlsAcceptor>,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod fleet_certs;
 mod logging;
 mod serve;
 
@@ -44,6 +45,9 @@ enum Command {
     },
     /// Run a self-contained demo: three machines of the app demo.localhost behind Tern.
     Demo(demo::DemoArgs),
+    /// Certificates for the backhaul between nodes.
+    #[command(subcommand)]
+    Fleet(fleet_certs::FleetCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         }),
         Command::Check { config } => check(&config),
         Command::Demo(args) => demo::run(args),
+        Command::Fleet(cmd) => fleet_certs::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

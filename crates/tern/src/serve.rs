@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tern_admin::AdminState;
+use tern_backhaul::{Backhaul, FleetTls};
 use tern_catalog::{Catalog, Fleet};
 use tern_config::Config;
 use tern_health::HealthChecker;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 pub struct Bound {
     pub admin: SocketAddr,
     pub ports: Vec<SocketAddr>,
+    pub backhaul: Option<SocketAddr>,
 }
 
 /// Refuses a configuration whose TLS ports cannot be served, before anything starts.
@@ -177,21 +179,46 @@ pub async fn serve(
         watchdog.clone(),
     ));
     upstreams.spawn_sweeper();
+    let fleet_tls = match &config.backhaul {
+        Some(b) => Some(
+            FleetTls::load(&b.ca, &b.cert, &b.key)
+                .context("loading the backhaul's certificates")?,
+        ),
+        None => None,
+    };
+    let backhaul = match (&config.backhaul, &fleet_tls) {
+        (Some(b), Some(tls)) => {
+            let settings = tern_backhaul::Settings::new(
+                tls.clone(),
+                limits.connect_timeout,
+                b.ping_interval,
+                watchdog.clone(),
+            );
+            let backhaul = Backhaul::new(settings);
+            backhaul.follow(Arc::clone(&catalog));
+            Some(backhaul)
+        }
+        _ => None,
+    };
     let proxy = Arc::new(Proxy::new(
         Arc::clone(&catalog),
         upstreams,
+        backhaul.clone(),
         ProxySettings {
             region: config.node.region.clone(),
             connect_attempts: limits.connect_attempts,
             response_header_timeout: limits.response_header_timeout,
             queue_timeout: limits.queue_timeout,
+            connect_timeout: limits.connect_timeout,
             test_hooks: test_hooks(),
         },
+        watchdog.clone(),
     ));
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         catalog: Arc::clone(&catalog),
         proxy,
+        backhaul,
         server: ServerSettings {
             header_read_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
@@ -218,12 +245,30 @@ pub async fn serve(
     let admin = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
+    let backhaul_listener = match &config.backhaul {
+        Some(b) => Some(tern_listen::bind_backhaul(b.listen).await?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut bound = Bound {
         admin: admin.local_addr()?,
         ports: Vec::new(),
+        backhaul: None,
     };
+    if let (Some(l), Some(tls)) = (backhaul_listener, &fleet_tls) {
+        bound.backhaul = Some(l.local_addr()?);
+        let acceptor = tern_backhaul::BackhaulAcceptor::new(
+            Arc::clone(&tls.server),
+            config.tls.handshake_timeout,
+        );
+        tokio::spawn(tern_listen::run_backhaul(
+            l,
+            acceptor,
+            Arc::clone(&shared),
+            shutdown_rx.clone(),
+        ));
+    }
     for l in listeners {
         bound.ports.push(l.local_addr()?);
         tokio::spawn(tern_listen::run(
@@ -254,6 +299,7 @@ pub async fn serve(
         region = %config.node.region,
         admin = %bound.admin,
         ports = ?bound.ports,
+        backhaul = ?bound.backhaul,
         "tern is serving"
     );
     if let Some(ready) = ready {

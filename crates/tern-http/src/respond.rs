@@ -1,0 +1,109 @@
+//! The respond phase: the machine's response head is relayed, and the load unit
+//! (and a pooled connection) is held until its body is done; a switched protocol
+//! becomes a tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use tern_catalog::Pick;
+
+use crate::binding::Unit;
+use crate::body::{full, Body, OnEnd};
+use crate::error::{ErrorCode, ProxyError};
+use crate::headers;
+use crate::proxy::Proxy;
+use crate::rewrite::Prepared;
+use crate::send::Relayed;
+use crate::upstream::{Sender, Upstreams};
+
+/// What `proxy` answers with.
+// Made once per request and unpacked at once: boxing the larger variant would
+// cost an allocation per relayed response to save a move.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    /// The machine's response; its body still has to be relayed.
+    Relayed(Response<Relayed>, Release),
+    /// An answer made by Tern itself (a redirect, a switched protocol).
+    Local(Response<Body>),
+}
+
+/// Gives the load unit back and the connection to the pool when the body is done.
+pub(crate) struct Release {
+    _guard: Unit,
+    pool: Option<(
+        Arc<Upstreams>,
+        SocketAddr,
+        hyper::client::conn::http1::SendRequest<Body>,
+    )>,
+}
+
+impl Release {
+    pub(crate) fn new(
+        unit: Unit,
+        pool: Option<(
+            Arc<Upstreams>,
+            SocketAddr,
+            hyper::client::conn::http1::SendRequest<Body>,
+        )>,
+    ) -> Self {
+        Release { _guard: unit, pool }
+    }
+}
+
+impl OnEnd for Release {
+    fn on_end(self, complete: bool) {
+        if let (true, Some((pool, addr, tx))) = (complete, self.pool) {
+            pool.checkin(addr, tx);
+        }
+    }
+}
+
+impl Proxy {
+    /// Relays the head; the body is relayed by whoever polls it.
+    pub(crate) fn respond(
+        &self,
+        mut resp: Response<Relayed>,
+        sender: Option<Sender>,
+        pick: &Pick,
+        unit: Unit,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<Answer, ProxyError> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && prepared.upgrade);
+        let via = headers::via_value(resp.version()).clone();
+        resp.headers_mut().append(http::header::VIA, via);
+
+        if switching {
+            let Some(client_upgrade) = prepared.client_upgrade.take() else {
+                return Err(ProxyError::new(
+                    ErrorCode::UpstreamBadResponse,
+                    "the machine switched protocols without being asked to",
+                ));
+            };
+            let machine_upgrade = hyper::upgrade::on(&mut resp);
+            let machine = pick.machine.def.id.clone();
+            self.spawn_tunnel(
+                machine,
+                async move {
+                    let (c, m) = tokio::try_join!(client_upgrade, machine_upgrade)?;
+                    Ok((c, m))
+                },
+                (unit, sender),
+            );
+            let (parts, _) = resp.into_parts();
+            return Ok(Answer::Local(Response::from_parts(
+                parts,
+                full(bytes::Bytes::new()),
+            )));
+        }
+
+        let pool = match sender {
+            Some(Sender::H1 { tx, .. }) => Some((Arc::clone(&self.upstreams), pick.addr(), tx)),
+            // An in-task response body hands its socket back itself.
+            _ => None,
+        };
+        let hook = Release::new(unit, pool);
+        Ok(Answer::Relayed(resp, hook))
+    }
+}

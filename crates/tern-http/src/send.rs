@@ -1,0 +1,255 @@
+//! The send phase: the request goes out on the connection the connect phase
+//! made, and the response head must come back within the response-header
+//! timeout. Also the body a machine's response arrives in, whichever way it came.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::body::{Body, BoxError};
+use crate::error::{ErrorCode, ProxyError};
+use crate::header_deadline::HeaderDeadline;
+use crate::headers::{self, Forwarded};
+use crate::proxy::Proxy;
+use crate::upstream::{MachineIo, Sender, Upstreams, Want};
+
+pin_project_lite::pin_project! {
+    /// A machine's response body: from hyper's client, read in this task, or
+    /// from the machine's node over the backhaul.
+    #[project = RelayedProj]
+    pub(crate) enum Relayed {
+        Hyper { #[pin] body: Incoming },
+        InTask { #[pin] body: tern_h1::ResponseBody<MachineIo, PoolReturn> },
+        Backhaul { #[pin] body: tern_backhaul::RecvBody },
+    }
+}
+
+impl HttpBody for Relayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RelayedProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
+            RelayedProj::InTask { body } => body.poll_frame(cx).map_err(Into::into),
+            RelayedProj::Backhaul { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Relayed::Hyper { body } => body.is_end_stream(),
+            Relayed::InTask { body } => body.is_end_stream(),
+            Relayed::Backhaul { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Relayed::Hyper { body } => body.size_hint(),
+            Relayed::InTask { body } => body.size_hint(),
+            Relayed::Backhaul { body } => body.size_hint(),
+        }
+    }
+}
+
+fn hyper_body(body: Incoming) -> Relayed {
+    Relayed::Hyper { body }
+}
+
+impl Proxy {
+    /// Sends the request and waits for the response head. The connection comes
+    /// back with it while the caller still needs it: a hyper HTTP/1.1 one to pool
+    /// or take over, an h2c one to hold; an in-task socket is owned by the body.
+    /// `fields`, when given, are the forwarding fields an in-task request's map
+    /// lacks, for `tern-h1` to write into its head.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        sender: Sender,
+        addr: SocketAddr,
+        want: Want<'_>,
+        fields: Option<&Forwarded<'_>>,
+        ticked: bool,
+    ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
+        let timeout = self.settings.response_header_timeout;
+        match sender {
+            Sender::H2(mut tx) => {
+                let resp = tokio::time::timeout(timeout, tx.send_request(req))
+                    .await
+                    .map_err(|_| header_timeout(timeout))?
+                    .map_err(upstream_error)?;
+                Ok((resp.map(hyper_body), Some(Sender::H2(tx))))
+            }
+            Sender::H1 { mut tx, reused } => {
+                let sent = tokio::time::timeout(timeout, tx.try_send_request(req))
+                    .await
+                    .map_err(|_| header_timeout(timeout))?;
+                match sent {
+                    Ok(resp) => Ok((resp.map(hyper_body), Some(Sender::H1 { tx, reused }))),
+                    Err(mut e) => {
+                        // A pooled connection the machine had closed: the request
+                        // never left, so it goes again on a fresh connection.
+                        match e.take_message() {
+                            Some(req) if reused => {
+                                Box::pin(self.resend(req, addr, want, None, ticked)).await
+                            }
+                            _ => Err(upstream_error(e.into_error())),
+                        }
+                    }
+                }
+            }
+            Sender::InTask { conn, reused } => {
+                let recycle = PoolReturn {
+                    pool: Arc::clone(&self.upstreams),
+                    addr,
+                };
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let extra = fields.map(headers::forwarding_fields);
+                let extra = extra.as_ref().map_or(&[][..], |f| f.as_slice());
+                let exchange =
+                    tern_h1::send(conn, req.method(), target, req.headers(), extra, recycle);
+                let sent = if ticked {
+                    HeaderDeadline::new(exchange, timeout)
+                        .await
+                        .map_err(|_| header_timeout(timeout))?
+                } else {
+                    tokio::time::timeout(timeout, exchange)
+                        .await
+                        .map_err(|_| header_timeout(timeout))?
+                };
+                match sent {
+                    Ok(resp) => {
+                        // The request's map is done with: the next message on this
+                        // thread reuses it (tern-h1 keeps a few).
+                        tern_h1::recycle_header_map(req.into_parts().0.headers);
+                        Ok((resp.map(|body| Relayed::InTask { body }), None))
+                    }
+                    // A pooled socket the machine closed after it was checked: the
+                    // request may have reached the machine, so only a request that
+                    // may be repeated goes again.
+                    Err(tern_h1::Error::ClosedBeforeResponse)
+                        if reused && req.method().is_idempotent() =>
+                    {
+                        Box::pin(self.resend(req, addr, want, fields, ticked)).await
+                    }
+                    Err(e) => Err(in_task_error(e)),
+                }
+            }
+            Sender::Backhaul(ready) => Box::pin(self.send_to_peer(req, ready, timeout)).await,
+        }
+    }
+
+    /// Sends a request to a machine's node: one stream on the shared connection.
+    async fn send_to_peer(
+        &self,
+        req: Request<Body>,
+        ready: tern_backhaul::Ready,
+        timeout: Duration,
+    ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
+        let node = ready.node().to_owned();
+        let resp = tokio::time::timeout(timeout, ready.send(req))
+            .await
+            .map_err(|_| header_timeout(timeout))?
+            .map_err(|e| backhaul_error(&node, e))?;
+        Ok((resp.map(|body| Relayed::Backhaul { body }), None))
+    }
+
+    /// Sends again, on a fresh connection, a request that a pooled connection
+    /// failed to carry. Boxed by its caller: rare, and its future is large.
+    async fn resend(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+        want: Want<'_>,
+        fields: Option<&Forwarded<'_>>,
+        ticked: bool,
+    ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
+        let fresh = match want {
+            Want::InTask { probe } => self.upstreams.connect_in_task(addr, probe).await,
+            _ => {
+                self.upstreams
+                    .checkout(addr, Want::H1 { upgrade: false })
+                    .await
+            }
+        }
+        .map_err(|e| ProxyError::new(ErrorCode::UpstreamConnectFailed, e.to_string()))?;
+        self.send(req, fresh, addr, want, fields, ticked).await
+    }
+}
+
+/// Hands an in-task socket back to the pool when its response has been read.
+pub(crate) struct PoolReturn {
+    pool: Arc<Upstreams>,
+    addr: SocketAddr,
+}
+
+impl tern_h1::Recycle<MachineIo> for PoolReturn {
+    fn recycle(self, conn: tern_h1::Connection<MachineIo>) {
+        self.pool.checkin_in_task(self.addr, conn);
+    }
+}
+
+// Cold: error paths are laid out away from the request's hot code.
+#[cold]
+fn in_task_error(e: tern_h1::Error) -> ProxyError {
+    let code = if e.is_malformed() {
+        ErrorCode::UpstreamBadResponse
+    } else {
+        ErrorCode::UpstreamReset
+    };
+    ProxyError::new(code, e.to_string())
+}
+
+#[cold]
+pub(crate) fn header_timeout(after: Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::UpstreamTimeout,
+        format!("the machine sent no response head within {after:?}"),
+    )
+}
+
+#[cold]
+pub(crate) fn backhaul_error(node: &str, e: tern_backhaul::BackhaulError) -> ProxyError {
+    let code = if e.not_sent() {
+        ErrorCode::BackhaulConnectFailed
+    } else {
+        ErrorCode::BackhaulReset
+    };
+    ProxyError::new(code, format!("node {node}: {e}"))
+}
+
+#[cold]
+pub(crate) fn upstream_error(e: hyper::Error) -> ProxyError {
+    if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(&e) {
+        return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
+    }
+    if e.is_parse() {
+        return ProxyError::new(ErrorCode::UpstreamBadResponse, e.to_string());
+    }
+    ProxyError::new(ErrorCode::UpstreamReset, e.to_string())
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
