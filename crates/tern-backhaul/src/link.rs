@@ -268,7 +268,7 @@ impl PeerLink {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// An exponentially weighted moving average, as TCP smooths its RTT (RFC 6298:
 /// an eighth of each new sample).

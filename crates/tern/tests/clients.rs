@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::ws::ws_machine;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,32 +51,6 @@ async fn rust_tls_client_with_sni_gets_the_right_app() {
         .connect(ServerName::try_from("other.example").unwrap(), tcp)
         .await;
     assert!(refused.is_err(), "unknown SNI was accepted");
-}
-
-/// A machine that speaks WebSocket: it echoes every message, upper-cased.
-async fn ws_machine(ip: std::net::IpAddr) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind((ip, 7000)).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(t) => {
-                            let _ = ws.send(Message::text(t.to_uppercase())).await;
-                        }
-                        Message::Binary(b) => {
-                            let _ = ws.send(Message::Binary(b)).await;
-                        }
-                        Message::Close(_) => break,
-                        _ => {}
-                    }
-                }
-            });
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

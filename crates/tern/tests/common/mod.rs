@@ -2,6 +2,9 @@
 //! with certificates and backend "machines" on their own loopback addresses.
 #![allow(dead_code)]
 
+pub mod echo;
+pub mod ws;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -282,6 +285,8 @@ pub struct Backend {
     pub health_hits: Arc<AtomicUsize>,
     /// Connections accepted.
     pub conns: Arc<AtomicUsize>,
+    /// The most `/slow` requests it has had in flight at once.
+    pub max_in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -301,6 +306,8 @@ impl Backend {
         let (h, c, hc) = (healthy.clone(), hits.clone(), health_hits.clone());
         let conns = Arc::new(AtomicUsize::new(0));
         let accepted = conns.clone();
+        let slow = Arc::new(SlowCount::default());
+        let max_in_flight = Arc::clone(&slow.max);
         let idc = id.to_owned();
         let task = tokio::spawn(async move {
             loop {
@@ -309,10 +316,12 @@ impl Backend {
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let (h, c, hc, id) = (h.clone(), c.clone(), hc.clone(), idc.clone());
+                let slow = Arc::clone(&slow);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (h, c, hc, id) = (h.clone(), c.clone(), hc.clone(), id.clone());
-                        async move { Ok::<_, Infallible>(answer(req, &id, &h, &c, &hc).await) }
+                        let slow = Arc::clone(&slow);
+                        async move { Ok::<_, Infallible>(answer(req, &id, &h, &c, &hc, &slow).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -327,9 +336,17 @@ impl Backend {
             hits,
             health_hits,
             conns,
+            max_in_flight,
             task,
         }
     }
+}
+
+/// `/slow` requests in flight, and the most there have been at once.
+#[derive(Default)]
+struct SlowCount {
+    now: AtomicUsize,
+    max: Arc<AtomicUsize>,
 }
 
 type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -340,6 +357,7 @@ async fn answer(
     healthy: &AtomicBool,
     hits: &AtomicUsize,
     health_hits: &AtomicUsize,
+    slow: &SlowCount,
 ) -> Response<TestBody> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
@@ -387,7 +405,10 @@ async fn answer(
     }
     if path == "/slow" {
         let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let now = slow.now.fetch_add(1, Ordering::SeqCst) + 1;
+        slow.max.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        slow.now.fetch_sub(1, Ordering::SeqCst);
     }
     let mut text = format!(
         "machine={id}\nversion={:?}\nuri={}\n",
