@@ -25,6 +25,8 @@ use tern_balance::Band;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub catalog: Arc<dyn Catalog>,
+    /// How the catalog's source is doing (etcd); `None` for a file.
+    pub source: Option<Arc<dyn tern_catalog::SourceStatus>>,
     pub metrics: PrometheusHandle,
     /// The spin watchdog, for `/debug/connections`; admin connections run under it.
     pub watchdog: Option<Watchdog>,
@@ -93,7 +95,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         );
     }
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/healthz" => text(StatusCode::OK, healthz(state), "text/plain"),
+        "/debug/catalog" => text(StatusCode::OK, catalog_detail(state), "application/json"),
         "/debug/test/block-runtime" if state.test_hooks => {
             // Blocks every worker thread, as a stuck poll or a blocking call would.
             let ms = query_u64(&req, "ms").unwrap_or(5000);
@@ -167,6 +170,23 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             "text/plain",
         ),
     }
+}
+
+/// `ok`, and how the catalog's source is doing. A node whose store is away still
+/// routes (on the catalog it last read), so it stays healthy: the line says so.
+fn healthz(state: &AdminState) -> String {
+    match &state.source {
+        None => "ok\n".into(),
+        Some(s) => format!("ok\n{}\n", s.health_line()),
+    }
+}
+
+fn catalog_detail(state: &AdminState) -> String {
+    let detail = match &state.source {
+        None => serde_json::json!({ "source": "file" }),
+        Some(s) => s.detail(),
+    };
+    serde_json::to_string_pretty(&detail).unwrap_or_default()
 }
 
 /// Per-machine load, band and health are read from the live catalog at scrape time.

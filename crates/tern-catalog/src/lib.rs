@@ -25,6 +25,18 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+/// How the catalog's source is doing, for `/healthz` and `/debug/catalog`: a
+/// store that cannot be reached does not stop a node (it routes on what it last
+/// had), but operators must see it.
+pub trait SourceStatus: Send + Sync + 'static {
+    /// Whether the source is in step with its store.
+    fn in_step(&self) -> bool;
+    /// One line for `/healthz`.
+    fn health_line(&self) -> String;
+    /// Everything known of it, for `/debug/catalog`.
+    fn detail(&self) -> serde_json::Value;
+}
+
 /// A source of the fleet's state. The data plane only ever reads `snapshot()`, which
 /// never blocks; sources (a file, etcd) feed a [`Fleet`], which publishes new
 /// snapshots through `watch()`.

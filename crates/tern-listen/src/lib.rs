@@ -6,8 +6,10 @@
 mod backhaul;
 mod listener;
 mod plan;
+mod ports;
 mod tcp;
 
 pub use backhaul::{bind_backhaul, run_backhaul};
 pub use listener::{bind, run, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};
+pub use ports::Ports;

@@ -1,6 +1,7 @@
 //! The `tern` binary: the command line, and nothing but wiring.
 #![forbid(unsafe_code)]
 
+mod catalog_cmd;
 mod demo;
 mod fleet_certs;
 mod logging;
@@ -48,6 +49,9 @@ enum Command {
     /// Certificates for the backhaul between nodes.
     #[command(subcommand)]
     Fleet(fleet_certs::FleetCommand),
+    /// The fleet's catalog in etcd: push definitions, print what it holds.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Demo(args) => demo::run(args),
         Command::Fleet(cmd) => fleet_certs::run(cmd),
+        Command::Catalog(cmd) => catalog_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tern_admin::AdminState;
 use tern_backhaul::{Backhaul, FleetTls};
-use tern_catalog::{Catalog, Fleet};
-use tern_config::Config;
+use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
+use tern_config::{CatalogSource, Config};
 use tern_health::HealthChecker;
 use tern_http::{Proxy, ProxySettings, ServerSettings, Upstreams};
-use tern_listen::Shared;
+use tern_listen::{Ports, Shared};
 use tern_tls::{CertStore, TlsAcceptor};
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -151,27 +151,152 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
     let _stall = stall_watchdog(&config.watchdog)?;
-    let fleet = Arc::new(Fleet::from_config(&config));
-    let catalog: Arc<dyn Catalog> = fleet;
-
-    let store = check_certificates(&config)?;
-    let (http_tls, raw_tls) = match &store {
-        Some(store) => {
-            tern_tls::spawn_reloader(Arc::clone(store), config.tls.reload_interval);
-            let http = TlsAcceptor::new(
-                tern_tls::server_configs(Arc::clone(store), tern_tls::http_alpn()),
-                config.tls.handshake_timeout,
-            );
-            let raw = TlsAcceptor::new(
-                tern_tls::server_configs(Arc::clone(store), Vec::new()),
-                config.tls.handshake_timeout,
-            );
-            (Some(http), Some(raw))
-        }
-        None => (None, None),
-    };
-
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (catalog, source) = start_catalog(&config, &shutdown_rx).await;
     let watchdog = spin_watchdog(&config.watchdog);
+    let (backhaul, fleet_tls) = start_backhaul(&config, &catalog, watchdog.clone())?;
+    let tracker = TaskTracker::new();
+    let shared = shared(
+        &config,
+        &catalog,
+        backhaul,
+        watchdog.clone(),
+        tracker.clone(),
+    )?;
+
+    // Bind everything the catalog asks for before serving anything: a port in use
+    // is a startup error. Ports that apps ask for later are opened as they come.
+    let mut ports = Ports::new(config.node.bind, Arc::clone(&shared));
+    if let Some(e) = ports.reconcile(&catalog.snapshot()).into_iter().next() {
+        return Err(e.into());
+    }
+    let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
+    let mut bound = Bound {
+        admin: admin.local_addr()?,
+        ports: ports.addrs(),
+        backhaul: None,
+    };
+    ports.follow(Arc::clone(&catalog), shutdown_rx.clone());
+    if let (Some(b), Some(tls)) = (&config.backhaul, &fleet_tls) {
+        let listener = tern_listen::bind_backhaul(b.listen).await?;
+        bound.backhaul = Some(listener.local_addr()?);
+        let acceptor = tern_backhaul::BackhaulAcceptor::new(
+            Arc::clone(&tls.server),
+            config.tls.handshake_timeout,
+        );
+        let run =
+            tern_listen::run_backhaul(listener, acceptor, Arc::clone(&shared), shutdown_rx.clone());
+        tokio::spawn(run);
+    }
+    let admin_state = Arc::new(AdminState {
+        catalog: Arc::clone(&catalog),
+        source,
+        metrics,
+        watchdog: watchdog.clone(),
+        busy: Default::default(),
+        test_hooks: test_hooks(),
+    });
+    tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
+    let mut health_stop = shutdown_rx.clone();
+    let checks = HealthChecker::new(Arc::clone(&catalog)).with_watchdog(watchdog);
+    let health = tokio::spawn(checks.run(async move {
+        let _ = health_stop.wait_for(|s| *s).await;
+    }));
+
+    tracing::info!(
+        node = %config.node.id,
+        region = %config.node.region,
+        admin = %bound.admin,
+        ports = ?bound.ports,
+        backhaul = ?bound.backhaul,
+        "tern is serving"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
+    stop.await;
+    let _ = shutdown_tx.send(true);
+    drain(&tracker, config.limits.drain_timeout).await;
+    health.abort();
+    Ok(())
+}
+
+/// Waits for the connections to finish, up to the drain deadline.
+async fn drain(tracker: &TaskTracker, within: std::time::Duration) {
+    tracker.close();
+    match tokio::time::timeout(within, tracker.wait()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            left = tracker.len(),
+            "drain deadline passed; closing the remaining connections"
+        ),
+    }
+}
+
+/// The catalog: the configuration's own fleet, or etcd's, which a session keeps
+/// in step from then on. With etcd, this waits (bounded) for the first read, so
+/// that the ports its apps use are opened at once.
+async fn start_catalog(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> (Arc<dyn Catalog>, Option<Arc<dyn SourceStatus>>) {
+    let CatalogSource::Etcd(e) = &config.catalog else {
+        return (Arc::new(Fleet::from_config(config)), None);
+    };
+    let fleet = Arc::new(Fleet::new(settings_from(config, RemoteStatus::Published)));
+    let settings = tern_etcd::EtcdSettings {
+        endpoints: e.endpoints.clone(),
+        prefix: e.prefix.clone(),
+        lease_ttl: e.lease_ttl,
+        dial_timeout: e.dial_timeout,
+    };
+    let source = tern_etcd::EtcdSource::new(Arc::clone(&fleet), settings);
+    let report = source.report();
+    tokio::spawn(source.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + e.dial_timeout * 2;
+    while !report.in_step() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if !report.in_step() {
+        tracing::warn!(endpoints = ?e.endpoints, "etcd not reachable yet: serving with an empty catalog until it is");
+    }
+    (fleet, Some(report))
+}
+
+/// The backhaul's client side, following the catalog's nodes, and the fleet TLS
+/// its listener needs too.
+fn start_backhaul(
+    config: &Config,
+    catalog: &Arc<dyn Catalog>,
+    watchdog: Option<pollwatch::Watchdog>,
+) -> anyhow::Result<(Option<Arc<Backhaul>>, Option<FleetTls>)> {
+    let Some(b) = &config.backhaul else {
+        return Ok((None, None));
+    };
+    let tls =
+        FleetTls::load(&b.ca, &b.cert, &b.key).context("loading the backhaul's certificates")?;
+    let settings = tern_backhaul::Settings::new(
+        tls.clone(),
+        config.limits.connect_timeout,
+        b.ping_interval,
+        watchdog,
+    );
+    let backhaul = Backhaul::new(settings);
+    backhaul.follow(Arc::clone(catalog));
+    Ok((Some(backhaul), Some(tls)))
+}
+
+/// What every listener shares: the proxy, TLS, limits, the task tracker.
+fn shared(
+    config: &Config,
+    catalog: &Arc<dyn Catalog>,
+    backhaul: Option<Arc<Backhaul>>,
+    watchdog: Option<pollwatch::Watchdog>,
+    tracker: TaskTracker,
+) -> anyhow::Result<Arc<Shared>> {
+    let (http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
     let upstreams = Arc::new(Upstreams::new(
         limits.connect_timeout,
@@ -179,29 +304,8 @@ pub async fn serve(
         watchdog.clone(),
     ));
     upstreams.spawn_sweeper();
-    let fleet_tls = match &config.backhaul {
-        Some(b) => Some(
-            FleetTls::load(&b.ca, &b.cert, &b.key)
-                .context("loading the backhaul's certificates")?,
-        ),
-        None => None,
-    };
-    let backhaul = match (&config.backhaul, &fleet_tls) {
-        (Some(b), Some(tls)) => {
-            let settings = tern_backhaul::Settings::new(
-                tls.clone(),
-                limits.connect_timeout,
-                b.ping_interval,
-                watchdog.clone(),
-            );
-            let backhaul = Backhaul::new(settings);
-            backhaul.follow(Arc::clone(&catalog));
-            Some(backhaul)
-        }
-        _ => None,
-    };
     let proxy = Arc::new(Proxy::new(
-        Arc::clone(&catalog),
+        Arc::clone(catalog),
         upstreams,
         backhaul.clone(),
         ProxySettings {
@@ -214,9 +318,8 @@ pub async fn serve(
         },
         watchdog.clone(),
     ));
-    let tracker = TaskTracker::new();
-    let shared = Arc::new(Shared {
-        catalog: Arc::clone(&catalog),
+    Ok(Arc::new(Shared {
+        catalog: Arc::clone(catalog),
         proxy,
         backhaul,
         server: ServerSettings {
@@ -233,90 +336,24 @@ pub async fn serve(
         connect_attempts: limits.connect_attempts,
         queue_timeout: limits.queue_timeout,
         max_connections: limits.max_connections_per_listener,
-        tracker: tracker.clone(),
-        watchdog: watchdog.clone(),
-    });
+        tracker,
+        watchdog,
+    }))
+}
 
-    // Bind everything before serving anything: a port in use is a startup error.
-    let mut listeners = Vec::new();
-    for plan in tern_listen::plan(&catalog.snapshot()) {
-        listeners.push(tern_listen::bind(config.node.bind, plan, &shared)?);
-    }
-    let admin = tokio::net::TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
-    let backhaul_listener = match &config.backhaul {
-        Some(b) => Some(tern_listen::bind_backhaul(b.listen).await?),
-        None => None,
+/// The TLS acceptors of HTTP and of raw TCP ports, when certificates are set.
+fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option<TlsAcceptor>)> {
+    let Some(store) = check_certificates(config)? else {
+        return Ok((None, None));
     };
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut bound = Bound {
-        admin: admin.local_addr()?,
-        ports: Vec::new(),
-        backhaul: None,
-    };
-    if let (Some(l), Some(tls)) = (backhaul_listener, &fleet_tls) {
-        bound.backhaul = Some(l.local_addr()?);
-        let acceptor = tern_backhaul::BackhaulAcceptor::new(
-            Arc::clone(&tls.server),
-            config.tls.handshake_timeout,
-        );
-        tokio::spawn(tern_listen::run_backhaul(
-            l,
-            acceptor,
-            Arc::clone(&shared),
-            shutdown_rx.clone(),
-        ));
-    }
-    for l in listeners {
-        bound.ports.push(l.local_addr()?);
-        tokio::spawn(tern_listen::run(
-            l,
-            Arc::clone(&shared),
-            shutdown_rx.clone(),
-        ));
-    }
-    let admin_state = Arc::new(AdminState {
-        catalog: Arc::clone(&catalog),
-        metrics,
-        watchdog: watchdog.clone(),
-        busy: Default::default(),
-        test_hooks: test_hooks(),
-    });
-    tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
-    let mut health_stop = shutdown_rx.clone();
-    let health = tokio::spawn(
-        HealthChecker::new(Arc::clone(&catalog))
-            .with_watchdog(watchdog)
-            .run(async move {
-                let _ = health_stop.wait_for(|s| *s).await;
-            }),
+    tern_tls::spawn_reloader(Arc::clone(&store), config.tls.reload_interval);
+    let http = TlsAcceptor::new(
+        tern_tls::server_configs(Arc::clone(&store), tern_tls::http_alpn()),
+        config.tls.handshake_timeout,
     );
-
-    tracing::info!(
-        node = %config.node.id,
-        region = %config.node.region,
-        admin = %bound.admin,
-        ports = ?bound.ports,
-        backhaul = ?bound.backhaul,
-        "tern is serving"
+    let raw = TlsAcceptor::new(
+        tern_tls::server_configs(store, Vec::new()),
+        config.tls.handshake_timeout,
     );
-    if let Some(ready) = ready {
-        let _ = ready.send(bound);
-    }
-
-    stop.await;
-    let _ = shutdown_tx.send(true);
-    tracker.close();
-    let drained = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
-    match drained {
-        Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!(
-            left = tracker.len(),
-            "drain deadline passed; closing the remaining connections"
-        ),
-    }
-    health.abort();
-    Ok(())
+    Ok((Some(http), Some(raw)))
 }

@@ -272,6 +272,13 @@ ports = [{{ port = {tcp}, handlers = ["proxy_proto"], proxy_proto_options = {{ v
 
     /// Writes every node's configuration, its catalog from `source`.
     pub fn write_configs(&self, source: &Source, extra_limits: &str) {
+        for n in &self.nodes {
+            self.write_config(n, source, extra_limits);
+        }
+    }
+
+    /// Writes one node's configuration.
+    pub fn write_config(&self, n: &Node, source: &Source, extra_limits: &str) {
         let dir = self.dir.path();
         let catalog = match source {
             Source::File => format!("[catalog]\nfile = \"{}\"\n", dir.join("catalog.toml").display()),
@@ -279,7 +286,7 @@ ports = [{{ port = {tcp}, handlers = ["proxy_proto"], proxy_proto_options = {{ v
                 "[catalog]\nsource = \"etcd\"\nendpoints = [\"{url}\"]\nprefix = \"/tern-test\"\nlease_ttl = \"2s\"\n"
             ),
         };
-        for n in &self.nodes {
+        {
             let config = format!(
                 r#"[node]
 id = "{id}"
@@ -382,4 +389,172 @@ pub fn machine_of(resp: &str) -> Option<&str> {
 
 pub fn path_of(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A real etcd on free loopback ports with its own data directory: killed on drop.
+pub struct Etcd {
+    pub client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd from the PATH (`.ci/run` installs Debian's etcd-server).
+    pub fn start(dir: &Path) -> Etcd {
+        let mut etcd = Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            data: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+            child: None,
+        };
+        etcd.run();
+        etcd
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// (Re)starts it on the same ports and data: what it held is still there.
+    pub fn run(&mut self) {
+        assert!(self.child.is_none());
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd on the PATH (Debian: apt-get install etcd-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let health = http_get_raw(("127.0.0.1", self.client_port), "/health", "etcd")
+                .unwrap_or_default();
+            if health.contains("\"health\":\"true\"") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd did not become healthy:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs etcdctl against it; its output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.url()))
+            .args(args)
+            .output()
+            .expect("etcdctl on the PATH (Debian: apt-get install etcd-client)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP relay the test can cut: a node reaches etcd through it, and loses etcd
+/// (alone) when it is cut.
+pub struct Relay {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(to: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c2, conns2) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let relayed = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().unwrap().push(relayed);
+            }
+        });
+        Relay {
+            port,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
 }

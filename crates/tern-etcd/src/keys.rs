@@ -1,0 +1,183 @@
+//! Where the fleet lives in etcd, under one prefix, and what each key holds:
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `PREFIX/apps/NAME` | an app's definition (JSON) | `tern catalog push` |
+//! | `PREFIX/machines/ID` | a machine's definition | `tern catalog push` |
+//! | `PREFIX/regions` | the operator's RTT seeds | `tern catalog push` |
+//! | `PREFIX/nodes/ID` | a node's id, region and backhaul address | the node, under its lease |
+//! | `PREFIX/status/ID` | a machine's live status | its node, under its lease |
+
+use tern_catalog::model::{AppDef, MachineDef, MachineStatus, NodeDef, RegionSeeds};
+use tern_catalog::Change;
+
+/// The key layout under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// What a key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    App(String),
+    Machine(String),
+    Regions,
+    Node(String),
+    Status(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct DecodeError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Everything Tern keeps: a prefix ending in `/`, so that `/tern` never
+    /// matches `/ternary`.
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// The keys of one kind (`apps/`, `machines/`...).
+    pub fn kind(&self, kind: &str) -> String {
+        format!("{}/{kind}/", self.prefix)
+    }
+
+    pub fn key(&self, key: &Key) -> String {
+        let p = &self.prefix;
+        match key {
+            Key::App(n) => format!("{p}/apps/{n}"),
+            Key::Machine(id) => format!("{p}/machines/{id}"),
+            Key::Regions => format!("{p}/regions"),
+            Key::Node(id) => format!("{p}/nodes/{id}"),
+            Key::Status(id) => format!("{p}/status/{id}"),
+        }
+    }
+
+    /// What `key` names; `None` for a key Tern does not know (left alone).
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        if rest == "regions" {
+            return Some(Key::Regions);
+        }
+        let (kind, name) = rest.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        let name = name.to_owned();
+        match kind {
+            "apps" => Some(Key::App(name)),
+            "machines" => Some(Key::Machine(name)),
+            "nodes" => Some(Key::Node(name)),
+            "status" => Some(Key::Status(name)),
+            _ => None,
+        }
+    }
+}
+
+/// The catalog change a key's new value (or its deletion, `None`) makes.
+pub fn change(key: &Key, value: Option<&[u8]>) -> Result<Change, DecodeError> {
+    fn decode<T: serde::de::DeserializeOwned>(
+        key: &Key,
+        v: Option<&[u8]>,
+    ) -> Result<Option<T>, DecodeError> {
+        v.map(|v| {
+            serde_json::from_slice(v).map_err(|e| DecodeError {
+                key: format!("{key:?}"),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+    let named = |what: &str, name: &str, inner: &str| -> Result<(), DecodeError> {
+        if name == inner {
+            Ok(())
+        } else {
+            Err(DecodeError {
+                key: format!("{key:?}"),
+                reason: format!("holds {what} {inner:?}, not {name:?}"),
+            })
+        }
+    };
+    Ok(match key {
+        Key::App(n) => {
+            let def: Option<AppDef> = decode(key, value)?;
+            if let Some(d) = &def {
+                named("app", n, &d.name)?;
+            }
+            Change::App(n.clone(), def)
+        }
+        Key::Machine(id) => {
+            let def: Option<MachineDef> = decode(key, value)?;
+            if let Some(d) = &def {
+                named("machine", id, &d.id)?;
+            }
+            Change::Machine(id.clone(), def)
+        }
+        Key::Regions => Change::Regions(decode::<RegionSeeds>(key, value)?.unwrap_or_default()),
+        Key::Node(id) => {
+            let def: Option<NodeDef> = decode(key, value)?;
+            if let Some(d) = &def {
+                named("node", id, &d.id)?;
+            }
+            Change::Node(id.clone(), def)
+        }
+        Key::Status(id) => Change::Status(id.clone(), decode::<MachineStatus>(key, value)?),
+    })
+}
+
+/// A value as etcd stores it.
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The catalog's types serialise without fail: plain data, string keys.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_strangers_are_left_alone() {
+        let k = Keys::new("/tern/");
+        for key in [
+            Key::App("web".into()),
+            Key::Machine("m1".into()),
+            Key::Regions,
+            Key::Node("ams-1".into()),
+            Key::Status("m1".into()),
+        ] {
+            assert_eq!(k.parse(&k.key(&key)), Some(key));
+        }
+        assert_eq!(k.all(), "/tern/");
+        assert_eq!(k.parse("/ternary/apps/web"), None);
+        assert_eq!(k.parse("/tern/apps/"), None);
+        assert_eq!(k.parse("/tern/apps/a/b"), None);
+        assert_eq!(k.parse("/tern/other/x"), None);
+    }
+
+    #[test]
+    fn a_value_must_name_what_its_key_names() {
+        let node = NodeDef {
+            id: "ams-1".into(),
+            region: "ams".into(),
+            backhaul: None,
+        };
+        let v = encode(&node);
+        assert!(change(&Key::Node("ams-1".into()), Some(&v)).is_ok());
+        assert!(change(&Key::Node("ord-1".into()), Some(&v)).is_err());
+        assert!(change(&Key::Node("ams-1".into()), Some(b"{not json")).is_err());
+        assert_eq!(
+            change(&Key::Node("x".into()), None).unwrap(),
+            Change::Node("x".into(), None)
+        );
+    }
+}
