@@ -39,6 +39,8 @@ pub struct Node {
     pub backhaul: u16,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The network namespace it runs in, if not the test's own.
+    pub netns: Option<String>,
     child: Option<Child>,
     starts: usize,
 }
@@ -57,7 +59,8 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        let child = self
+            .command(env!("CARGO_BIN_EXE_tern"))
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -99,8 +102,29 @@ impl Node {
         self.child.is_some()
     }
 
+    /// A command run where the node runs (in its namespace, if it has one).
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
+    }
+
     pub fn admin_get(&self, path: &str) -> String {
-        http_get_raw(("127.0.0.1", self.admin), path, "admin").unwrap_or_default()
+        if self.netns.is_none() {
+            return http_get_raw(("127.0.0.1", self.admin), path, "admin").unwrap_or_default();
+        }
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        let out = self
+            .command("curl")
+            .args(["-sS", "-i", "--max-time", "5", &url])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// The admin port's `/catalog`, parsed.
@@ -176,6 +200,7 @@ impl TestFleet {
                     backhaul: free_port(),
                     config: dir.path().join(format!("{id}.toml")),
                     log: dir.path().join(format!("{id}.log")),
+                    netns: None,
                     child: None,
                     starts: 0,
                 }
