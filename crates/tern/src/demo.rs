@@ -18,19 +18,30 @@ use tokio::net::TcpListener;
 pub struct DemoArgs {
     /// Plain HTTP port.
     #[arg(long, default_value_t = 8080)]
-    http_port: u16,
+    pub http_port: u16,
     /// HTTPS port.
     #[arg(long, default_value_t = 8443)]
-    https_port: u16,
-    /// Admin port (metrics, /catalog).
+    pub https_port: u16,
+    /// Admin port (metrics, /catalog); with --fleet, the first node's (the
+    /// others take the next ones).
     #[arg(long, default_value_t = 9090)]
-    admin_port: u16,
+    pub admin_port: u16,
     /// Port the demo machines listen on, each at its own loopback address.
     #[arg(long, default_value_t = 3000)]
-    machine_port: u16,
+    pub machine_port: u16,
     /// Where the certificate and the generated config are written.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run a fleet instead: a real etcd and three nodes (ams, ord, sin) joined by
+    /// the backhaul, each with a machine.
+    #[arg(long)]
+    pub fleet: bool,
+    /// With --fleet: etcd's client port (its peer port is the next one).
+    #[arg(long, default_value_t = 2379)]
+    pub etcd_port: u16,
+    /// With --fleet: the port of every node's backhaul, each on its own address.
+    #[arg(long, default_value_t = 4431)]
+    pub backhaul_port: u16,
 }
 
 const MACHINES: [(&str, &str, [u8; 4]); 3] = [
@@ -44,6 +55,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("tern-demo"));
+    if args.fleet {
+        let dir = dir.join("fleet");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = tern_config::Log {
+            format: tern_config::LogFormat::Text,
+            level: "info".into(),
+        };
+        crate::logging::init(&log)?;
+        return crate::demo_fleet::run(&args, &dir);
+    }
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).with_context(|| format!("creating {}", certs.display()))?;
     tern_tls::generate_self_signed(
@@ -156,7 +177,7 @@ fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
 }
 
 /// A demo machine: says who it is and echoes what Tern told it about the client.
-async fn machine(listener: TcpListener, id: &'static str, region: &'static str) {
+pub(crate) async fn machine(listener: TcpListener, id: &'static str, region: &'static str) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -3,6 +3,7 @@
 
 mod catalog_cmd;
 mod demo;
+mod demo_fleet;
 mod fleet_certs;
 mod logging;
 mod serve;
@@ -44,7 +45,8 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run a self-contained demo: three machines of the app demo.localhost behind Tern.
+    /// Run a self-contained demo: three machines of the app demo.localhost behind Tern
+    /// (or, with --fleet, three nodes on etcd joined by the backhaul).
     Demo(demo::DemoArgs),
     /// Certificates for the backhaul between nodes.
     #[command(subcommand)]

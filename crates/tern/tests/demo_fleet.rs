@@ -1,0 +1,102 @@
+//! `tern demo --fleet` as the README runs it: etcd and three nodes come up, a
+//! request is served by the edge's own machine, and after the catalog push the
+//! demo prints, by another region's over the backhaul.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn the_fleet_demo_serves_locally_then_across_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https, admin, machine, etcd, backhaul) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let ports = |p: u16| p.to_string();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["demo", "--fleet", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port", &ports(http), "--https-port", &ports(https)])
+        .args([
+            "--admin-port",
+            &ports(admin),
+            "--machine-port",
+            &ports(machine),
+        ])
+        .args([
+            "--etcd-port",
+            &ports(etcd),
+            "--backhaul-port",
+            &ports(backhaul),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(demo.stdout.take().unwrap());
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.contains("Press Ctrl-C") {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not come up:\n{printed}"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("the demo exited:\n{printed}");
+        }
+        printed.push_str(&line);
+    }
+    let edge = ("127.0.0.1", http);
+    let resp = http_get_raw(edge, "/", "demo.localhost").unwrap();
+    assert!(
+        resp.contains("Hello from machine m-ams-1 in region ams"),
+        "{resp}"
+    );
+
+    // The push line it printed, run as printed.
+    let push = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("catalog push") && l.contains("stopped"))
+        .expect("a push line");
+    let mut words = push.split_whitespace();
+    let status = Command::new(words.next().unwrap())
+        .args(words)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let crossed = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        let resp = http_get_raw(edge, "/", "demo.localhost").unwrap_or_default();
+        resp.contains("Hello from machine m-ord-1") || resp.contains("Hello from machine m-sin-1")
+    });
+    assert!(crossed, "the request never crossed to another region");
+    let resp = http_get_raw(edge, "/", "demo.localhost").unwrap();
+    assert!(resp.contains("edge region: ams"), "{resp}");
+
+    // Ctrl-C stops everything it started.
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while demo.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_err()
+            && std::net::TcpStream::connect(("127.0.0.1", etcd)).is_err()
+    });
+    assert!(gone, "a node or etcd outlived the demo");
+}
