@@ -11,11 +11,38 @@ use tokio::net::TcpListener;
 
 use crate::demo::{machine, DemoArgs};
 
-/// Each node: id, region, its own loopback address, and its machine's.
-const NODES: [(&str, &str, [u8; 4], &str, [u8; 4]); 3] = [
-    ("ams-1", "ams", [127, 0, 0, 1], "m-ams-1", [127, 0, 0, 21]),
-    ("ord-1", "ord", [127, 0, 0, 2], "m-ord-1", [127, 0, 0, 22]),
-    ("sin-1", "sin", [127, 0, 0, 3], "m-sin-1", [127, 0, 0, 23]),
+/// A node of the demo and its one machine.
+struct DemoNode {
+    id: &'static str,
+    region: &'static str,
+    /// The node's own loopback address.
+    ip: [u8; 4],
+    machine: &'static str,
+    machine_ip: [u8; 4],
+}
+
+const NODES: [DemoNode; 3] = [
+    DemoNode {
+        id: "ams-1",
+        region: "ams",
+        ip: [127, 0, 0, 1],
+        machine: "m-ams-1",
+        machine_ip: [127, 0, 0, 21],
+    },
+    DemoNode {
+        id: "ord-1",
+        region: "ord",
+        ip: [127, 0, 0, 2],
+        machine: "m-ord-1",
+        machine_ip: [127, 0, 0, 22],
+    },
+    DemoNode {
+        id: "sin-1",
+        region: "sin",
+        ip: [127, 0, 0, 3],
+        machine: "m-sin-1",
+        machine_ip: [127, 0, 0, 23],
+    },
 ];
 
 const PREFIX: &str = "/tern-demo";
@@ -67,16 +94,17 @@ pub fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        for (_, region, _, id, ip) in NODES {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), args.machine_port);
+        for n in &NODES {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(n.machine_ip)), args.machine_port);
             let listener = TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("demo machine {id} cannot listen on {addr}"))?;
-            tokio::spawn(machine(listener, id, region));
+                .with_context(|| format!("demo machine {} cannot listen on {addr}", n.machine))?;
+            tokio::spawn(machine(listener, n.machine, n.region));
         }
         anyhow::Ok(())
     })?;
-    for (i, (id, ..)) in NODES.iter().enumerate() {
+    for (i, n) in NODES.iter().enumerate() {
+        let id = n.id;
         let config = dir.join(format!("{id}.toml"));
         std::fs::write(&config, node_config(args, dir, i, &etcd_url))?;
         let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
@@ -87,11 +115,11 @@ pub fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting node {id}"))?;
-        children.0.push(((*id).to_owned(), child));
+        children.0.push((id.to_owned(), child));
     }
-    for (i, (id, ..)) in NODES.iter().enumerate() {
+    for (i, n) in NODES.iter().enumerate() {
         let admin = SocketAddr::from(([127, 0, 0, 1], args.admin_port + i as u16));
-        wait_for(&format!("node {id}"), || {
+        wait_for(&format!("node {}", n.id), || {
             probe_http(admin, "/healthz").is_some_and(|r| r.contains("in step"))
         })?;
     }
@@ -133,8 +161,8 @@ fn prepare_certificates(tern: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     let fleet_arg = fleet.to_str().context("a UTF-8 path")?;
     run_tern(tern, &["fleet", "ca", "--dir", fleet_arg])?;
-    for (id, ..) in NODES {
-        run_tern(tern, &["fleet", "cert", id, "--ca", fleet_arg])?;
+    for n in &NODES {
+        run_tern(tern, &["fleet", "cert", n.id, "--ca", fleet_arg])?;
     }
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs)?;
@@ -230,13 +258,14 @@ fn probe_http(addr: SocketAddr, path: &str) -> Option<String> {
 /// machine declared stopped.
 fn catalog_text(a: &DemoArgs, stopped: Option<&str>) -> String {
     let mut machines = String::new();
-    for (node, region, _, id, ip) in NODES {
+    for n in &NODES {
+        let (node, region, id) = (n.id, n.region, n.machine);
         let state = if stopped == Some(id) {
             "stopped"
         } else {
             "started"
         };
-        let ip = Ipv4Addr::from(ip);
+        let ip = Ipv4Addr::from(n.machine_ip);
         machines.push_str(&format!(
             "\n[[machine]]\nid = \"{id}\"\napp = \"demo\"\nregion = \"{region}\"\nnode = \"{node}\"\nip = \"{ip}\"\nstate = \"{state}\"\n"
         ));
@@ -271,7 +300,7 @@ http_checks = [{{ path = "/healthz", interval = "2s", timeout = "1s", grace_peri
 }
 
 fn node_config(a: &DemoArgs, dir: &Path, i: usize, etcd: &str) -> String {
-    let (id, region, ip, ..) = NODES[i];
+    let DemoNode { id, region, ip, .. } = NODES[i];
     let ip = Ipv4Addr::from(ip);
     let fleet = dir.join("fleet");
     format!(
