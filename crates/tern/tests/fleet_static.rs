@@ -326,3 +326,52 @@ async fn only_the_fleets_nodes_get_past_the_backhaul() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(field(&resp, "tern-region"), Some("ams"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_dying_mid_response_cuts_only_its_own_streams() {
+    let mut f = TestFleet::new(&[("ams-1", "ams"), ("ord-1", "ord"), ("sin-1", "sin")]);
+    let _ord = Backend::start("m-ord", f.machine_ip(1), 7000).await;
+    let _sin = Backend::start("m-sin", f.machine_ip(2), 7000).await;
+    let mut body = f.web_app(CONCURRENCY);
+    // A second app, on sin-1 only.
+    body.push_str(&format!(
+        "\n[[app]]\nname = \"api\"\nhostnames = [\"api.test\"]\n\n[[app.service]]\ninternal_port = 7000\nports = [{{ port = {}, handlers = [\"http\"] }}]\n",
+        f.http
+    ));
+    body.push_str(&f.machine("m-ord", "web", "ord-1", 1));
+    body.push_str(&f.machine("m-sin", "api", "sin-1", 2));
+    f.write_catalog(&body);
+    f.write_configs(&Source::File, "");
+    f.start_all();
+    let (ip, port) = (f.node("ams-1").ip, f.http);
+    let get = move |path: &'static str, host: &'static str| {
+        std::thread::spawn(move || http_get_raw((ip, port), path, host))
+    };
+    // Before its head: waits on the machine. Begun: a body arriving slowly. Other
+    // peer: a request on sin-1.
+    let waiting = get("/slow?ms=4000", "web.test");
+    let begun = get("/drip?chunks=40&ms=100", "web.test");
+    let elsewhere = get("/slow?ms=1500", "api.test");
+    std::thread::sleep(Duration::from_millis(700));
+    f.node_mut("ord-1").kill();
+
+    let waiting = waiting.join().unwrap().unwrap_or_default();
+    assert!(waiting.starts_with("HTTP/1.1 502"), "{waiting}");
+    assert!(waiting.contains("tern-error: backhaul_reset"), "{waiting}");
+    // The response had begun: its connection is cut short of its length.
+    let begun = begun.join().unwrap().unwrap_or_default();
+    assert!(
+        begun.starts_with("HTTP/1.1 200"),
+        "{}",
+        &begun[..begun.len().min(300)]
+    );
+    let got = begun.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+    assert!(got < 40 * 1024, "the whole body arrived ({got} bytes)");
+    let elsewhere = elsewhere.join().unwrap().unwrap_or_default();
+    assert!(
+        elsewhere.starts_with("HTTP/1.1 200"),
+        "{elsewhere}\n{}",
+        f.logs()
+    );
+    assert_eq!(machine_of(&elsewhere), Some("m-sin"));
+}

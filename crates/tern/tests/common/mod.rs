@@ -403,6 +403,29 @@ async fn answer(
             .insert("content-length", http::HeaderValue::from(total));
         return r;
     }
+    if path == "/drip" {
+        // `chunks` chunks of 1 KiB, one every `ms` milliseconds: a response that
+        // has begun and goes on.
+        let chunks: u64 = query
+            .get("chunks")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let ms: u64 = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+        let stream = futures_util::stream::unfold(0u64, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let frame = http_body::Frame::data(Bytes::from(vec![b'd'; 1024]));
+            Some((Ok::<_, Infallible>(frame), i + 1))
+        });
+        let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+        r.headers_mut()
+            .insert("content-length", http::HeaderValue::from(chunks * 1024));
+        return r;
+    }
     if path == "/slow" {
         let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
         let now = slow.now.fetch_add(1, Ordering::SeqCst) + 1;
