@@ -36,6 +36,16 @@ pub struct BackendArgs {
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // `/sleep/MS`: answer after MS milliseconds (requests held open, for the
+    // memory a stream in flight costs).
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/sleep/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(600_000))).await;
+    }
     // Read (and drop) any request body, so POSTs are answered after their body.
     let _ = req.into_body().collect().await;
     let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));

@@ -110,7 +110,14 @@ pub async fn serve_connection<IO>(
         // Every server is boxed: the future of a parked connection then keeps no
         // room for a server's state.
         if h2_by_alpn || (first && H2_PREFACE.starts_with(io.prefix())) {
-            return Box::pin(serve_h2(io, service, &mut timers)).await;
+            // A peer multiplexes every request it has for this node's machines
+            // onto one connection: room for many more streams than a client gets.
+            let streams = if info.from_node.is_some() {
+                BACKHAUL_STREAMS
+            } else {
+                CLIENT_STREAMS
+            };
+            return Box::pin(serve_h2(io, service, streams, &mut timers)).await;
         }
         first = false;
         // Requests without a body are answered in this task (tern-h1); the first
@@ -304,9 +311,18 @@ where
     }
 }
 
+/// Concurrent streams a client's HTTP/2 connection may open (hyper's default).
+const CLIENT_STREAMS: u32 = 200;
+/// Concurrent streams a peer's backhaul connection may open.
+const BACKHAUL_STREAMS: u32 = 10_000;
+
 /// Serves HTTP/2 until the connection ends.
-async fn serve_h2<IO, S>(io: Prefixed<ActivityIo<IO>>, service: S, timers: &mut ConnTimers<'_>)
-where
+async fn serve_h2<IO, S>(
+    io: Prefixed<ActivityIo<IO>>,
+    service: S,
+    max_streams: u32,
+    timers: &mut ConnTimers<'_>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin + Send + 'static,
     S::Future: Send + 'static,
@@ -318,6 +334,7 @@ where
     let mut builder = http2::Builder::new(exec.clone());
     builder
         .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
         .max_header_list_size(u32::try_from(timers.settings.max_header_bytes).unwrap_or(u32::MAX));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = WithStreams::new(conn, &exec);
