@@ -10,8 +10,8 @@ use tern_catalog::model::ConcurrencyKind;
 use tern_catalog::{AdmitError, AttemptError, Peer, Pick, Snapshot};
 
 use crate::binding::Unit;
+use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
-use crate::proxy::{ConnInfo, Proxy};
 use crate::route::{Route, Target};
 use crate::send::Relayed;
 use crate::upstream::{ConnectError, Sender, Want};

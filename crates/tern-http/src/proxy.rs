@@ -4,117 +4,21 @@
 //! next machine. The phases live in their own modules (`route`, `rewrite`,
 //! `connect`, `send`, `respond`, `tunnel`); this one runs them in order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use tern_backhaul::Backhaul;
-use tern_catalog::{AppEntry, Catalog, MachineEntry, Snapshot};
+use tern_catalog::{AppEntry, Snapshot};
 
-use crate::activity::Activity;
-use crate::binding::ConnBindings;
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
+use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
-use crate::headers::{self, ConnValues};
-use crate::noted::Noted;
-use crate::request_metrics::RequestMetrics;
+use crate::headers;
 use crate::respond::Answer;
 use crate::rewrite::Prepared;
 use crate::route::{self, Route};
-use crate::upstream::Upstreams;
-
-/// What the proxy needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    /// This node's region, sent as `Tern-Region`.
-    pub region: String,
-    pub connect_attempts: usize,
-    pub response_header_timeout: Duration,
-    pub queue_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Test-only: `/__tern_test/spin` never completes and wakes itself forever,
-    /// the shape of the close_notify busy loop, for testing the spin watchdog.
-    pub test_hooks: bool,
-}
-
-/// The connection a request arrived on.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The public port the client connected to.
-    pub port: u16,
-    pub tls: bool,
-    pub sni: Option<String>,
-    /// For a backhaul connection: the node at the other end, as its certificate
-    /// (signed by the fleet CA) names it. Only such a connection's requests may
-    /// name a machine, and their `Tern-*` fields are kept.
-    pub from_node: Option<String>,
-    /// Machines this connection is bound to, for services counting connections.
-    pub bindings: ConnBindings,
-    /// The connection's spin-watchdog probe, told the app and machine it serves.
-    pub probe: Option<pollwatch::Probe>,
-    /// Forwarding header values, made once per connection.
-    pub(crate) values: ConnValues,
-    /// What the probe was last told, so an unchanged app or machine is not re-noted.
-    noted_app: Noted<AppEntry>,
-    noted_machine: Noted<MachineEntry>,
-    /// The server's view of the connection, told when a request body was read to
-    /// its end (a connection is parked only then).
-    pub(crate) activity: Option<Arc<Activity>>,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, port: u16, tls: bool, sni: Option<String>) -> Self {
-        ConnInfo {
-            peer,
-            port,
-            tls,
-            sni,
-            from_node: None,
-            bindings: ConnBindings::default(),
-            probe: None,
-            values: ConnValues::new(peer, port),
-            noted_app: Noted::default(),
-            noted_machine: Noted::default(),
-            activity: None,
-        }
-    }
-
-    /// Tells the probe the app, if it changed.
-    pub(crate) fn note_app(&self, app: &Arc<AppEntry>) {
-        if let Some(p) = &self.probe {
-            if self.noted_app.changed(app) {
-                p.note("app", &app.name);
-            }
-        }
-    }
-
-    /// Tells the probe the machine, if it changed.
-    pub(crate) fn note_machine(&self, machine: &Arc<MachineEntry>) {
-        if let Some(p) = &self.probe {
-            if self.noted_machine.changed(machine) {
-                p.note("machine", &machine.def.id);
-            }
-        }
-    }
-}
-
-/// The HTTP proxy: shared by every connection of every HTTP listener.
-pub struct Proxy {
-    pub(crate) catalog: Arc<dyn Catalog>,
-    pub(crate) upstreams: Arc<Upstreams>,
-    /// Other nodes' machines are reached through it; `None` on a node alone.
-    pub(crate) backhaul: Option<Arc<Backhaul>>,
-    pub(crate) settings: ProxySettings,
-    /// `settings.region` as a header value, or `None` if it cannot be one.
-    pub(crate) region: Option<HeaderValue>,
-    metrics: RequestMetrics,
-    /// Tunnels (upgrades, CONNECT) run under it, in tasks of their own.
-    pub(crate) watchdog: Option<pollwatch::Watchdog>,
-}
 
 /// What a finished request is labelled with in metrics and logs.
 struct Outcome {
@@ -130,24 +34,6 @@ impl Outcome {
 }
 
 impl Proxy {
-    pub fn new(
-        catalog: Arc<dyn Catalog>,
-        upstreams: Arc<Upstreams>,
-        backhaul: Option<Arc<Backhaul>>,
-        settings: ProxySettings,
-        watchdog: Option<pollwatch::Watchdog>,
-    ) -> Self {
-        Proxy {
-            catalog,
-            upstreams,
-            backhaul,
-            region: HeaderValue::from_str(&settings.region).ok(),
-            settings,
-            metrics: RequestMetrics::default(),
-            watchdog,
-        }
-    }
-
     /// Serves one request. Never fails: Tern's own errors become coded responses.
     /// `on_end` runs once: when the response body is done or dropped, or when this
     /// future is dropped before it answers (an HTTP/2 client resetting its stream).

@@ -10,9 +10,9 @@ use tern_catalog::Pick;
 
 use crate::binding::Unit;
 use crate::body::{full, Body, OnEnd};
+use crate::context::Proxy;
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers;
-use crate::proxy::Proxy;
 use crate::rewrite::Prepared;
 use crate::send::Relayed;
 use crate::upstream::{Sender, Upstreams};

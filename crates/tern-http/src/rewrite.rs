@@ -10,9 +10,9 @@ use tern_backhaul::fields;
 use tern_catalog::Pick;
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
+use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, Forwarded};
-use crate::proxy::{ConnInfo, Proxy};
 use crate::route::Route;
 use crate::upstream::{Sender, Want};
 

@@ -11,8 +11,8 @@ use tern_backhaul::fields;
 use tern_catalog::{AppEntry, ServiceEntry, Snapshot};
 
 use crate::body::{full, Body};
+use crate::context::ConnInfo;
 use crate::error::{ErrorCode, ProxyError};
-use crate::proxy::ConnInfo;
 
 /// Where a request goes.
 pub(crate) struct Route {

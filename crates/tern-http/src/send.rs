@@ -14,10 +14,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::body::{Body, BoxError};
+use crate::context::Proxy;
 use crate::error::{ErrorCode, ProxyError};
 use crate::header_deadline::HeaderDeadline;
 use crate::headers::{self, Forwarded};
-use crate::proxy::Proxy;
 use crate::upstream::{MachineIo, Sender, Upstreams, Want};
 
 pin_project_lite::pin_project! {

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use crate::activity::{Activity, ActivityIo};
 use crate::body::{Body, OnEnd, RequestBody};
 use crate::conn_event::{next_conn_event, ConnEvent};
+use crate::context::{ConnInfo, Proxy};
 use crate::in_task::{InTask, WithStreams};
 use crate::prefixed::Prefixed;
-use crate::proxy::{ConnInfo, Proxy};
 
 /// Limits and timers of the HTTP server side.
 #[derive(Debug, Clone)]
