@@ -50,7 +50,13 @@ impl FleetTls {
             .map_err(|e| bad(cert, e))?;
         let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
         let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // AES-128-GCM first, as for clients (tern-tls): its key schedule hashes with
+        // SHA-256, which has CPU instructions where SHA-384 does not.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let provider = Arc::new(provider);
 
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
@@ -71,5 +77,25 @@ impl FleetTls {
             server: Arc::new(server),
             client: Arc::new(client),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_prefer_aes_128_gcm() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::generate_ca(dir.path()).unwrap();
+        let (cert, key) = crate::identity::generate_node(dir.path(), "n", dir.path()).unwrap();
+        let tls = FleetTls::load(&dir.path().join(crate::identity::CA_CERT), &cert, &key).unwrap();
+        for provider in [tls.client.crypto_provider(), tls.server.crypto_provider()] {
+            assert_eq!(
+                provider.cipher_suites[0].suite(),
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            );
+        }
+        assert!(FleetTls::load(&cert, &cert, &dir.path().join("missing.key")).is_err());
     }
 }
