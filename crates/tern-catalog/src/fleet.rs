@@ -627,24 +627,11 @@ fn apply_status(live: &MachineLive, s: &MachineStatus) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::SocketAddr;
+pub(crate) mod fixtures {
+    use crate::model::*;
 
-    fn settings(me: &str, remote: RemoteStatus) -> FleetSettings {
-        FleetSettings {
-            me: NodeDef {
-                id: me.into(),
-                region: "ams".into(),
-                backhaul: Some("127.0.0.1:4431".parse().unwrap()),
-            },
-            queue_size: 10,
-            max_request_body: 1 << 20,
-            remote,
-        }
-    }
-
-    fn app(name: &str) -> AppDef {
+    /// An app with one HTTP service on internal port 7000 (soft 1, hard 2).
+    pub(crate) fn app(name: &str) -> AppDef {
         AppDef {
             name: name.into(),
             hostnames: vec![format!("{name}.test")],
@@ -669,6 +656,26 @@ mod tests {
                 tcp_checks: vec![],
                 http_checks: vec![],
             }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::app;
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn settings(me: &str, remote: RemoteStatus) -> FleetSettings {
+        FleetSettings {
+            me: NodeDef {
+                id: me.into(),
+                region: "ams".into(),
+                backhaul: Some("127.0.0.1:4431".parse().unwrap()),
+            },
+            queue_size: 10,
+            max_request_body: 1 << 20,
+            remote,
         }
     }
 

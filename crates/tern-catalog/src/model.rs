@@ -276,37 +276,14 @@ mod tests {
 
     #[test]
     fn definitions_round_trip_through_json() {
-        let app = AppDef {
-            name: "web".into(),
-            hostnames: vec!["web.test".into()],
-            max_request_body: None,
-            services: vec![ServiceDef {
-                internal_port: 7000,
-                h2_backend: false,
-                concurrency: Concurrency {
-                    kind: ConcurrencyKind::Requests,
-                    soft_limit: 1,
-                    hard_limit: 2,
-                },
-                ports: vec![PortDef {
-                    port: 80,
-                    handlers: Handlers {
-                        tls: false,
-                        http: true,
-                        proxy_proto: None,
-                    },
-                    force_https: false,
-                }],
-                tcp_checks: vec![],
-                http_checks: vec![HttpCheckDef {
-                    interval: Duration::from_secs(5),
-                    timeout: Duration::from_millis(1500),
-                    grace_period: Duration::from_secs(1),
-                    path: "/healthz".into(),
-                    method: "GET".into(),
-                }],
-            }],
-        };
+        let mut app = crate::fleet::fixtures::app("web");
+        app.services[0].http_checks = vec![HttpCheckDef {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(1500),
+            grace_period: Duration::from_secs(1),
+            path: "/healthz".into(),
+            method: "GET".into(),
+        }];
         let json = serde_json::to_string(&app).unwrap();
         assert!(json.contains(r#""type":"requests""#), "{json}");
         assert!(json.contains(r#""timeout":"1s 500ms""#), "{json}");

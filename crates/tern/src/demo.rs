@@ -137,6 +137,16 @@ drain_timeout = "5s"
 code = "ams"
 rtt = {{ ord = "90ms" }}
 
+{app}{machines}"#,
+        admin = a.admin_port,
+        app = app_text(a),
+    )
+}
+
+/// The app `demo` on the demo's ports, as a catalog writes it.
+pub(crate) fn app_text(a: &DemoArgs) -> String {
+    format!(
+        r#"
 [[app]]
 name = "demo"
 hostnames = ["demo.localhost", "*.demo.localhost"]
@@ -148,9 +158,8 @@ ports = [
   {{ port = {https}, handlers = ["tls", "http"] }},
   {{ port = {http}, handlers = ["http"] }},
 ]
-http_checks = [{{ path = "/healthz", interval = "5s", timeout = "2s", grace_period = "1s" }}]
-{machines}"#,
-        admin = a.admin_port,
+http_checks = [{{ path = "/healthz", interval = "2s", timeout = "1s", grace_period = "1s" }}]
+"#,
         mport = a.machine_port,
         https = a.https_port,
         http = a.http_port,

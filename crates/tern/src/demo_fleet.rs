@@ -279,23 +279,8 @@ rtt = {{ ord = "90ms", sin = "160ms" }}
 [[region]]
 code = "ord"
 rtt = {{ sin = "200ms" }}
-
-[[app]]
-name = "demo"
-hostnames = ["demo.localhost", "*.demo.localhost"]
-
-[[app.service]]
-internal_port = {mport}
-concurrency = {{ type = "requests", soft_limit = 20, hard_limit = 25 }}
-ports = [
-  {{ port = {https}, handlers = ["tls", "http"] }},
-  {{ port = {http}, handlers = ["http"] }},
-]
-http_checks = [{{ path = "/healthz", interval = "2s", timeout = "1s", grace_period = "1s" }}]
-{machines}"#,
-        mport = a.machine_port,
-        https = a.https_port,
-        http = a.http_port,
+{app}{machines}"#,
+        app = crate::demo::app_text(a),
     )
 }
 
