@@ -66,6 +66,11 @@ impl Load {
         }
     }
 
+    /// Whether releases ring `notify`.
+    pub fn notifies(&self, notify: &Arc<Notify>) -> bool {
+        Arc::ptr_eq(&self.released, notify)
+    }
+
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
     }

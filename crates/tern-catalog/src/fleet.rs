@@ -78,7 +78,8 @@ struct State {
     /// Other nodes' machines' statuses, kept also for machines not defined yet.
     statuses: HashMap<String, MachineStatus>,
     queues: HashMap<(String, u16), Arc<WaitQueue>>,
-    loads: HashMap<(String, u16), Arc<Load>>,
+    /// Machine id -> internal port -> its load, which outlives the machine's entries.
+    loads: HashMap<String, HashMap<u16, Arc<Load>>>,
     local_changes: Arc<Notify>,
 }
 
@@ -312,6 +313,7 @@ impl State {
                     }
                     None => {
                         self.machines.remove(&id);
+                        self.loads.remove(&id);
                         if let Some(o) = old {
                             self.rebuild_app(&o.app);
                         }
@@ -385,6 +387,10 @@ impl State {
         match status {
             Some(s) => {
                 if let Some(m) = self.snap.machines.get(&id) {
+                    // A late write from a node the machine has moved away from.
+                    if m.def.node != s.node {
+                        return;
+                    }
                     apply_status(&m.live, &s);
                 }
                 self.statuses.insert(id, s);
@@ -405,11 +411,20 @@ impl State {
     fn rebuild_app(&mut self, name: &str) {
         let old = self.snap.apps.get(name).cloned();
         if let Some(old) = &old {
+            // Only what is still this app's: a hostname (or a machine) may have
+            // moved to another app, rebuilt before this one.
             for h in &old.hostnames {
-                self.snap.hosts.remove(h);
+                self.snap.hosts.remove_if(h, |a| Arc::ptr_eq(a, old));
             }
             for m in &old.machines {
-                self.snap.machines.remove(&m.def.id);
+                if self
+                    .snap
+                    .machines
+                    .get(&m.def.id)
+                    .is_some_and(|e| Arc::ptr_eq(e, m))
+                {
+                    self.snap.machines.remove(&m.def.id);
+                }
             }
         }
         let Some(def) = self.apps.get(name).cloned() else {
@@ -491,10 +506,19 @@ impl State {
                 soft: svc.def.concurrency.soft_limit,
                 hard: svc.def.concurrency.hard_limit,
             };
-            let load = self
-                .loads
-                .entry((id.to_owned(), port))
-                .or_insert_with(|| Arc::new(Load::with_notify(svc.queue.notifier())));
+            // A load rings its service's queue when a unit is released: a load made
+            // for a queue that has since been replaced (the app or service removed
+            // and added again) would ring nobody's.
+            let loads = self.loads.entry(id.to_owned()).or_default();
+            let notifier = svc.queue.notifier();
+            let load = loads
+                .entry(port)
+                .and_modify(|l| {
+                    if !l.notifies(&notifier) {
+                        *l = Arc::new(Load::with_notify(Arc::clone(&notifier)));
+                    }
+                })
+                .or_insert_with(|| Arc::new(Load::with_notify(notifier)));
             let reuse = previous
                 .and_then(|p| p.live.slot(port))
                 .filter(|s| s.limits == limits && Arc::ptr_eq(&s.load, load));
@@ -511,9 +535,9 @@ impl State {
             };
             slots.insert(port, slot);
         }
-        let ports: BTreeSet<u16> = slots.keys().copied().collect();
-        self.loads
-            .retain(|(m, port), _| m != id || ports.contains(port));
+        if let Some(loads) = self.loads.get_mut(id) {
+            loads.retain(|port, _| slots.contains_key(port));
+        }
 
         let same_shape = previous.is_some_and(|p| {
             p.is_local() == local
@@ -561,7 +585,7 @@ impl State {
         if self.adopts_declared(local) {
             return live.with_state(def.state, true);
         }
-        match self.statuses.get(&def.id) {
+        match self.statuses.get(&def.id).filter(|s| s.node == def.node) {
             Some(s) => {
                 let live = live.with_state(s.state, true);
                 apply_status(&live, s);
@@ -871,6 +895,81 @@ mod tests {
             v,
             "nothing changed, nothing published"
         );
+    }
+
+    #[test]
+    fn a_hostname_that_moves_stays_with_the_app_it_moved_to() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Declared));
+        f.apply([Change::App("web".into(), Some(app("web")))]);
+        // Renamed, as `tern catalog push` writes it: the new name first.
+        let mut www = app("www");
+        www.hostnames = vec!["web.test".into()];
+        f.apply([
+            Change::App("www".into(), Some(www)),
+            Change::App("web".into(), None),
+        ]);
+        let snap = f.snapshot();
+        assert_eq!(
+            snap.hosts.lookup("web.test").map(|a| a.name.as_str()),
+            Some("www")
+        );
+        // A hostname moving from one app to another in one replace.
+        let mut b = app("b");
+        b.hostnames.push("shared.test".into());
+        f.replace(Definitions {
+            apps: vec![app("a"), b.clone()],
+            ..Definitions::default()
+        });
+        let mut a = app("a");
+        a.hostnames.push("shared.test".into());
+        b.hostnames.pop();
+        f.replace(Definitions {
+            apps: vec![a, b],
+            ..Definitions::default()
+        });
+        let snap = f.snapshot();
+        assert_eq!(
+            snap.hosts.lookup("shared.test").map(|a| a.name.as_str()),
+            Some("a")
+        );
+        assert_eq!(
+            snap.hosts.lookup("b.test").map(|a| a.name.as_str()),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn a_machines_load_rings_the_queue_of_its_service_as_it_is_now() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Declared));
+        f.apply([
+            Change::App("a".into(), Some(app("a"))),
+            Change::Machine("m1".into(), Some(machine("m1", "a", "ams-1"))),
+        ]);
+        f.apply([Change::App("a".into(), None)]);
+        f.apply([Change::App("a".into(), Some(app("a")))]);
+        let snap = f.snapshot();
+        let svc = &snap.apps["a"].services[0];
+        let load = &snap.machines["m1"].live.slot(7000).unwrap().load;
+        assert!(load.notifies(&svc.queue.notifier()));
+    }
+
+    #[test]
+    fn a_status_from_a_node_that_does_not_run_the_machine_is_ignored() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
+        f.apply([
+            Change::Node("ord-1".into(), Some(node("ord-1"))),
+            Change::App("a".into(), Some(app("a"))),
+            Change::Machine("far".into(), Some(machine("far", "a", "ord-1"))),
+        ]);
+        let mut elsewhere = status(MachineState::Started, true, 0);
+        elsewhere.node = "sin-1".into();
+        f.apply([Change::Status("far".into(), Some(elsewhere))]);
+        assert!(eligible(&f, "a").is_empty());
+        f.apply([Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, true, 0)),
+        )]);
+        assert_eq!(eligible(&f, "a"), ["far"]);
     }
 
     fn defs_with_stopped(d: &Definitions) -> Definitions {

@@ -37,12 +37,17 @@ impl<T: Clone> HostIndex<T> {
         };
     }
 
-    pub fn remove(&mut self, pattern: &str) {
+    /// Removes `pattern` if `owned` says its value is the one to remove: a
+    /// hostname that has moved to another app meanwhile stays with it.
+    pub fn remove_if(&mut self, pattern: &str, owned: impl Fn(&T) -> bool) {
         let pattern = pattern.to_ascii_lowercase();
-        match pattern.strip_prefix("*.") {
-            Some(suffix) => self.wildcard.remove(suffix),
-            None => self.exact.remove(&pattern),
+        let (map, key) = match pattern.strip_prefix("*.") {
+            Some(suffix) => (&mut self.wildcard, suffix.to_owned()),
+            None => (&mut self.exact, pattern),
         };
+        if map.get(&key).is_some_and(owned) {
+            map.remove(&key);
+        }
     }
 
     /// Looks up a host as sent by a client: any `:port` and trailing dot are ignored.
