@@ -25,6 +25,11 @@ pub static TARGET: HeaderName = HeaderName::from_static("tern-backhaul-target");
 /// switched), since the CONNECT itself must succeed for bytes to flow.
 pub static STATUS: HeaderName = HeaderName::from_static("tern-backhaul-status");
 
+/// On a node's own error answer to a peer: the request reached no machine, so
+/// the edge may send it to another. Set only by Tern, removed from machines'
+/// answers.
+pub static REFUSED: HeaderName = HeaderName::from_static("tern-backhaul-refused");
+
 /// Whether a field is one of these (removed before a request reaches a machine).
 pub fn is_backhaul_field(name: &HeaderName) -> bool {
     name.as_str().starts_with("tern-backhaul-")

@@ -37,6 +37,9 @@ struct Current {
     generation: u64,
     /// Taken by the keeper, which alone pings.
     ping: Option<PingPong>,
+    /// The task that drives the connection: aborting it ends the connection,
+    /// and every stream on it fails at once.
+    driver: tokio::task::AbortHandle,
 }
 
 impl std::fmt::Debug for PeerLink {
@@ -70,41 +73,34 @@ impl PeerLink {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A handle on the shared connection, connecting first if there is none.
-    pub async fn sender(self: &Arc<Self>) -> Result<SendRequest<Bytes>, BackhaulError> {
+    /// A handle on the shared connection, and which connection it is, connecting
+    /// first if there is none.
+    pub async fn sender(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, u64), BackhaulError> {
         if let Some(c) = self.current().as_ref() {
-            return Ok(c.send.clone());
+            return Ok((c.send.clone(), c.generation));
         }
         let _connecting = self.connecting.lock().await;
         if let Some(c) = self.current().as_ref() {
-            return Ok(c.send.clone());
+            return Ok((c.send.clone(), c.generation));
         }
-        let (send, ping, generation) = self.connect().await?;
-        *self.current() = Some(Current {
-            send: send.clone(),
-            generation,
-            ping: Some(ping),
-        });
-        Ok(send)
+        let current = self.connect().await?;
+        let handle = (current.send.clone(), current.generation);
+        *self.current() = Some(current);
+        Ok(handle)
     }
 
-    /// Forgets the connection of `generation` (it failed), so the next request
-    /// makes a new one.
-    fn drop_connection(&self, generation: u64) {
+    /// Ends the connection of `generation` (it failed, or was found unusable),
+    /// so the next request makes a new one. A newer connection is left alone.
+    pub fn drop_connection(&self, generation: u64) {
         let mut current = self.current();
         if current.as_ref().is_some_and(|c| c.generation == generation) {
-            *current = None;
+            if let Some(c) = current.take() {
+                c.driver.abort();
+            }
         }
     }
 
-    /// Forgets the current connection: a request found it unusable.
-    pub fn broken(&self) {
-        *self.current() = None;
-    }
-
-    async fn connect(
-        self: &Arc<Self>,
-    ) -> Result<(SendRequest<Bytes>, PingPong, u64), BackhaulError> {
+    async fn connect(self: &Arc<Self>) -> Result<Current, BackhaulError> {
         let limit = self.settings.connect_timeout;
         let result = tokio::time::timeout(limit, self.handshake()).await;
         let outcome = match result {
@@ -124,9 +120,7 @@ impl PeerLink {
         }
     }
 
-    async fn handshake(
-        self: &Arc<Self>,
-    ) -> Result<(SendRequest<Bytes>, PingPong, u64), BackhaulError> {
+    async fn handshake(self: &Arc<Self>) -> Result<Current, BackhaulError> {
         let fail = |reason: String| BackhaulError::Connect {
             node: self.node.clone(),
             addr: self.addr,
@@ -176,7 +170,7 @@ impl PeerLink {
         // The link may be gone by the time its connection ends (its peer left the
         // catalog): held weakly.
         let link = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             match probe {
                 Some(p) => {
                     if let Err(spun) = p.watch(driven).await {
@@ -189,81 +183,99 @@ impl PeerLink {
                 link.drop_connection(generation);
             }
         });
-        Ok((send, ping, generation))
+        Ok(Current {
+            send,
+            generation,
+            ping: Some(ping),
+            driver: driver.abort_handle(),
+        })
     }
 
     /// Keeps the link up while the peer is in the catalog: connects (with backoff
-    /// while it cannot), marks the peer reachable or not, and PINGs it every
-    /// `ping_interval` to measure its round trip. Never returns; abort it.
+    /// while it cannot), PINGs it every `ping_interval` to measure its round trip,
+    /// and marks the peer reachable once a PING comes back and unreachable when
+    /// the link fails. A connection that fails before its first PONG (the peer
+    /// refused our certificate after the handshake, say) counts as a failure to
+    /// connect: the backoff goes on growing. Never returns; abort it.
     pub(crate) async fn keep(self: Arc<Self>) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            match self.sender().await {
-                Ok(_) => {
-                    backoff = BACKOFF_MIN;
-                    if !self.live.set_reachable(true) {
-                        tracing::info!(peer = %self.node, addr = %self.addr, "backhaul up");
-                    }
-                    metrics::gauge!("tern_backhaul_up", "peer" => self.node.clone()).set(1.0);
-                    self.ping_until_broken().await;
-                }
+            let answered = match self.sender().await {
+                Ok((_, generation)) => self.ping_until_broken(generation).await,
                 Err(e) => {
-                    if self.live.set_reachable(false) {
-                        tracing::warn!(peer = %self.node, error = %e, "backhaul down: its machines leave rotation");
-                    }
-                    metrics::gauge!("tern_backhaul_up", "peer" => self.node.clone()).set(0.0);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    self.down(&e.to_string());
+                    false
                 }
+            };
+            if answered {
+                backoff = BACKOFF_MIN;
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
 
-    /// PINGs the current connection until a PING fails or goes unanswered.
-    async fn ping_until_broken(&self) {
-        let (mut ping, generation) = {
+    fn up(&self) {
+        if !self.live.set_reachable(true) {
+            tracing::info!(peer = %self.node, addr = %self.addr, "backhaul up");
+        }
+        metrics::gauge!("tern_backhaul_up", "peer" => self.node.clone()).set(1.0);
+    }
+
+    fn down(&self, why: &str) {
+        if self.live.set_reachable(false) {
+            tracing::warn!(peer = %self.node, error = %why, "backhaul down: its machines leave rotation");
+        }
+        metrics::gauge!("tern_backhaul_up", "peer" => self.node.clone()).set(0.0);
+    }
+
+    /// PINGs the connection of `generation` until a PING fails or goes
+    /// unanswered, then ends it; returns whether any PING came back.
+    async fn ping_until_broken(&self, generation: u64) -> bool {
+        let taken = {
             let mut current = self.current();
-            let Some(c) = current.as_mut() else { return };
-            let Some(p) = c.ping.take() else { return };
-            (p, c.generation)
+            current
+                .as_mut()
+                .filter(|c| c.generation == generation)
+                .and_then(|c| c.ping.take())
+        };
+        let Some(mut ping) = taken else {
+            return false;
         };
         let interval = self.settings.ping_interval;
         let mut smoothed: Option<Duration> = None;
-        loop {
+        let why = loop {
             let started = Instant::now();
             let wait = self.settings.ping_timeout;
             match tokio::time::timeout(wait, ping.ping(Ping::opaque())).await {
                 Ok(Ok(_)) => {
                     let rtt = started.elapsed();
                     let next = smooth(smoothed, rtt);
+                    if smoothed.is_none() {
+                        self.up();
+                    }
                     smoothed = Some(next);
                     self.live.set_rtt(next);
                     metrics::gauge!("tern_backhaul_rtt_seconds", "peer" => self.node.clone())
                         .set(next.as_secs_f64());
                 }
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %self.node, error = %e, "backhaul PING failed");
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(peer = %self.node, after = ?wait, "backhaul PING unanswered");
-                    break;
-                }
+                Ok(Err(e)) => break format!("PING failed: {e}"),
+                Err(_) => break format!("PING unanswered for {wait:?}"),
             }
             if self
                 .current()
                 .as_ref()
                 .is_none_or(|c| c.generation != generation)
             {
-                return;
+                break "the connection ended".to_owned();
             }
             tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
-        }
+        };
+        // Ends the connection too: its streams fail now, not at TCP's timeout.
         self.drop_connection(generation);
-        if self.live.set_reachable(false) {
-            tracing::warn!(peer = %self.node, "backhaul down: its machines leave rotation");
-        }
-        metrics::gauge!("tern_backhaul_up", "peer" => self.node.clone()).set(0.0);
+        self.down(&why);
+        smoothed.is_some()
     }
 }
 

@@ -29,6 +29,15 @@ struct Kept {
     keeper: JoinHandle<()>,
 }
 
+impl Kept {
+    /// Whether it is the link to `node` as the catalog has it now: the same
+    /// address, and the same live state (a node removed and added again gets
+    /// new live state, which a new link must feed).
+    fn serves(&self, node: &NodeEntry) -> bool {
+        node.def.backhaul == Some(self.link.addr) && Arc::ptr_eq(&node.live, &self.link.live)
+    }
+}
+
 impl Drop for Kept {
     fn drop(&mut self) {
         self.keeper.abort();
@@ -59,10 +68,7 @@ impl Backhaul {
     pub fn reconcile(&self, snap: &Snapshot) {
         let mut links = self.links();
         links.retain(|id, kept| {
-            let keep = snap
-                .nodes
-                .get(id)
-                .is_some_and(|n| n.def.backhaul == Some(kept.link.addr));
+            let keep = snap.nodes.get(id).is_some_and(|n| kept.serves(n));
             if !keep {
                 tracing::info!(peer = %id, "backhaul link evicted: the node left the catalog or moved");
             }
@@ -107,19 +113,29 @@ impl Backhaul {
         })
     }
 
-    /// The link to `node`, made now if the catalog's has not been seen yet.
+    /// The link to `node`, made now if the catalog's has not been seen yet. A
+    /// request's snapshot may be older than the links: one that names a node
+    /// whose link has since changed gets an error (nothing was sent, so the
+    /// request moves on), never a link that would replace the current one.
     fn link(&self, node: &NodeEntry) -> Result<Arc<PeerLink>, BackhaulError> {
         let mut links = self.links();
+        let unusable = |reason: &str| BackhaulError::Connect {
+            node: node.def.id.clone(),
+            addr: node
+                .def
+                .backhaul
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            reason: reason.to_owned(),
+        };
         if let Some(k) = links.get(&node.def.id) {
-            if Some(k.link.addr) == node.def.backhaul {
+            if k.serves(node) {
                 return Ok(Arc::clone(&k.link));
             }
+            return Err(unusable("the node changed since this request was routed"));
         }
-        let kept = self.start(node).ok_or_else(|| BackhaulError::Connect {
-            node: node.def.id.clone(),
-            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            reason: "the node has no backhaul address".into(),
-        })?;
+        let kept = self
+            .start(node)
+            .ok_or_else(|| unusable("the node has no backhaul address"))?;
         let link = Arc::clone(&kept.link);
         links.insert(node.def.id.clone(), kept);
         Ok(link)
@@ -130,15 +146,16 @@ impl Backhaul {
     /// reached.
     pub async fn ready(&self, node: &NodeEntry) -> Result<Ready, BackhaulError> {
         let link = self.link(node)?;
-        let sender = link.sender().await?;
+        let (sender, generation) = link.sender().await?;
         match sender.ready().await {
             Ok(sender) => Ok(Ready {
                 link,
                 sender,
+                generation,
                 settings: Arc::clone(&self.settings),
             }),
             Err(e) => {
-                link.broken();
+                link.drop_connection(generation);
                 Err(BackhaulError::Connect {
                     node: link.node.clone(),
                     addr: link.addr,
@@ -153,6 +170,8 @@ impl Backhaul {
 pub struct Ready {
     link: Arc<PeerLink>,
     sender: h2::client::SendRequest<Bytes>,
+    /// Which of the link's connections the sender is on.
+    generation: u64,
     settings: Arc<Settings>,
 }
 
@@ -171,7 +190,7 @@ impl Ready {
     }
 
     fn refused(&self, e: h2::Error) -> BackhaulError {
-        self.link.broken();
+        self.link.drop_connection(self.generation);
         BackhaulError::Connect {
             node: self.link.node.clone(),
             addr: self.link.addr,

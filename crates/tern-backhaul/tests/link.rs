@@ -176,7 +176,7 @@ async fn the_link_measures_its_round_trip_and_marks_a_dead_peer() {
         .unwrap()
         .local_addr()
         .unwrap();
-    snap_node = node("ord-1", gone);
+    snap_node = node("sin-1", gone);
     let dead = Arc::clone(&snap_node.live);
     let err = client.ready(&snap_node).await.unwrap_err();
     assert!(err.not_sent(), "{err}");
@@ -199,4 +199,53 @@ async fn a_certificate_from_another_ca_is_refused() {
     assert!(err.not_sent(), "{err}");
     assert!(err.to_string().contains("TLS"), "{err}");
     assert!(seen.try_recv().is_err(), "no stream was accepted");
+}
+
+/// A peer that completes the handshakes and then answers nothing, not even PINGs:
+/// a host that vanished without closing its sockets.
+async fn frozen_peer(tls: FleetTls) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = BackhaulAcceptor::new(tls.server, Duration::from_secs(5));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok((tls, _)) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            // The handshake's own frames are answered, then the connection is
+            // held without ever being polled again.
+            let conn = h2::server::handshake(tls).await.unwrap();
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_fails_its_streams_at_the_ping_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tls = fleet(dir.path(), &["ams-1", "ord-1"]);
+    let addr = frozen_peer(tls.pop().unwrap()).await;
+    let client = backhaul(tls.pop().unwrap());
+    let peer = node("ord-1", addr);
+    let req = Request::get("https://web.test/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.ready(&peer).await.unwrap().send(req),
+    )
+    .await
+    .expect("the stream failed before TCP's own timeout");
+    assert!(sent.is_err(), "a frozen peer answered");
+    // ping_timeout is max(3 x 50 ms, 1 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!peer.live.reachable());
 }

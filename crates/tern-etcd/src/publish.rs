@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tern_balance::Band;
 use tern_catalog::model::{MachineState, MachineStatus, SlotStatus};
 use tern_catalog::{now_us, Fleet, MachineEntry};
@@ -14,6 +14,9 @@ use crate::keys::{encode, Key, Keys};
 
 /// A band change of one machine is published at most this often.
 pub const BAND_EVERY: Duration = Duration::from_millis(250);
+
+/// Writes in one transaction: etcd refuses more than 128 by default.
+const TXN_OPS: usize = 100;
 
 /// What other nodes route on, of one machine: a change to it is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +65,11 @@ impl Publisher {
         }
     }
 
-    /// Writes what changed since the last call; deletes the statuses of machines
-    /// this node no longer runs.
+    /// Writes what changed since the last call, in transactions of at most
+    /// `TXN_OPS` writes (a fleet-wide change is a few round trips, not one per
+    /// machine); deletes the statuses of machines this node no longer runs, but
+    /// only while they are still its own (under its lease): the machine's new
+    /// node may have written its own already.
     pub(crate) async fn publish(
         &mut self,
         client: &mut Client,
@@ -72,6 +78,8 @@ impl Publisher {
     ) -> Result<(), etcd_client::Error> {
         let snap = tern_catalog::Catalog::snapshot(fleet);
         let mut seen_ids = Vec::new();
+        let mut puts = Vec::new();
+        let mut written = Vec::new();
         for m in snap.machines.values().filter(|m| m.is_local()) {
             seen_ids.push(m.def.id.clone());
             let now = Seen::of(m);
@@ -98,10 +106,16 @@ impl Publisher {
             };
             let key = keys.key(&Key::Status(m.def.id.clone()));
             let options = PutOptions::new().with_lease(self.lease);
-            client.put(key, encode(&status), Some(options)).await?;
-            metrics::counter!("tern_catalog_status_puts_total").increment(1);
-            self.published
-                .insert(m.def.id.clone(), (now, Instant::now()));
+            puts.push(TxnOp::put(key, encode(&status), Some(options)));
+            written.push((m.def.id.clone(), now));
+        }
+        for chunk in puts.chunks(TXN_OPS) {
+            client.txn(Txn::new().and_then(chunk.to_vec())).await?;
+        }
+        metrics::counter!("tern_catalog_status_puts_total").increment(written.len() as u64);
+        let at = Instant::now();
+        for (id, now) in written {
+            self.published.insert(id, (now, at));
         }
         let gone: Vec<String> = self
             .published
@@ -110,9 +124,10 @@ impl Publisher {
             .cloned()
             .collect();
         for id in gone {
-            client
-                .delete(keys.key(&Key::Status(id.clone())), None)
-                .await?;
+            let key = keys.key(&Key::Status(id.clone()));
+            let ours = Compare::lease(key.clone(), CompareOp::Equal, self.lease);
+            let delete = Txn::new().when([ours]).and_then([TxnOp::delete(key, None)]);
+            client.txn(delete).await?;
             self.published.remove(&id);
         }
         Ok(())

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, PutOptions, WatchOptions, WatchResponse};
+use etcd_client::{
+    EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions, WatchResponse,
+};
 use tern_catalog::model::NodeDef;
 use tern_catalog::{now_us, Change, Fleet};
 use tokio::sync::watch;
@@ -122,7 +124,12 @@ impl EtcdSource {
         let mut store = Store::connect(&s.endpoints, &s.prefix, s.dial_timeout).await?;
         let ttl = i64::try_from(s.lease_ttl.as_secs().max(1)).unwrap_or(5);
         let lease = store.client.lease_grant(ttl, None).await?.id();
-        let (mut keeper, mut acks) = store.client.lease_keep_alive(lease).await?;
+        let (keeper, acks) = store.client.lease_keep_alive(lease).await?;
+        // In a task of its own, so that nothing the session does (a long
+        // publish, a burst of events) can starve the lease.
+        let (lease_lost, mut lost) = tokio::sync::oneshot::channel();
+        let keeping = tokio::spawn(keep_lease(keeper, acks, s.lease_ttl, lease_lost));
+        let _keeping = AbortOnDrop(keeping);
         let node_key = self.keys.key(&Key::Node(self.me.id.clone()));
         store
             .client
@@ -159,8 +166,6 @@ impl EtcdSource {
             .publish(&mut store.client, &self.keys, &self.fleet)
             .await?;
         let changes = self.fleet.local_changes();
-        let mut keep = tokio::time::interval((s.lease_ttl / 3).max(Duration::from_millis(200)));
-        keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(PUBLISH_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -170,11 +175,7 @@ impl EtcdSource {
                     let _ = tokio::time::timeout(s.dial_timeout, revoking).await;
                     return Err(Ended::Shutdown);
                 }
-                _ = keep.tick() => keeper.keep_alive().await?,
-                ack = acks.message() => match ack? {
-                    Some(a) if a.ttl() > 0 => {}
-                    _ => return Err(Ended::LeaseLost),
-                },
+                _ = &mut lost => return Err(Ended::LeaseLost),
                 message = watching.message() => match message? {
                     Some(resp) => self.apply_watch(&resp)?,
                     None => return Err(Ended::WatchClosed),
@@ -257,5 +258,37 @@ impl EtcdSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps the lease alive (a third of its TTL apart) until a keep-alive fails or
+/// etcd says the lease has expired; then says so on `lost`.
+async fn keep_lease(
+    mut keeper: LeaseKeeper,
+    mut acks: LeaseKeepAliveStream,
+    ttl: Duration,
+    lost: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut every = tokio::time::interval((ttl / 3).max(Duration::from_millis(200)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if keeper.keep_alive().await.is_err() {
+            break;
+        }
+        match acks.message().await {
+            Ok(Some(a)) if a.ttl() > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = lost.send(());
+}
+
+/// Aborts a task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -15,9 +15,13 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::route::{Route, Target};
 use crate::send::Relayed;
 use crate::upstream::{ConnectError, Sender, Want};
+use tern_backhaul::fields;
 
-/// Peers' answers that mean the request reached no machine.
-const REFUSED_BY_PEER: [ErrorCode; 3] = [
+/// A node's own answers to a peer that mean the request reached no machine: the
+/// node marks them (`Tern-Backhaul-Refused`) so that the edge may try another.
+/// A machine's answer never carries the mark (its node removes it), so a machine
+/// cannot make an edge replay a request.
+pub(crate) const REFUSED_BY_PEER: [ErrorCode; 3] = [
     ErrorCode::MachineUnavailable,
     ErrorCode::UpstreamConnectFailed,
     ErrorCode::UpstreamConnectTimeout,
@@ -140,26 +144,32 @@ impl Proxy {
         }
     }
 
-    /// The retry step for a request that crossed the backhaul: its node refused it
-    /// before it reached a machine (gone, stopped, unreachable), so the next best
-    /// machine may take it, if any attempt is left.
-    pub(crate) fn retry_refused(
+    /// The retry step, for a request without a body that crossed the backhaul:
+    /// it goes to the next best machine if it reached none (the peer could not
+    /// take the stream, or refused it before passing it on), an attempt is left,
+    /// and another machine could take it; otherwise the answer stands.
+    pub(crate) fn retry(
         &self,
-        resp: &http::Response<Relayed>,
+        sent: &Result<(http::Response<Relayed>, Option<Sender>), ProxyError>,
         pick: &Pick,
         tried: &mut Vec<String>,
+        snapshot: &Snapshot,
+        route: &Route,
     ) -> bool {
-        let refused = resp
-            .headers()
-            .get("tern-error")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|code| REFUSED_BY_PEER.iter().any(|c| c.as_str() == code));
-        if !refused {
+        let reached_none = match sent {
+            Ok((resp, _)) => resp.headers().contains_key(&fields::REFUSED),
+            Err(e) => e.code == ErrorCode::BackhaulConnectFailed,
+        };
+        if !reached_none {
             return false;
         }
         tried.push(pick.machine.def.id.clone());
-        tracing::info!(machine = %pick.machine.def.id, "the machine's node refused the request; trying the next machine");
-        tried.len() < self.settings.connect_attempts.max(1)
+        let again = tried.len() < self.settings.connect_attempts.max(1)
+            && snapshot.any_eligible(&route.app, &route.service, tried);
+        if again {
+            tracing::info!(machine = %pick.machine.def.id, "the request reached no machine through its node; trying the next machine");
+        }
+        again
     }
 
     #[cold]

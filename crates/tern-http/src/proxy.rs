@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use tern_catalog::{AppEntry, Snapshot};
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
+use crate::connect::REFUSED_BY_PEER;
 use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers;
@@ -81,8 +82,15 @@ impl Proxy {
                     detail = %e.detail,
                     "request failed"
                 );
-                e.into_response()
-                    .map(|b| Guarded::new(b, on_end).boxed_unsync())
+                let refusal = conn.from_node.is_some() && REFUSED_BY_PEER.contains(&e.code);
+                let mut resp = e.into_response();
+                if refusal {
+                    resp.headers_mut().insert(
+                        tern_backhaul::fields::REFUSED.clone(),
+                        HeaderValue::from_static("1"),
+                    );
+                }
+                resp.map(|b| Guarded::new(b, on_end).boxed_unsync())
             }
         };
         resp.headers_mut()
@@ -153,16 +161,17 @@ impl Proxy {
             let fields = prepared.own_fields(&sender, conn, self.region.as_ref());
             let ticked = conn.activity.as_ref().is_some_and(|a| !a.is_multiplexed());
             let want = prepared.want(conn);
-            let (resp, sender) = self
+            let sent = self
                 .send(req, sender, pick.addr(), want, fields.as_ref(), ticked)
-                .await?;
-            // retry: a peer that refused a request before it reached a machine.
+                .await;
+            // retry: a request that crossed the backhaul and reached no machine.
             if let Some(head) = replay {
-                if self.retry_refused(&resp, &pick, &mut tried) {
+                if self.retry(&sent, &pick, &mut tried, snapshot, route) {
                     prepared.restore(head);
                     continue;
                 }
             }
+            let (resp, sender) = sent?;
             return self.respond(resp, sender, &pick, unit, &mut prepared);
         }
     }

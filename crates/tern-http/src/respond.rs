@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
-use tern_catalog::Pick;
+use tern_catalog::{Peer, Pick};
 
 use crate::binding::Unit;
 use crate::body::{full, Body, OnEnd};
 use crate::context::Proxy;
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers;
-use crate::rewrite::Prepared;
+use crate::rewrite::{strip_backhaul_fields, Prepared};
 use crate::send::Relayed;
 use crate::upstream::{Sender, Upstreams};
 
@@ -71,6 +71,11 @@ impl Proxy {
     ) -> Result<Answer, ProxyError> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && prepared.upgrade);
+        // The backhaul's fields end where they were meant to: a machine's answer
+        // to a peer's request never carries them, nor does a peer's to a client.
+        if !prepared.forwards() || matches!(pick.peer, Peer::Backhaul { .. }) {
+            strip_backhaul_fields(resp.headers_mut());
+        }
         let via = headers::via_value(resp.version()).clone();
         resp.headers_mut().append(http::header::VIA, via);
 

@@ -230,6 +230,12 @@ impl<'a> Prepared<'a> {
     pub(crate) fn internal_port(&self) -> u16 {
         self.internal_port
     }
+
+    /// Whether Tern adds the forwarding fields: at the edge, not for a peer's
+    /// request.
+    pub(crate) fn forwards(&self) -> bool {
+        self.forwards
+    }
 }
 
 /// Removes the backhaul's own fields from a peer's request: they were for this

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tern_catalog::Catalog;
 use tokio::sync::watch;
@@ -25,7 +26,14 @@ struct Open {
     addr: SocketAddr,
     /// Turned true to close the port and drain its connections.
     stop: watch::Sender<bool>,
+    /// The accept loop; the port is free again once it has returned.
+    accepting: JoinHandle<()>,
 }
+
+/// How long a closing port's accept loop may take to let go of its socket.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How soon a port that could not be opened is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Ports {
     pub fn new(ip: IpAddr, shared: Arc<Shared>) -> Self {
@@ -36,18 +44,26 @@ impl Ports {
         }
     }
 
-    /// Opens the ports `snap`'s apps need and closes those they no longer do;
-    /// returns the ports that could not be opened.
-    pub fn reconcile(&mut self, snap: &tern_catalog::Snapshot) -> Vec<ListenError> {
+    /// Opens the ports `snap`'s apps need and closes those they no longer do (or
+    /// need with other handlers: closed first, then opened again); returns the
+    /// ports that could not be opened.
+    pub async fn reconcile(&mut self, snap: &tern_catalog::Snapshot) -> Vec<ListenError> {
         let wanted: BTreeMap<u16, PortPlan> = plan(snap).into_iter().map(|p| (p.port, p)).collect();
-        self.open.retain(|port, open| {
-            let keep = wanted.get(port) == Some(&open.plan);
-            if !keep {
-                tracing::info!(port, "no app uses this port any more: closing it");
-                let _ = open.stop.send(true);
-            }
-            keep
-        });
+        let closing: Vec<u16> = self
+            .open
+            .iter()
+            .filter(|(port, open)| wanted.get(*port) != Some(&open.plan))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in closing {
+            let Some(open) = self.open.remove(&port) else {
+                continue;
+            };
+            tracing::info!(port, "no app uses this port as it is any more: closing it");
+            let _ = open.stop.send(true);
+            // Its socket must be closed before the port can be bound again.
+            let _ = tokio::time::timeout(CLOSE_WAIT, open.accepting).await;
+        }
         let mut failed = Vec::new();
         for (port, p) in wanted {
             if self.open.contains_key(&port) {
@@ -59,13 +75,14 @@ impl Ports {
                         .local_addr()
                         .unwrap_or(SocketAddr::new(self.ip, port));
                     let (stop, stopped) = watch::channel(false);
-                    tokio::spawn(run(listener, Arc::clone(&self.shared), stopped));
+                    let accepting = tokio::spawn(run(listener, Arc::clone(&self.shared), stopped));
                     self.open.insert(
                         port,
                         Open {
                             plan: p,
                             addr,
                             stop,
+                            accepting,
                         },
                     );
                 }
@@ -81,7 +98,8 @@ impl Ports {
     }
 
     /// Follows the catalog until `shutdown` turns true, then closes every port
-    /// (their connections drain).
+    /// (their connections drain). A port that cannot be opened is tried again
+    /// every second.
     pub fn follow(
         mut self,
         catalog: Arc<dyn Catalog>,
@@ -89,19 +107,34 @@ impl Ports {
     ) -> JoinHandle<()> {
         let mut updates = catalog.watch();
         tokio::spawn(async move {
+            // Whatever was published between the first reconcile and this watch.
+            updates.mark_changed();
+            let mut failing = false;
             loop {
+                let retry = async {
+                    if failing {
+                        tokio::time::sleep(RETRY_EVERY).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     changed = updates.changed() => {
                         if changed.is_err() {
                             break;
                         }
-                        let snap = Arc::clone(&updates.borrow_and_update());
-                        for e in self.reconcile(&snap) {
-                            tracing::error!(error = %e, "cannot serve a port the catalog asks for");
-                        }
                     }
+                    () = retry => {}
                     _ = shutdown.changed() => break,
                 }
+                let snap = Arc::clone(&updates.borrow_and_update());
+                let failed = self.reconcile(&snap).await;
+                if !failing || !failed.is_empty() {
+                    for e in &failed {
+                        tracing::error!(error = %e, "cannot serve a port the catalog asks for; trying again");
+                    }
+                }
+                failing = !failed.is_empty();
             }
             let _ = shutdown.wait_for(|s| *s).await;
             for open in self.open.values() {

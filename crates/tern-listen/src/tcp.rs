@@ -146,7 +146,17 @@ async fn open(
             })?;
             let ready = backhaul.ready(node).await.map_err(|e| e.to_string())?;
             let connect = tunnel_request(pick, *machine, client, local, proxy_proto)?;
-            via_peer(ready, connect).await
+            // The peer answers once it has connected to the machine (bounded by
+            // its own connect timeout) or refused.
+            let limit = shared.connect_timeout * 2;
+            tokio::time::timeout(limit, via_peer(ready, connect))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "node {}: no answer to the CONNECT within {limit:?}",
+                        node.def.id
+                    )
+                })?
         }
     }
 }

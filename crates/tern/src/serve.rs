@@ -167,7 +167,12 @@ pub async fn serve(
     // Bind everything the catalog asks for before serving anything: a port in use
     // is a startup error. Ports that apps ask for later are opened as they come.
     let mut ports = Ports::new(config.node.bind, Arc::clone(&shared));
-    if let Some(e) = ports.reconcile(&catalog.snapshot()).into_iter().next() {
+    if let Some(e) = ports
+        .reconcile(&catalog.snapshot())
+        .await
+        .into_iter()
+        .next()
+    {
         return Err(e.into());
     }
     let admin = tokio::net::TcpListener::bind(config.admin.listen)

@@ -379,3 +379,35 @@ async fn a_node_that_missed_compacted_history_reads_the_fleet_again() {
     let resp = ams.get(f.http, "/", "two.web.test");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ports_follow_the_catalog_even_when_a_port_changes_its_handlers() {
+    let (f, etcd, _ord, _sin) = etcd_fleet().await;
+    let ams = f.node("ams-1");
+    let machines = format!(
+        "{}{}",
+        f.machine("m-ord", "web", "ord-1", 1),
+        f.machine("m-sin", "web", "sin-1", 2)
+    );
+    // The plain HTTP port turns into a TLS one: closed, then opened again.
+    let plain = format!("{{ port = {}, handlers = [\"http\"] }}", f.http);
+    let tls = format!("{{ port = {}, handlers = [\"tls\", \"http\"] }}", f.http);
+    let text = catalog(&f, &machines).replace(&plain, &tls);
+    assert_ne!(text, catalog(&f, &machines));
+    push(&f, &etcd, &text);
+    let url = format!("https://web.test:{}/", f.http);
+    let resolve = format!("web.test:{}:{}", f.http, ams.ip);
+    let served = eventually(Duration::from_secs(10), || {
+        let (ok, out, _) = curl(&[
+            "--cacert",
+            f.site.ca_path.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-i",
+            &url,
+        ]);
+        ok && out.starts_with("HTTP/")
+    })
+    .await;
+    assert!(served, "{}", ams.log_text());
+}

@@ -168,8 +168,8 @@ async fn websocket_and_raw_tcp_cross_the_backhaul() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_takes_its_machines_out_and_traffic_moves_on() {
     let mut f = TestFleet::new(&[("ams-1", "ams"), ("ord-1", "ord"), ("sin-1", "sin")]);
-    let _ord = Backend::start("m-ord", f.machine_ip(1), 7000).await;
-    let _sin = Backend::start("m-sin", f.machine_ip(2), 7000).await;
+    let ord = Backend::start("m-ord", f.machine_ip(1), 7000).await;
+    let sin = Backend::start("m-sin", f.machine_ip(2), 7000).await;
     let mut body = f.web_app(CONCURRENCY);
     body.push_str(&f.machine("m-ord", "web", "ord-1", 1));
     body.push_str(&f.machine("m-sin", "web", "sin-1", 2));
@@ -185,6 +185,18 @@ async fn a_killed_node_takes_its_machines_out_and_traffic_moves_on() {
             "{resp}"
         );
     }
+    // A machine cannot pass for its node refusing a request: no replay, and the
+    // backhaul's field stops at its node.
+    let hits = |b: &Backend| b.hits.load(Ordering::Relaxed);
+    let before = hits(&ord) + hits(&sin);
+    let resp = f.node("ams-1").get(f.http, "/refuse", "web.test");
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert_eq!(
+        hits(&ord) + hits(&sin),
+        before + 1,
+        "the request was replayed"
+    );
+    assert!(!resp.contains("tern-backhaul-refused"), "{resp}");
     f.node_mut("ord-1").kill();
     // No request fails: one that finds ord-1 gone moves on to sin-1 before it
     // was sent anywhere.

@@ -403,6 +403,20 @@ async fn answer(
             .insert("content-length", http::HeaderValue::from(total));
         return r;
     }
+    if path == "/refuse" {
+        // Claims to be a Tern node refusing a request it never passed on: nothing
+        // may take a machine's word for that.
+        let mut r = Response::new(Full::new(Bytes::from_static(b"refused\n")).boxed_unsync());
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        let h = r.headers_mut();
+        h.insert(
+            "tern-error",
+            http::HeaderValue::from_static("upstream_connect_failed"),
+        );
+        h.insert("tern-backhaul-refused", http::HeaderValue::from_static("1"));
+        h.insert("x-machine-id", http::HeaderValue::from_str(id).unwrap());
+        return r;
+    }
     if path == "/drip" {
         // `chunks` chunks of 1 KiB, one every `ms` milliseconds: a response that
         // has begun and goes on.
