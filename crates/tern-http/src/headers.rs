@@ -35,6 +35,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     TRANSFER_ENCODING,
 ];
 
+/// Fields `Connection` can never remove: the message cannot do without them
+/// (HTTP/1.1 requires Host; Content-Length frames the body).
+const KEPT: [HeaderName; 2] = [http::header::HOST, http::header::CONTENT_LENGTH];
+
 /// What one pass over a message's header names found. Most messages carry none
 /// of these, and a pass over a few names costs less than a map lookup per name.
 #[derive(Debug, Default, Clone, Copy)]
@@ -102,7 +106,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if keep_upgrade && name == UPGRADE {
+        if (keep_upgrade && name == UPGRADE) || KEPT.contains(&name) {
             continue;
         }
         headers.remove(&name);

@@ -186,11 +186,22 @@ fn peer_request_id<B>(req: &Request<B>) -> HeaderValue {
         .unwrap_or_else(headers::request_id)
 }
 
-/// The admit phase for the body: a declared length over the app's limit is
-/// refused before a byte of it is read.
+/// The admit phase for the body: Content-Length fields that disagree are
+/// refused (RFC 9110, 8.6; those that agree become one in the rewrite), and a
+/// declared length over the app's limit is refused before a byte is read.
 fn admit_length<B>(req: &Request<B>, app: &AppEntry) -> Result<(), ProxyError> {
     let limit = app.max_request_body;
-    match declared_length(req) {
+    let mut lengths = req.headers().get_all(CONTENT_LENGTH).iter();
+    let declared = lengths.next().map(length);
+    for other in lengths {
+        if length(other) != declared.flatten() || declared.flatten().is_none() {
+            return Err(ProxyError::new(
+                ErrorCode::BadRequest,
+                "the request's Content-Length fields disagree",
+            ));
+        }
+    }
+    match declared.flatten() {
         Some(len) if len > limit => Err(ProxyError::new(
             ErrorCode::RequestBodyTooLarge,
             format!("body of {len} bytes exceeds the limit of {limit}"),
@@ -199,13 +210,8 @@ fn admit_length<B>(req: &Request<B>, app: &AppEntry) -> Result<(), ProxyError> {
     }
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+fn length(v: &HeaderValue) -> Option<u64> {
+    v.to_str().ok()?.parse().ok()
 }
 
 /// A request's hook, run once: by the response body it is handed to, or (as

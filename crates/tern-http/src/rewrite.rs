@@ -69,6 +69,13 @@ impl Proxy {
             strip_backhaul_fields(h);
             true
         };
+        // Content-Length fields that agree (the admit phase refused the others)
+        // go on as one.
+        let mut lengths = h.get_all(http::header::CONTENT_LENGTH).iter();
+        if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
+            let one = first.clone();
+            h.insert(http::header::CONTENT_LENGTH, one);
+        }
         // An absolute-form target (or a peer's HTTP/2 authority) overrides Host
         // (RFC 9112, 3.2.2), so the machine sees the host the request was routed by.
         if route.host_from_uri {

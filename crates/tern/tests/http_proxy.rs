@@ -199,6 +199,55 @@ async fn the_target_overrides_host_and_two_hosts_are_refused() {
     }
 }
 
+/// Hop-by-hop removal never takes Host or Content-Length, whatever `Connection`
+/// lists; duplicate Content-Lengths that agree are sent as one, and those that
+/// disagree are refused. On both of Tern's HTTP/1.1 servers (a GET without a
+/// body, a POST with one).
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_host_and_duplicate_lengths_are_merged_or_refused() {
+    let s = web_setup("", "").await;
+    let port = s.tern.ports.http;
+    let asks: [&'static [u8]; 5] = [
+        b"GET /h HTTP/1.1\r\nHost: web.test\r\nConnection: host, close\r\n\r\n",
+        b"POST /h HTTP/1.1\r\nHost: web.test\r\nConnection: host, content-length, close\r\nContent-Length: 2\r\n\r\nhi",
+        b"GET /d HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"POST /d HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"GET /d HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\nContent-Length: 00\r\nConnection: close\r\n\r\n",
+    ];
+    let outs = tokio::task::spawn_blocking(move || asks.map(|a| raw_exchange(port, a)))
+        .await
+        .unwrap();
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.starts_with("HTTP/1.1 200"), "{i}: {out}");
+        assert!(out.contains("\nhost: web.test\n"), "{i}: {out}");
+        let lengths = out.matches("\ncontent-length: ").count();
+        // The machine's echo lists what it got; its own response head has one.
+        assert!(lengths <= 2, "{i}: {out}");
+    }
+    assert!(outs[1].contains("body-bytes=2"), "{}", outs[1]);
+    assert!(outs[3].contains("body-bytes=2"), "{}", outs[3]);
+    // The echo shows the request's fields after the body line; one length each.
+    for i in [2, 3, 4] {
+        let echoed = outs[i].split_once("uri=").map_or("", |(_, b)| b);
+        assert_eq!(
+            echoed.matches("\ncontent-length: ").count(),
+            1,
+            "{i}: {}",
+            outs[i]
+        );
+    }
+    let refused = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            port,
+            b"POST /d HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi!",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert_eq!(s.backend.hits.load(std::sync::atomic::Ordering::Relaxed), 5);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_host_gets_a_coded_404() {
     let s = web_setup("", "").await;
