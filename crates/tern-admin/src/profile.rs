@@ -3,7 +3,8 @@
 //! protobuf. One profile at a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pprof::protos::Message;
 
@@ -33,24 +34,65 @@ pub enum ProfileFormat {
 }
 
 /// Samples every thread's stack for `seconds`, on a blocking thread so the
-/// runtime keeps serving.
+/// runtime keeps serving. If the caller goes away (the client gave up), the
+/// sampling stops within `CHECK_EVERY` and the next profile may start.
 pub async fn profile(seconds: u64, format: ProfileFormat) -> Result<Vec<u8>, ProfileError> {
     if RUNNING.swap(true, Ordering::AcqRel) {
         return Err(ProfileError::Busy);
     }
+    // Held by the sampling thread: the profiler is free when that thread is done.
+    let running = Running;
     let seconds = seconds.clamp(1, MAX_SECONDS);
-    let result = tokio::task::spawn_blocking(move || sample(seconds, format)).await;
-    RUNNING.store(false, Ordering::Release);
+    let wanted = Wanted(Arc::new(AtomicBool::new(true)));
+    let still_wanted = Arc::clone(&wanted.0);
+    let result = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        sample(seconds, format, &still_wanted)
+    })
+    .await;
     result.map_err(|e| ProfileError::Join(e.to_string()))?
 }
 
-fn sample(seconds: u64, format: ProfileFormat) -> Result<Vec<u8>, ProfileError> {
+/// How often a sampling thread checks whether its profile is still wanted.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Marks the profiler free when dropped, however the profile ended.
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// Whether the caller still waits for the profile: cleared when its future is
+/// dropped.
+struct Wanted(Arc<AtomicBool>);
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn sample(
+    seconds: u64,
+    format: ProfileFormat,
+    wanted: &AtomicBool,
+) -> Result<Vec<u8>, ProfileError> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY_HZ)
         // Unwinding through these while a signal lands can deadlock.
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
         .build()?;
-    std::thread::sleep(Duration::from_secs(seconds));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while wanted.load(Ordering::Acquire) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(CHECK_EVERY));
+    }
     let report = guard.report().build()?;
     let out = match format {
         ProfileFormat::FlamegraphSvg => {

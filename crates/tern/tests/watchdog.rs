@@ -595,6 +595,24 @@ async fn live_profiles_and_the_connection_list_come_from_the_admin_port() {
     let split = pb.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     // A pprof Profile always carries its sample types and string table.
     assert!(pb.len() - split - 4 > 10, "empty profile");
+
+    // A client that gives up on a long profile frees the profiler for the next.
+    let mut quitter = StdTcpStream::connect(("127.0.0.1", tern.ports.admin)).unwrap();
+    quitter
+        .write_all(b"GET /debug/pprof/flamegraph?seconds=60 HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tern
+        .admin_get("/debug/pprof/profile?seconds=1")
+        .starts_with("HTTP/1.1 409"));
+    drop(quitter);
+    // (The flamegraph: text, which admin_get reads; the protobuf is binary.)
+    let freed = eventually(Duration::from_secs(10), || {
+        tern.admin_get("/debug/pprof/flamegraph?seconds=1")
+            .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(freed, "the profiler stayed busy after its client left");
 }
 
 fn body(resp: &str) -> &str {
