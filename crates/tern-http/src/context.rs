@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use tern_backhaul::Backhaul;
 use tern_catalog::{AppEntry, Catalog, MachineEntry};
+use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
 use crate::binding::ConnBindings;
@@ -106,6 +107,8 @@ pub struct Proxy {
     pub(crate) metrics: RequestMetrics,
     /// Tunnels (upgrades, CONNECT) run under it, in tasks of their own.
     pub(crate) watchdog: Option<pollwatch::Watchdog>,
+    /// Those tasks, for the drain to wait for.
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Proxy {
@@ -115,6 +118,7 @@ impl Proxy {
         backhaul: Option<Arc<Backhaul>>,
         settings: ProxySettings,
         watchdog: Option<pollwatch::Watchdog>,
+        tasks: TaskTracker,
     ) -> Self {
         Proxy {
             catalog,
@@ -124,6 +128,7 @@ impl Proxy {
             settings,
             metrics: RequestMetrics::default(),
             watchdog,
+            tasks,
         }
     }
 }

@@ -62,14 +62,8 @@ impl Proxy {
         B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Send + 'static,
     {
-        let probe = self.watchdog.as_ref().map(|d| {
-            let p = d.register();
-            p.set("state", "tunnel");
-            p.set("machine", machine.clone());
-            p
-        });
-        let counted = probe.clone();
-        let task = async move {
+        let label = machine.clone();
+        self.spawn_watched("tunnel", label, move |counted| async move {
             let _hold = hold;
             let (client, machine_side) = match ends.await {
                 Ok(e) => e,
@@ -85,12 +79,30 @@ impl Proxy {
             if let Err(e) = tern_tcp::splice(&mut client, &mut machine_side, &preamble).await {
                 tracing::debug!(%machine, error = %e, "tunnel ended");
             }
-        };
-        tokio::spawn(async move {
+        });
+    }
+
+    /// Runs a connection's work in a task of its own, as every connection runs:
+    /// under the spin watchdog (`work` gets the probe, to count its sockets'
+    /// bytes as progress), and tracked, so that a drain waits for it up to its
+    /// deadline.
+    pub(crate) fn spawn_watched<W, F>(&self, state: &'static str, machine: String, work: W)
+    where
+        W: FnOnce(Option<pollwatch::Probe>) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let probe = self.watchdog.as_ref().map(|d| {
+            let p = d.register();
+            p.set("state", state);
+            p.set("machine", machine);
+            p
+        });
+        let task = work(probe.clone());
+        self.tasks.spawn(async move {
             match probe {
                 Some(p) => {
                     if let Err(spun) = p.watch(task).await {
-                        tracing::warn!(%spun, "tunnel cut by the spin watchdog");
+                        tracing::warn!(%spun, "{state} cut by the spin watchdog");
                     }
                 }
                 None => task.await,
@@ -270,20 +282,22 @@ impl Proxy {
             }
             None => {
                 // Not switched: the machine's answer is written into the stream.
-                tokio::spawn(async move {
+                self.spawn_watched("tunnel-answer", machine, move |counted| async move {
                     let _hold = (guard, tx);
-                    if let Ok(peer) = peer_side.await {
-                        let mut peer = TokioIo::new(peer);
-                        let mut body = body;
-                        while let Some(Ok(frame)) = body.frame().await {
-                            if let Ok(data) = frame.into_data() {
-                                if peer.write_all(&data).await.is_err() {
-                                    return;
-                                }
+                    let Ok(peer) = peer_side.await else { return };
+                    let mut peer = match &counted {
+                        Some(p) => Either::Left(p.io(TokioIo::new(peer))),
+                        None => Either::Right(TokioIo::new(peer)),
+                    };
+                    let mut body = body;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Ok(data) = frame.into_data() {
+                            if peer.write_all(&data).await.is_err() {
+                                return;
                             }
                         }
-                        let _ = peer.shutdown().await;
                     }
+                    let _ = peer.shutdown().await;
                 });
             }
         }

@@ -322,6 +322,7 @@ fn shared(
             test_hooks: test_hooks(),
         },
         watchdog.clone(),
+        tracker.clone(),
     ));
     Ok(Arc::new(Shared {
         catalog: Arc::clone(catalog),

@@ -146,3 +146,47 @@ async fn keep_alive_reuses_one_upstream_connection() {
     assert_eq!(b.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
     drop(tern);
 }
+
+/// A tunnel is a connection like any other: a drain waits for it (up to
+/// `drain_timeout`), and it keeps working meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_waits_for_an_open_websocket() {
+    let ips = Ips::new();
+    let machine_task = ws_machine(ips.get(1)).await;
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), &["web.test"]);
+    let mut tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
+    let tcp = TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap();
+    let url = format!("ws://web.test:{}/chat", ports.http);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert_eq!(got.unwrap().unwrap(), Message::text("BEFORE"));
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &tern.child.id().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::text("draining")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        got.unwrap().unwrap(),
+        Message::text("DRAINING"),
+        "{}",
+        tern.log_text()
+    );
+    assert!(
+        tern.child.try_wait().unwrap().is_none(),
+        "exited with a tunnel open"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let exited = tern.terminate(Duration::from_secs(10));
+    assert!(exited.is_some(), "no exit once the tunnel closed");
+    machine_task.abort();
+}
