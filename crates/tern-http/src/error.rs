@@ -25,10 +25,11 @@ pub enum ErrorCode {
     BackhaulConnectFailed,
     BackhaulReset,
     UnknownPeer,
+    BadRequestBody,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::NoAppForHost,
         ErrorCode::NoServiceForPort,
@@ -45,6 +46,7 @@ impl ErrorCode {
         ErrorCode::BackhaulConnectFailed,
         ErrorCode::BackhaulReset,
         ErrorCode::UnknownPeer,
+        ErrorCode::BadRequestBody,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::BackhaulConnectFailed => "backhaul_connect_failed",
             ErrorCode::BackhaulReset => "backhaul_reset",
             ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::BadRequestBody => "bad_request_body",
         }
     }
 
@@ -86,6 +89,7 @@ impl ErrorCode {
             ErrorCode::BackhaulConnectFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::BackhaulReset => StatusCode::BAD_GATEWAY,
             ErrorCode::UnknownPeer => StatusCode::FORBIDDEN,
+            ErrorCode::BadRequestBody => StatusCode::BAD_REQUEST,
         }
     }
 }

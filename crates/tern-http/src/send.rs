@@ -2,6 +2,7 @@
 //! made, and the response head must come back within the response-header
 //! timeout. Also the body a machine's response arrives in, whichever way it came.
 
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -234,6 +235,15 @@ pub(crate) fn backhaul_error(node: &str, e: tern_backhaul::BackhaulError) -> Pro
 pub(crate) fn upstream_error(e: hyper::Error) -> ProxyError {
     if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(&e) {
         return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
+    }
+    // The request's body failed as hyper's client read it: the client's body
+    // broke (bad chunked framing, cut short), which is the client's fault. The
+    // machine saw an unfinished request, which it must not act on.
+    let client_body = e
+        .source()
+        .and_then(|cause| find_cause::<hyper::Error>(cause));
+    if let (true, Some(broken)) = (e.is_user(), client_body) {
+        return ProxyError::new(ErrorCode::BadRequestBody, broken.to_string());
     }
     if e.is_parse() {
         return ProxyError::new(ErrorCode::UpstreamBadResponse, e.to_string());

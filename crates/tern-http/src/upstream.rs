@@ -235,9 +235,12 @@ impl Upstreams {
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
         let (io, probe) = self.connect_tcp(addr).await?;
-        // Flattened writes, for the reason given in server.rs.
+        // Flattened writes, for the reason given in server.rs. The same limits on
+        // a response head as the in-task client's.
         let (tx, conn) = http1::Builder::new()
             .writev(false)
+            .max_header_size(tern_h1::MAX_HEAD_BYTES)
+            .max_headers(tern_h1::MAX_HEADERS)
             .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;

@@ -248,6 +248,37 @@ async fn connection_cannot_remove_host_and_duplicate_lengths_are_merged_or_refus
     assert_eq!(s.backend.hits.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
 
+/// A request body whose chunked framing is broken is the client's fault: 400,
+/// with the code that says so, not a 502 blamed on the machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_request_body_is_the_clients_fault() {
+    let s = web_setup("", "").await;
+    let port = s.tern.ports.http;
+    let bodies: [&'static [u8]; 4] = [
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        b"2\r\nhello\r\n0\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut req = b"POST /x HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        let out = tokio::task::spawn_blocking(move || raw_exchange(port, &req))
+            .await
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{:?}: {out}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("tern-error: bad_request_body"),
+            "{out}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_host_gets_a_coded_404() {
     let s = web_setup("", "").await;

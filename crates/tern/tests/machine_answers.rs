@@ -65,6 +65,11 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
                                 return;
                             }
                             "/bad" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+                            "/bighead" => {
+                                let field = "x".repeat(80 * 1024);
+                                format!("HTTP/1.1 200 OK\r\nx-big: {field}\r\ncontent-length: 2\r\n\r\nok")
+                                    .into_bytes()
+                            }
                             "/silent" => {
                                 // Takes the request and never answers.
                                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -160,6 +165,35 @@ async fn a_malformed_answer_gives_upstream_bad_response() {
     // Tern goes on serving.
     let out = blocking(move || get(port, "GET", "/fine")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+/// A response head over 64 KiB is a bad response whichever client of Tern's
+/// reads it: the in-task one (a GET) and hyper's (a POST with a body).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_head_over_64_kib_is_refused_on_every_path() {
+    let (tern, _, _ips) = start().await;
+    let port = tern.ports.http;
+    let get_out = blocking(move || get(port, "GET", "/bighead")).await;
+    let post_out = blocking(move || {
+        raw_exchange(
+            port,
+            b"POST /bighead HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+    })
+    .await;
+    for (what, out) in [("GET", get_out), ("POST", post_out)] {
+        assert!(
+            out.starts_with("HTTP/1.1 502"),
+            "{what}: {}",
+            &out[..out.len().min(200)]
+        );
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("tern-error: upstream_bad_response"),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
