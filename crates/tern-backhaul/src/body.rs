@@ -60,10 +60,17 @@ impl Body for RecvBody {
 
 /// Streams `body` into `stream`, within the peer's flow-control window, until it
 /// ends (then ends the stream), fails (then resets it), or the peer resets it.
-/// Each piece sent counts as progress on `probe`.
-pub(crate) async fn pump<B>(body: B, mut stream: SendStream<Bytes>, probe: Option<pollwatch::Probe>)
-where
+/// Each piece sent counts as progress on `probe`. Why the body broke goes to
+/// `broke` before the reset, so the sender can tell the client's fault from the
+/// peer's.
+pub(crate) async fn pump<B>(
+    body: B,
+    mut stream: SendStream<Bytes>,
+    probe: Option<pollwatch::Probe>,
+    broke: tokio::sync::oneshot::Sender<crate::BodyError>,
+) where
     B: Body<Data = Bytes>,
+    B::Error: Into<crate::BodyError>,
 {
     let mut body = std::pin::pin!(body);
     loop {
@@ -85,9 +92,10 @@ where
                 let _ = stream.send_data(Bytes::new(), true);
                 return;
             }
-            Ok(Some(Err(_))) => {
-                // The client's body broke (cut short, over the limit): the peer
-                // must not take what came as the whole request.
+            Ok(Some(Err(e))) => {
+                // The client's body broke (cut short, over the limit, stalled):
+                // the peer must not take what came as the whole request.
+                let _ = broke.send(e.into());
                 stream.send_reset(Reason::CANCEL);
                 return;
             }

@@ -39,6 +39,9 @@ pub enum BackhaulError {
     /// The stream or its connection broke once the request was on its way.
     #[error("backhaul stream: {0}")]
     Stream(#[from] h2::Error),
+    /// The client's request body broke as it was streamed to the peer.
+    #[error("request body: {0}")]
+    RequestBody(#[source] crate::BodyError),
 }
 
 impl BackhaulError {

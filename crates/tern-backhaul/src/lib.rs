@@ -25,6 +25,9 @@ use std::time::Duration;
 pub use accept::{AcceptError, BackhaulAcceptor};
 pub use body::RecvBody;
 pub use error::BackhaulError;
+
+/// Why a request body broke, as its own error says.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub use link::PeerLink;
 pub use pool::{Backhaul, Ready, Tunnel};
 pub use tls::{FleetTls, ALPN};

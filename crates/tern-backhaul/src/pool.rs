@@ -203,7 +203,7 @@ impl Ready {
     pub async fn send<B>(mut self, req: Request<B>) -> Result<Response<RecvBody>, BackhaulError>
     where
         B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Send,
+        B::Error: Into<crate::BodyError> + Send,
     {
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
@@ -211,6 +211,7 @@ impl Ready {
             .sender
             .send_request(Request::from_parts(parts, ()), end)
             .map_err(|e| self.refused(e))?;
+        let (broke, mut body_broke) = tokio::sync::oneshot::channel();
         if !end {
             let probe = self.settings.watchdog.as_ref().map(|d| {
                 let p = d.register();
@@ -218,7 +219,7 @@ impl Ready {
                 p.set("node", self.link.node.clone());
                 p
             });
-            let pumping = pump(body, stream, probe.clone());
+            let pumping = pump(body, stream, probe.clone(), broke);
             tokio::spawn(async move {
                 match probe {
                     Some(p) => {
@@ -228,8 +229,15 @@ impl Ready {
                 }
             });
         }
-        let response = response.await?;
-        Ok(response.map(RecvBody::new))
+        match response.await {
+            Ok(response) => Ok(response.map(RecvBody::new)),
+            // The pump reports a broken body before it resets the stream, so a
+            // reset of our own making finds its cause here.
+            Err(reset) => Err(match body_broke.try_recv() {
+                Ok(cause) => BackhaulError::RequestBody(cause),
+                Err(_) => BackhaulError::Stream(reset),
+            }),
+        }
     }
 
     /// Opens a CONNECT stream: raw TCP or an upgraded connection.

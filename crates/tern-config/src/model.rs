@@ -138,6 +138,9 @@ pub struct Limits {
     /// A response that makes no progress towards the client for this long (the
     /// client stopped reading) ends its connection.
     pub send_timeout: Duration,
+    /// A request body that makes no progress for this long ends its request
+    /// (408) and its connection.
+    pub body_read_timeout: Duration,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// Most headers in one request.

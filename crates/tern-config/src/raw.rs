@@ -104,6 +104,7 @@ pub(crate) struct RawLimits {
     pub header_read_timeout: Opt<DurationText>,
     pub idle_timeout: Opt<DurationText>,
     pub send_timeout: Opt<DurationText>,
+    pub body_read_timeout: Opt<DurationText>,
     pub max_header_bytes: Opt<SizeValue>,
     pub max_headers: Opt<i64>,
     pub max_request_body: Opt<SizeValue>,

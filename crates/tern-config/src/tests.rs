@@ -56,6 +56,7 @@ reload_interval = "500ms"
 header_read_timeout = "11s"
 idle_timeout = "61s"
 send_timeout = "62s"
+body_read_timeout = "61s"
 max_header_bytes = "32KiB"
 max_headers = 50
 max_request_body = 1000
@@ -152,6 +153,7 @@ fn full_config_round_trips() {
             header_read_timeout: secs(11),
             idle_timeout: secs(61),
             send_timeout: secs(62),
+            body_read_timeout: secs(61),
             max_header_bytes: 32 * 1024,
             max_headers: 50,
             max_request_body: 1000,
@@ -342,6 +344,7 @@ ip = "127.0.0.11"
             header_read_timeout: secs(10),
             idle_timeout: secs(60),
             send_timeout: secs(60),
+            body_read_timeout: secs(60),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_request_body: 64 * 1024 * 1024,

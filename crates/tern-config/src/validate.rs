@@ -698,6 +698,7 @@ impl Validator<'_> {
             header_read_timeout: None,
             idle_timeout: None,
             send_timeout: None,
+            body_read_timeout: None,
             max_header_bytes: None,
             max_headers: None,
             max_request_body: None,
@@ -720,6 +721,12 @@ impl Validator<'_> {
             ),
             idle_timeout: self.duration(&raw.idle_timeout, "limits.idle_timeout", secs(60), false),
             send_timeout: self.duration(&raw.send_timeout, "limits.send_timeout", secs(60), false),
+            body_read_timeout: self.duration(
+                &raw.body_read_timeout,
+                "limits.body_read_timeout",
+                secs(60),
+                false,
+            ),
             max_header_bytes: max_header_bytes
                 .map_or(64 << 10, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_headers: self.count(&raw.max_headers, "limits.max_headers", 100, 1),

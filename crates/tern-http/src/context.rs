@@ -28,6 +28,8 @@ pub struct ProxySettings {
     pub response_header_timeout: Duration,
     pub queue_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A request body that makes no progress for this long ends its request.
+    pub body_read_timeout: Duration,
     /// Test-only: `/__tern_test/spin` never completes and wakes itself forever,
     /// the shape of the close_notify busy loop, for testing the spin watchdog.
     pub test_hooks: bool,

@@ -26,10 +26,11 @@ pub enum ErrorCode {
     BackhaulReset,
     UnknownPeer,
     BadRequestBody,
+    RequestBodyTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::NoAppForHost,
         ErrorCode::NoServiceForPort,
@@ -47,6 +48,7 @@ impl ErrorCode {
         ErrorCode::BackhaulReset,
         ErrorCode::UnknownPeer,
         ErrorCode::BadRequestBody,
+        ErrorCode::RequestBodyTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::BackhaulReset => "backhaul_reset",
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::BadRequestBody => "bad_request_body",
+            ErrorCode::RequestBodyTimeout => "request_body_timeout",
         }
     }
 
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::BackhaulReset => StatusCode::BAD_GATEWAY,
             ErrorCode::UnknownPeer => StatusCode::FORBIDDEN,
             ErrorCode::BadRequestBody => StatusCode::BAD_REQUEST,
+            ErrorCode::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

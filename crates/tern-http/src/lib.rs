@@ -5,6 +5,7 @@
 mod activity;
 mod binding;
 mod body;
+mod body_deadline;
 mod conn_event;
 mod connect;
 mod context;

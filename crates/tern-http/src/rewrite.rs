@@ -10,6 +10,7 @@ use tern_backhaul::fields;
 use tern_catalog::Pick;
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
+use crate::body_deadline::BodyDeadline;
 use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers::{self, Forwarded};
@@ -87,7 +88,8 @@ impl Proxy {
             // No body (most GETs): an empty one is a zero-sized box, no allocation.
             Body::default()
         } else {
-            let limited = Limited::new(body, limit).map_err(|e| e as crate::BoxError);
+            let moving = BodyDeadline::new(body, self.settings.body_read_timeout);
+            let limited = Limited::new(moving, limit).map_err(|e| e as crate::BoxError);
             match &conn.activity {
                 Some(activity) => {
                     Guarded::new(limited, BodyRead(std::sync::Arc::clone(activity))).boxed_unsync()

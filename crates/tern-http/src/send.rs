@@ -223,6 +223,9 @@ pub(crate) fn header_timeout(after: Duration) -> ProxyError {
 
 #[cold]
 pub(crate) fn backhaul_error(node: &str, e: tern_backhaul::BackhaulError) -> ProxyError {
+    if let tern_backhaul::BackhaulError::RequestBody(cause) = &e {
+        return client_body_error(&**cause);
+    }
     let code = if e.not_sent() {
         ErrorCode::BackhaulConnectFailed
     } else {
@@ -231,10 +234,25 @@ pub(crate) fn backhaul_error(node: &str, e: tern_backhaul::BackhaulError) -> Pro
     ProxyError::new(code, format!("node {node}: {e}"))
 }
 
+/// A client's request body that broke on its way: over the limit, stalled, or
+/// (anything else) malformed or cut short. Each is the client's fault.
+#[cold]
+fn client_body_error(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
+    if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(cause) {
+        return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
+    }
+    if let Some(stalled) = find_cause::<crate::body_deadline::BodyTimedOut>(cause) {
+        return ProxyError::new(ErrorCode::RequestBodyTimeout, stalled.to_string());
+    }
+    ProxyError::new(ErrorCode::BadRequestBody, cause.to_string())
+}
+
 #[cold]
 pub(crate) fn upstream_error(e: hyper::Error) -> ProxyError {
-    if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(&e) {
-        return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
+    if find_cause::<http_body_util::LengthLimitError>(&e).is_some()
+        || find_cause::<crate::body_deadline::BodyTimedOut>(&e).is_some()
+    {
+        return client_body_error(&e);
     }
     // The request's body failed as hyper's client read it: the client's body
     // broke (bad chunked framing, cut short), which is the client's fault. The

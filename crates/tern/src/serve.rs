@@ -319,6 +319,7 @@ fn shared(
             response_header_timeout: limits.response_header_timeout,
             queue_timeout: limits.queue_timeout,
             connect_timeout: limits.connect_timeout,
+            body_read_timeout: limits.body_read_timeout,
             test_hooks: test_hooks(),
         },
         watchdog.clone(),

@@ -387,3 +387,48 @@ async fn a_peer_dying_mid_response_cuts_only_its_own_streams() {
     );
     assert_eq!(machine_of(&elsewhere), Some("m-sin"));
 }
+
+/// A client's request body that stalls or breaks on its way across the backhaul
+/// is the client's fault, told as at the machine's own node: 408 and 400, not a
+/// 502 blamed on the backhaul.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_request_body_across_the_backhaul_is_the_clients_fault() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut f = TestFleet::new(&[("ams-1", "ams"), ("ord-1", "ord")]);
+    let _backend = Backend::start("m-ord", f.machine_ip(1), 7000).await;
+    let mut body = f.web_app(CONCURRENCY);
+    body.push_str(&f.machine("m-ord", "web", "ord-1", 1));
+    f.write_catalog(&body);
+    f.write_configs(&Source::File, "body_read_timeout = \"1s\"");
+    f.start_all();
+    f.wait_connected();
+    let addr = std::net::SocketAddr::new(f.node("ams-1").ip, f.http);
+    let cases: [(&[u8], &str, &str); 2] = [
+        (
+            b"POST /x HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\na",
+            "HTTP/1.1 408",
+            "request_body_timeout",
+        ),
+        (
+            b"POST /x HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+            "bad_request_body",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out))
+            .await
+            .expect("the edge answers and closes")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with(status), "{out}\n{}", f.logs());
+        assert!(
+            out.to_ascii_lowercase()
+                .contains(&format!("tern-error: {code}")),
+            "{out}"
+        );
+    }
+}

@@ -488,3 +488,45 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
         assert!(got < total, "{req}: the whole body arrived ({got} bytes)");
     }
 }
+
+/// A request body that stops moving ends its request with 408 at
+/// `body_read_timeout`, while one that moves slowly but steadily, for longer than
+/// that in all, goes through: the timeout is on progress, not on the whole body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_a_slow_one_goes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = web_setup("", "body_read_timeout = \"1s\"").await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], s.tern.ports.http).into();
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /x HTTP/1.1\r\nHost: web.test\r\nContent-Length: 6\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        slow.write_all(b"a").await.unwrap();
+    }
+    let (head, body) = read_response(&mut slow).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("body-bytes=6"), "{body}");
+
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /x HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\na")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut out))
+        .await
+        .expect("Tern answers and closes a stalled body's connection")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("tern-error: request_body_timeout"),
+        "{out}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "{out}");
+}
