@@ -141,6 +141,10 @@ pub struct Limits {
     /// A request body that makes no progress for this long ends its request
     /// (408) and its connection.
     pub body_read_timeout: Duration,
+    /// How much of a request body is read before a machine is chosen: a body
+    /// that fits is read whole first, so a slow client holds no machine's
+    /// capacity while it sends it. 0 streams every body from its first byte.
+    pub request_buffer: usize,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// Most headers in one request.

@@ -105,6 +105,7 @@ pub(crate) struct RawLimits {
     pub idle_timeout: Opt<DurationText>,
     pub send_timeout: Opt<DurationText>,
     pub body_read_timeout: Opt<DurationText>,
+    pub request_buffer: Opt<SizeValue>,
     pub max_header_bytes: Opt<SizeValue>,
     pub max_headers: Opt<i64>,
     pub max_request_body: Opt<SizeValue>,

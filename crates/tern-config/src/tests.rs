@@ -57,6 +57,7 @@ header_read_timeout = "11s"
 idle_timeout = "61s"
 send_timeout = "62s"
 body_read_timeout = "61s"
+request_buffer = "32KiB"
 max_header_bytes = "32KiB"
 max_headers = 50
 max_request_body = 1000
@@ -154,6 +155,7 @@ fn full_config_round_trips() {
             idle_timeout: secs(61),
             send_timeout: secs(62),
             body_read_timeout: secs(61),
+            request_buffer: 32 * 1024,
             max_header_bytes: 32 * 1024,
             max_headers: 50,
             max_request_body: 1000,
@@ -345,6 +347,7 @@ ip = "127.0.0.11"
             idle_timeout: secs(60),
             send_timeout: secs(60),
             body_read_timeout: secs(60),
+            request_buffer: 16 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_request_body: 64 * 1024 * 1024,
@@ -668,6 +671,10 @@ fn bad_size() {
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nmax_header_bytes = -1\n"),
         "t.toml:5:20: limits.max_header_bytes must not be negative"
+    );
+    assert_eq!(
+        error("[node]\nid = \"n\"\nregion = \"ams\"\n[limits]\nrequest_buffer = \"2MiB\"\n"),
+        "t.toml:5:18: limits.request_buffer must be at most 1048576 bytes (1MiB): it is held in memory for every request whose body is arriving"
     );
 }
 

@@ -14,6 +14,9 @@ use crate::model::*;
 use crate::raw::*;
 use crate::values;
 
+/// The largest `limits.request_buffer`: it is memory per request in flight.
+const MAX_REQUEST_BUFFER: u64 = 1 << 20;
+
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9090);
 const DEFAULT_TCP_CHECK: (Duration, Duration, Duration) = (
@@ -699,6 +702,7 @@ impl Validator<'_> {
             idle_timeout: None,
             send_timeout: None,
             body_read_timeout: None,
+            request_buffer: None,
             max_header_bytes: None,
             max_headers: None,
             max_request_body: None,
@@ -712,6 +716,22 @@ impl Validator<'_> {
         });
         let secs = Duration::from_secs;
         let max_header_bytes = self.size(&raw.max_header_bytes, "limits.max_header_bytes", 1);
+        let request_buffer = self.size(&raw.request_buffer, "limits.request_buffer", 0);
+        let request_buffer = match request_buffer {
+            Some(n) if n > MAX_REQUEST_BUFFER => {
+                let span = raw
+                    .request_buffer
+                    .as_ref()
+                    .map(|v| v.span())
+                    .unwrap_or_default();
+                self.error(
+                    &span,
+                    format!("limits.request_buffer must be at most {MAX_REQUEST_BUFFER} bytes (1MiB): it is held in memory for every request whose body is arriving"),
+                );
+                None
+            }
+            n => n,
+        };
         Limits {
             header_read_timeout: self.duration(
                 &raw.header_read_timeout,
@@ -727,6 +747,7 @@ impl Validator<'_> {
                 secs(60),
                 false,
             ),
+            request_buffer: request_buffer.map_or(16 << 10, |n| n as usize),
             max_header_bytes: max_header_bytes
                 .map_or(64 << 10, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_headers: self.count(&raw.max_headers, "limits.max_headers", 100, 1),

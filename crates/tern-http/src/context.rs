@@ -30,6 +30,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// A request body that makes no progress for this long ends its request.
     pub body_read_timeout: Duration,
+    /// How much of a request body is read before a machine is chosen; 0 for
+    /// none.
+    pub request_buffer: usize,
     /// Test-only: `/__tern_test/spin` never completes and wakes itself forever,
     /// the shape of the close_notify busy loop, for testing the spin watchdog.
     pub test_hooks: bool,

@@ -6,6 +6,7 @@ mod activity;
 mod binding;
 mod body;
 mod body_deadline;
+mod buffer;
 mod conn_event;
 mod connect;
 mod context;

@@ -1,8 +1,9 @@
 //! One request's way through Tern, in the named phases of LIFECYCLE.md:
-//! route → redirect → admit → rewrite → choose → connect → send → respond, with
-//! the retry step deciding, in one place, whether a failed attempt may go to the
-//! next machine. The phases live in their own modules (`route`, `rewrite`,
-//! `connect`, `send`, `respond`, `tunnel`); this one runs them in order.
+//! route → redirect → admit → rewrite → buffer → choose → connect → send →
+//! respond, with the retry step deciding, in one place, whether a failed attempt
+//! may go to the next machine. The phases live in their own modules (`route`,
+//! `rewrite`, `buffer`, `connect`, `send`, `respond`, `tunnel`); this one runs
+//! them in order.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use http_body_util::BodyExt;
 use tern_catalog::{AppEntry, Snapshot};
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
+use crate::buffer;
 use crate::connect::REFUSED_BY_PEER;
 use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
@@ -133,7 +135,12 @@ impl Proxy {
             return Box::pin(self.serve_peer_tunnel(req, conn, &snapshot, &route)).await;
         }
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding fields in.
-        let prepared = self.rewrite(req, conn, &route, request_id);
+        let mut prepared = self.rewrite(req, conn, &route, request_id);
+        // buffer: the body's start is read before any machine is asked for.
+        let limit = self.settings.request_buffer;
+        if let (Some(body), 1..) = (prepared.body_to_buffer(), limit) {
+            *body = buffer::buffer(std::mem::take(body), limit, &self.metrics.buffering).await?;
+        }
         self.forward(prepared, conn, &snapshot, &route).await
     }
 

@@ -5,7 +5,7 @@ use foldhash::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 /// Most apps whose handles are kept; past it, handles are looked up each time, so
 /// a flood of apps cannot grow memory.
@@ -20,10 +20,20 @@ struct AppMetrics {
     counters: Vec<((&'static str, u16), Counter)>,
 }
 
-#[derive(Default)]
 pub(crate) struct RequestMetrics {
     /// By app, looked up by `&str` without allocating: one hash per request.
     apps: Mutex<HashMap<String, AppMetrics>>,
+    /// Request bodies being read by the buffer phase.
+    pub(crate) buffering: Gauge,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            apps: Mutex::default(),
+            buffering: metrics::gauge!("tern_request_bodies_buffering"),
+        }
+    }
 }
 
 fn counter(app: &str, code: &'static str, status: u16) -> Counter {

@@ -152,6 +152,21 @@ impl Proxy {
 }
 
 impl<'a> Prepared<'a> {
+    /// The body the buffer phase may read ahead: none for a bodyless request, nor
+    /// for an upgrade, whose bytes after the head belong to the new protocol, nor
+    /// for a streaming RPC, whose client may wait for an answer before it sends
+    /// more.
+    pub(crate) fn body_to_buffer(&mut self) -> Option<&mut Body> {
+        if self.bodyless || self.upgrade {
+            return None;
+        }
+        let req = self.req.as_mut()?;
+        if crate::buffer::is_streaming_rpc(req.headers()) {
+            return None;
+        }
+        Some(req.body_mut())
+    }
+
     /// What kind of connection the request needs.
     pub(crate) fn want<'c>(&self, conn: &'c ConnInfo) -> Want<'c> {
         if self.h2 {

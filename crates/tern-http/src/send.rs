@@ -237,7 +237,7 @@ pub(crate) fn backhaul_error(node: &str, e: tern_backhaul::BackhaulError) -> Pro
 /// A client's request body that broke on its way: over the limit, stalled, or
 /// (anything else) malformed or cut short. Each is the client's fault.
 #[cold]
-fn client_body_error(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
+pub(crate) fn client_body_error(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
     if let Some(limit) = find_cause::<http_body_util::LengthLimitError>(cause) {
         return ProxyError::new(ErrorCode::RequestBodyTooLarge, limit.to_string());
     }

@@ -320,6 +320,7 @@ fn shared(
             queue_timeout: limits.queue_timeout,
             connect_timeout: limits.connect_timeout,
             body_read_timeout: limits.body_read_timeout,
+            request_buffer: limits.request_buffer,
             test_hooks: test_hooks(),
         },
         watchdog.clone(),

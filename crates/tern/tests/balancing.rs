@@ -388,3 +388,137 @@ async fn connections_concurrency_counts_client_connections() {
     .await;
     assert!(ok, "{last}");
 }
+
+/// One request whose body is still arriving, over HTTP/2: the response, once the
+/// body is finished through `finish`.
+struct SlowStream {
+    finish: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    response: tokio::task::JoinHandle<(u16, String)>,
+}
+
+/// Opens `n` streams on one h2c connection, each with a 100-byte body of which
+/// only the first byte is sent.
+async fn slow_h2_streams(port: u16, n: usize) -> Vec<SlowStream> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let (finish, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+        finish.send(bytes::Bytes::from_static(b"a")).unwrap();
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let data = rx.recv().await?;
+            Some((
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(data)),
+                rx,
+            ))
+        });
+        let req = http::Request::post(format!("http://web.test:{port}/upload"))
+            .header("content-length", "100")
+            .body(http_body_util::StreamBody::new(Box::pin(frames)))
+            .unwrap();
+        let mut sender = sender.clone();
+        let response = tokio::spawn(async move {
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        });
+        streams.push(SlowStream { finish, response });
+    }
+    streams
+}
+
+/// A client that sends its request bodies slowly holds none of a machine's
+/// capacity while it does: twenty HTTP/1.1 requests and twenty HTTP/2 streams,
+/// each with its body still arriving, leave a machine whose hard limit is 2 free
+/// for everyone else. Each goes through once its body is complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_request_bodies_hold_no_machine_capacity() {
+    use tokio::io::AsyncWriteExt;
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let c = one_app(
+        ports,
+        "queue_timeout = \"2s\"",
+        r#"{ type = "requests", soft_limit = 1, hard_limit = 2 }"#,
+        "",
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let tern = Tern::start(&c, ports);
+
+    let mut h1 = Vec::new();
+    for _ in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", ports.http))
+            .await
+            .unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: 100\r\n\r\na")
+            .await
+            .unwrap();
+        h1.push(c);
+    }
+    let h2 = slow_h2_streams(ports.http, 20).await;
+    // Every one of them has been taken in, and its body is being read.
+    let buffering = |tern: &Tern| {
+        tern.admin_get("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("tern_request_bodies_buffering "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let all_in = eventually(Duration::from_secs(10), || {
+        buffering(&tern) == Some(40.0) || backend.hits.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(all_in, "buffering: {:?}", buffering(&tern));
+
+    for i in 0..5 {
+        let started = Instant::now();
+        let out = tokio::task::spawn_blocking(move || get(ports.http, "/"))
+            .await
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "GET {i}: {out}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "GET {i} waited {:?} for a slot",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        backend.hits.load(Ordering::Relaxed),
+        5,
+        "a slow body reached the machine"
+    );
+
+    let rest = vec![b'a'; 99];
+    for c in &mut h1 {
+        c.write_all(&rest).await.unwrap();
+    }
+    for s in &h2 {
+        s.finish.send(bytes::Bytes::from(rest.clone())).unwrap();
+    }
+    for mut c in h1 {
+        let (head, body) = tokio::time::timeout(Duration::from_secs(20), read_response(&mut c))
+            .await
+            .expect("a finished body is answered");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.contains("body-bytes=100"), "{body}");
+    }
+    for s in h2 {
+        drop(s.finish);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(20), s.response)
+            .await
+            .expect("a finished stream is answered")
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("body-bytes=100"), "{body}");
+    }
+}

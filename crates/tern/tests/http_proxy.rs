@@ -530,3 +530,57 @@ async fn a_stalled_request_body_gets_408_and_a_slow_one_goes_through() {
     );
     assert!(started.elapsed() >= Duration::from_millis(900), "{out}");
 }
+
+/// A streaming RPC's body is not held back by the buffer phase: its client
+/// sends a message and waits for the answer before it sends the next, which a
+/// buffer waiting to fill would never let happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_rpc_exchanges_messages_on_an_open_body() {
+    use http_body_util::BodyExt;
+    let s = web_setup("", "").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tern.ports.http))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (messages, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(data)),
+            rx,
+        ))
+    });
+    let req = http::Request::post("http://web.test/stream-echo")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let exchange = async move {
+        messages.send(bytes::Bytes::from_static(b"ping")).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut sent = b"ping".to_vec();
+        let mut echoed = Vec::new();
+        for next in [&b"again"[..], b"and again", b""] {
+            // The whole of what was sent comes back before anything more is sent.
+            while echoed.len() < sent.len() {
+                let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                echoed.extend_from_slice(&data);
+            }
+            assert_eq!(echoed, sent);
+            if !next.is_empty() {
+                messages.send(bytes::Bytes::from_static(next)).unwrap();
+                sent.extend_from_slice(next);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("each message is answered before the next is sent");
+}

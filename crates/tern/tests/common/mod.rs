@@ -276,7 +276,8 @@ pub fn curl(args: &[&str]) -> (bool, String, String) {
 /// request's headers, one per line as `name: value`.
 ///
 /// Paths: `/healthz` answers 200 or 500 as `healthy` says; `/slow?ms=N` waits N ms
-/// first; `/status/N` answers status N; anything else 200.
+/// first; `/status/N` answers status N; `/stream-echo` echoes the request body
+/// piece by piece as it arrives; anything else 200.
 pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
@@ -402,6 +403,21 @@ async fn answer(
         r.headers_mut()
             .insert("content-length", http::HeaderValue::from(total));
         return r;
+    }
+    if path == "/stream-echo" {
+        // Answers at once and echoes each piece of the request body as it comes:
+        // an interactive stream, as gRPC's bidirectional calls are.
+        let frames = futures_util::stream::unfold(req.into_body(), |mut body| async move {
+            loop {
+                match body.frame().await?.ok()?.into_data() {
+                    Ok(data) => {
+                        return Some((Ok::<_, Infallible>(http_body::Frame::data(data)), body))
+                    }
+                    Err(_) => continue,
+                }
+            }
+        });
+        return Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
     }
     if path == "/refuse" {
         // Claims to be a Tern node refusing a request it never passed on: nothing
