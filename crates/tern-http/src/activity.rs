@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::stream_send::StreamClocks;
+
 /// Shared between a connection's socket wrapper, its requests and its timers.
 #[derive(Debug)]
 pub struct Activity {
@@ -32,6 +34,8 @@ pub struct Activity {
     write_blocked_ms: AtomicU64,
     /// The last request came with a body not yet read to its end.
     body_unread: AtomicBool,
+    /// HTTP/2: each stream's response, and how long it has waited for the client.
+    pub(crate) streams: StreamClocks,
 }
 
 impl Default for Activity {
@@ -47,6 +51,7 @@ impl Default for Activity {
             read_waiting: AtomicBool::new(false),
             write_blocked_ms: AtomicU64::new(0),
             body_unread: AtomicBool::new(false),
+            streams: StreamClocks::default(),
         }
     }
 }

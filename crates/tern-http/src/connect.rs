@@ -43,7 +43,12 @@ impl Proxy {
         }
         let (app, service) = (&route.app, &route.service);
         let port = service.def.internal_port;
-        let per_connection = service.def.concurrency.kind == ConcurrencyKind::Connections;
+        // Under `connections`, a unit is a connection the machine carries. An
+        // HTTP/1.1 client's requests take turns on one, so the client connection
+        // holds one unit for its life; an HTTP/2 client's streams each need their
+        // own, so each stream takes a unit as a request would.
+        let per_connection =
+            service.def.concurrency.kind == ConcurrencyKind::Connections && !conn.is_multiplexed();
         let mut last_error: Option<ConnectError> = None;
 
         if per_connection {
@@ -146,28 +151,35 @@ impl Proxy {
 
     /// The retry step, for a request without a body that crossed the backhaul:
     /// it goes to the next best machine if it reached none (the peer could not
-    /// take the stream, or refused it before passing it on), an attempt is left,
-    /// and another machine could take it; otherwise the answer stands.
+    /// take the stream, or refused it before passing it on) or, for an
+    /// idempotent method, if the backhaul broke before any answer came (RFC 9110,
+    /// 9.2.2; nginx's `proxy_next_upstream error`) — as when the peer dies with
+    /// the request on its way. An attempt must be left, and another machine able
+    /// to take it; otherwise the answer stands.
     pub(crate) fn retry(
         &self,
         sent: &Result<(http::Response<Relayed>, Option<Sender>), ProxyError>,
+        method: &http::Method,
         pick: &Pick,
         tried: &mut Vec<String>,
         snapshot: &Snapshot,
         route: &Route,
     ) -> bool {
-        let reached_none = match sent {
+        let may_resend = match sent {
             Ok((resp, _)) => resp.headers().contains_key(&fields::REFUSED),
-            Err(e) => e.code == ErrorCode::BackhaulConnectFailed,
+            Err(e) => {
+                e.code == ErrorCode::BackhaulConnectFailed
+                    || (e.code == ErrorCode::BackhaulReset && method.is_idempotent())
+            }
         };
-        if !reached_none {
+        if !may_resend {
             return false;
         }
         tried.push(pick.machine.def.id.clone());
         let again = tried.len() < self.settings.connect_attempts.max(1)
             && snapshot.any_eligible(&route.app, &route.service, tried);
         if again {
-            tracing::info!(machine = %pick.machine.def.id, "the request reached no machine through its node; trying the next machine");
+            tracing::info!(machine = %pick.machine.def.id, "the request got no answer through its node; trying the next machine");
         }
         again
     }

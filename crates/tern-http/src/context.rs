@@ -81,6 +81,11 @@ impl ConnInfo {
         }
     }
 
+    /// Whether the connection carries many requests at once (HTTP/2).
+    pub(crate) fn is_multiplexed(&self) -> bool {
+        self.activity.as_ref().is_some_and(|a| a.is_multiplexed())
+    }
+
     /// Tells the probe the app, if it changed.
     pub(crate) fn note_app(&self, app: &Arc<AppEntry>) {
         if let Some(p) = &self.probe {

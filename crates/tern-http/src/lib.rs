@@ -23,6 +23,7 @@ mod rewrite;
 mod route;
 mod send;
 mod server;
+mod stream_send;
 mod tunnel;
 mod upstream;
 

@@ -166,14 +166,15 @@ impl Proxy {
             let replay = prepared.replay_head(&sender);
             let req = self.address(&mut prepared, conn, route, &pick, &sender)?;
             let fields = prepared.own_fields(&sender, conn, self.region.as_ref());
-            let ticked = conn.activity.as_ref().is_some_and(|a| !a.is_multiplexed());
+            let ticked = conn.activity.is_some() && !conn.is_multiplexed();
             let want = prepared.want(conn);
             let sent = self
                 .send(req, sender, pick.addr(), want, fields.as_ref(), ticked)
                 .await;
-            // retry: a request that crossed the backhaul and reached no machine.
+            // retry: a bodyless request that crossed the backhaul and reached no
+            // machine, or (idempotent) got no answer.
             if let Some(head) = replay {
-                if self.retry(&sent, &pick, &mut tried, snapshot, route) {
+                if self.retry(&sent, head.method(), &pick, &mut tried, snapshot, route) {
                     prepared.restore(head);
                     continue;
                 }

@@ -47,6 +47,12 @@ pub(crate) struct Head {
     headers: HeaderMap,
 }
 
+impl Head {
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+}
+
 impl Proxy {
     /// Readies the client's request: hop-by-hop fields out, spoofed `Tern-*` out
     /// (at the edge), the body under the app's limit.

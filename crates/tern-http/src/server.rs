@@ -86,7 +86,12 @@ pub async fn serve_connection<IO>(
             async move {
                 activity.request_started(!http_body::Body::is_end_stream(req.body()));
                 let req = req.map(RequestBody::Streaming);
-                let resp = proxy.handle(req, &info, Finished(activity)).await;
+                let finished = Finished(Arc::clone(&activity));
+                let mut resp = proxy.handle(req, &info, finished).await;
+                if activity.is_multiplexed() {
+                    let body = std::mem::take(resp.body_mut());
+                    *resp.body_mut() = activity.streams.watch(body);
+                }
                 Ok::<_, Infallible>(resp)
             }
         })
@@ -403,16 +408,19 @@ where
             ConnEvent::Timer if timers.drain_until.is_some_and(|u| Instant::now() >= u) => {
                 return Driven::Ended(None)
             }
-            ConnEvent::Timer if draining => {}
-            ConnEvent::Timer => match expired(activity, settings) {
-                Some(Expired::HeaderRead | Expired::Send) => return Driven::Ended(None),
-                Some(Expired::Idle) => {
-                    timers.drain_until = Some(Instant::now() + settings.drain_timeout);
-                    graceful(conn);
+            ConnEvent::Timer if draining => cut_stalled_streams(activity, settings),
+            ConnEvent::Timer => {
+                cut_stalled_streams(activity, settings);
+                match expired(activity, settings) {
+                    Some(Expired::HeaderRead | Expired::Send) => return Driven::Ended(None),
+                    Some(Expired::Idle) => {
+                        timers.drain_until = Some(Instant::now() + settings.drain_timeout);
+                        graceful(conn);
+                    }
+                    None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
+                    None => {}
                 }
-                None if may_park && activity.parkable(PARK_AFTER) => return Driven::Park,
-                None => {}
-            },
+            }
             ConnEvent::Shutdown => {
                 timers.drain_until = Some(Instant::now() + settings.drain_timeout);
                 graceful(conn);
@@ -464,6 +472,23 @@ fn expired(activity: &Activity, settings: &ServerSettings) -> Option<Expired> {
     };
     metrics::counter!("tern_client_timeouts_total", "kind" => kind).increment(1);
     Some(expired)
+}
+
+/// HTTP/2: drops the responses of streams the client has read nothing of for
+/// the send timeout (see stream_send.rs); counted in `tern_client_timeouts_total`.
+fn cut_stalled_streams(activity: &Activity, settings: &ServerSettings) {
+    if !activity.is_multiplexed() {
+        return;
+    }
+    let cut = activity.streams.cut_stalled(settings.send_timeout);
+    if cut > 0 {
+        tracing::debug!(
+            streams = cut,
+            "cut HTTP/2 streams the client stopped reading"
+        );
+        metrics::counter!("tern_client_timeouts_total", "kind" => "stream_send")
+            .increment(cut as u64);
+    }
 }
 
 /// When the earliest timer could fire, given what the connection is doing now.

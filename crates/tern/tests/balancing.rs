@@ -396,10 +396,13 @@ struct SlowStream {
     response: tokio::task::JoinHandle<(u16, String)>,
 }
 
-/// Opens `n` streams on one h2c connection, each with a 100-byte body of which
-/// only the first byte is sent.
-async fn slow_h2_streams(port: u16, n: usize) -> Vec<SlowStream> {
-    use http_body_util::BodyExt;
+/// An HTTP/2 client connection (h2c, prior knowledge) to Tern's plain port.
+async fn h2c<B>(port: u16) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -410,10 +413,20 @@ async fn slow_h2_streams(port: u16, n: usize) -> Vec<SlowStream> {
     .await
     .unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+/// Opens `n` streams on one h2c connection, each with a 100-byte body of which
+/// only the first byte is sent (odd streams) or nothing at all (even ones).
+async fn slow_h2_streams(port: u16, n: usize) -> Vec<SlowStream> {
+    use http_body_util::BodyExt;
+    let sender = h2c(port).await;
     let mut streams = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         let (finish, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
-        finish.send(bytes::Bytes::from_static(b"a")).unwrap();
+        if i % 2 == 1 {
+            finish.send(bytes::Bytes::from_static(b"a")).unwrap();
+        }
         let frames = futures_util::stream::unfold(rx, |mut rx| async move {
             let data = rx.recv().await?;
             Some((
@@ -438,8 +451,9 @@ async fn slow_h2_streams(port: u16, n: usize) -> Vec<SlowStream> {
 }
 
 /// A client that sends its request bodies slowly holds none of a machine's
-/// capacity while it does: twenty HTTP/1.1 requests and twenty HTTP/2 streams,
-/// each with its body still arriving, leave a machine whose hard limit is 2 free
+/// capacity while it does: twenty HTTP/1.1 requests and twenty HTTP/2 streams
+/// (half of them HEADERS announcing a body that has not come at all), each with
+/// its body still arriving, leave a machine whose hard limit is 2 free
 /// for everyone else. Each goes through once its body is complete.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_request_bodies_hold_no_machine_capacity() {
@@ -502,8 +516,10 @@ async fn slow_request_bodies_hold_no_machine_capacity() {
     for c in &mut h1 {
         c.write_all(&rest).await.unwrap();
     }
-    for s in &h2 {
-        s.finish.send(bytes::Bytes::from(rest.clone())).unwrap();
+    for (i, s) in h2.iter().enumerate() {
+        // Odd streams sent one byte, even ones none.
+        let left = if i % 2 == 1 { 99 } else { 100 };
+        s.finish.send(bytes::Bytes::from(vec![b'a'; left])).unwrap();
     }
     for mut c in h1 {
         let (head, body) = tokio::time::timeout(Duration::from_secs(20), read_response(&mut c))
@@ -521,4 +537,53 @@ async fn slow_request_bodies_hold_no_machine_capacity() {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("body-bytes=100"), "{body}");
     }
+}
+
+/// Under `connections`, HTTP/2 streams count against the hard limit: five
+/// client connections with twenty streams each never have more than the hard
+/// limit's worth of requests at the machine at once, and all of them are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_count_against_a_connections_hard_limit() {
+    use http_body_util::BodyExt;
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let c = one_app(
+        ports,
+        "queue_timeout = \"30s\"\nqueue_size = 200",
+        r#"{ type = "connections", soft_limit = 5, hard_limit = 10 }"#,
+        "",
+        &machine("m1", "web", "ams", ips.get(1)),
+    );
+    let _tern = Tern::start(&c, ports);
+
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let sender = h2c::<http_body_util::Empty<bytes::Bytes>>(ports.http).await;
+        for _ in 0..20 {
+            let mut sender = sender.clone();
+            streams.push(tokio::spawn(async move {
+                let req = http::Request::get("http://web.test/slow?ms=200")
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            }));
+        }
+    }
+    for s in streams {
+        let status = tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .expect("every stream is served")
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let most = backend.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most <= 10,
+        "{most} requests at the machine at once; its hard limit is 10"
+    );
+    assert_eq!(backend.hits.load(Ordering::Relaxed), 100);
 }

@@ -432,3 +432,67 @@ async fn a_broken_request_body_across_the_backhaul_is_the_clients_fault() {
         );
     }
 }
+
+/// A peer that dies with requests on their way: a bodyless request with an
+/// idempotent method moves on to another machine (RFC 9110, 9.2.2), while a
+/// POST, which its machine may have acted on, gets `backhaul_reset`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_dying_with_requests_on_their_way_sends_the_idempotent_ones_on() {
+    use std::io::{Read, Write};
+    let mut f = TestFleet::new(&[("ams-1", "ams"), ("ord-1", "ord"), ("sin-1", "sin")]);
+    let ord = Backend::start("m-ord", f.machine_ip(1), 7000).await;
+    let sin = Backend::start("m-sin", f.machine_ip(2), 7000).await;
+    let mut body = f.web_app(CONCURRENCY);
+    body.push_str(&f.machine("m-ord", "web", "ord-1", 1));
+    body.push_str(&f.machine("m-sin", "web", "sin-1", 2));
+    f.write_catalog(&body);
+    f.write_configs(&Source::File, "");
+    f.start_all();
+    f.wait_connected();
+    let addr = std::net::SocketAddr::new(f.node("ams-1").ip, f.http);
+    let send = move |method: &'static str| {
+        std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let req = format!(
+                "{method} /slow?ms=3000 HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            out
+        })
+    };
+    let hits = |b: &Backend| b.hits.load(Ordering::SeqCst);
+    let gets: Vec<_> = (0..12).map(|_| send("GET")).collect();
+    let posts: Vec<_> = (0..12).map(|_| send("POST")).collect();
+    let all_in = eventually(Duration::from_secs(10), || hits(&ord) + hits(&sin) == 24).await;
+    assert!(all_in, "ord {} sin {}", hits(&ord), hits(&sin));
+    let (at_ord, at_sin) = (hits(&ord), hits(&sin));
+    assert!(at_ord > 0, "every request went to m-sin; nothing to test");
+    f.node_mut("ord-1").kill();
+
+    for g in gets {
+        let out = g.join().unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{}", f.logs());
+        assert_eq!(machine_of(&out), Some("m-sin"), "{out}");
+    }
+    let refused = posts
+        .into_iter()
+        .map(|p| p.join().unwrap())
+        .filter(|out| {
+            if out.starts_with("HTTP/1.1 200") {
+                return false;
+            }
+            assert!(out.contains("tern-error: backhaul_reset"), "{out}");
+            true
+        })
+        .count();
+    // The GETs that were at m-ord were sent again to m-sin; the POSTs were not.
+    let resent = hits(&sin) - at_sin;
+    assert_eq!(
+        refused,
+        at_ord - resent,
+        "at ord: {at_ord}, resent: {resent}"
+    );
+}

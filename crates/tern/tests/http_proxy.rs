@@ -584,3 +584,59 @@ async fn a_streaming_rpc_exchanges_messages_on_an_open_body() {
         .await
         .expect("each message is answered before the next is sent");
 }
+
+/// An HTTP/2 stream whose client gives it no flow-control window is cut at
+/// `send_timeout`, which frees the machine's connection and load unit, while
+/// the client's connection goes on serving its other streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_the_client_never_reads_is_cut_at_the_send_timeout() {
+    let s = web_setup("", "send_timeout = \"1s\"\nidle_timeout = \"60s\"").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tern.ports.http))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str, method: http::Method| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://web.test{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let metric = |tern: &Tern, name: &str| -> f64 {
+        tern.admin_get("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let load = "tern_machine_load{app=\"web\",machine=\"m1\",port=\"7000\"} ";
+    let cut = "tern_client_timeouts_total{kind=\"stream_send\"} ";
+
+    let resp = sender
+        .send_request(get("/big?bytes=10000000", http::Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(metric(&s.tern, load), 1.0, "the stream holds its unit");
+    let tern = &s.tern;
+    assert!(
+        eventually(Duration::from_secs(10), || metric(tern, cut) >= 1.0).await,
+        "the stalled stream was not cut"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || metric(tern, load) == 0.0).await,
+        "the machine's unit was not released"
+    );
+    // The connection itself goes on: a response that needs no window arrives.
+    let head = sender
+        .send_request(get("/", http::Method::HEAD))
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    drop(resp);
+}
