@@ -19,7 +19,7 @@ use crate::connect::REFUSED_BY_PEER;
 use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers;
-use crate::respond::Answer;
+use crate::respond::{self, Answer};
 use crate::rewrite::Prepared;
 use crate::route::{self, Route};
 
@@ -179,7 +179,8 @@ impl Proxy {
                     continue;
                 }
             }
-            let (resp, sender) = sent?;
+            let (mut resp, sender) = sent?;
+            respond::first_frame(resp.body_mut()).await?;
             return self.respond(resp, sender, &pick, unit, &mut prepared);
         }
     }

@@ -2,8 +2,12 @@
 //! (and a pooled connection) is held until its body is done; a switched protocol
 //! becomes a tunnel.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 use tern_catalog::{Peer, Pick};
@@ -16,6 +20,34 @@ use crate::headers;
 use crate::rewrite::{strip_backhaul_fields, Prepared};
 use crate::send::Relayed;
 use crate::upstream::{Sender, Upstreams};
+
+/// How long the respond phase waits for a body's first frame before it relays
+/// the head without it. A machine that closes right after its head is found out
+/// within it, while nothing has reached the client and a coded 502 can still be
+/// told; a body that takes longer (a stream of events) gets its head now.
+const FIRST_FRAME_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads ahead the first frame of the machine's body, waiting up to
+/// `FIRST_FRAME_WAIT`: a body that breaks before its first byte is the
+/// machine's failure, answered with a coded 502 (`upstream_reset`, or
+/// `upstream_bad_response` for bad framing) rather than a head with nothing
+/// behind it.
+pub(crate) async fn first_frame(body: &mut Relayed) -> Result<(), ProxyError> {
+    let mut body = Pin::new(body);
+    // Most bodies come with their head: no timer is set for them.
+    let at_once = poll_fn(|cx| Poll::Ready(body.as_mut().poll_first(cx))).await;
+    let read = match at_once {
+        Poll::Ready(read) => read,
+        Poll::Pending => {
+            let waited = poll_fn(|cx| body.as_mut().poll_first(cx));
+            match tokio::time::timeout(FIRST_FRAME_WAIT, waited).await {
+                Ok(read) => read,
+                Err(_) => return Ok(()),
+            }
+        }
+    };
+    read.map_err(|e| crate::send::response_body_error(&e))
+}
 
 /// What `proxy` answers with.
 // Made once per request and unpacked at once: boxing the larger variant would

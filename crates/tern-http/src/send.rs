@@ -22,13 +22,85 @@ use crate::headers::{self, Forwarded};
 use crate::upstream::{MachineIo, Sender, Upstreams, Want};
 
 pin_project_lite::pin_project! {
-    /// A machine's response body: from hyper's client, read in this task, or
-    /// from the machine's node over the backhaul.
-    #[project = RelayedProj]
-    pub(crate) enum Relayed {
+    /// A machine's response body, with its first frame if the respond phase has
+    /// already read it.
+    pub(crate) struct Relayed {
+        #[pin]
+        from: Source,
+        first: Option<Frame<Bytes>>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where a response body comes from: hyper's client, a socket read in this
+    /// task, or the machine's node over the backhaul.
+    #[project = SourceProj]
+    enum Source {
         Hyper { #[pin] body: Incoming },
         InTask { #[pin] body: tern_h1::ResponseBody<MachineIo, PoolReturn> },
         Backhaul { #[pin] body: tern_backhaul::RecvBody },
+    }
+}
+
+impl Relayed {
+    fn new(from: Source) -> Self {
+        Relayed { from, first: None }
+    }
+
+    pub(crate) fn backhaul(body: tern_backhaul::RecvBody) -> Self {
+        Relayed::new(Source::Backhaul { body })
+    }
+
+    /// Reads the first frame ahead, keeping it to be yielded first: the respond
+    /// phase learns whether the body broke before any of it came.
+    pub(crate) fn poll_first(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        if self.first.is_some() || HttpBody::is_end_stream(&*self) {
+            return Poll::Ready(Ok(()));
+        }
+        match std::task::ready!(self.as_mut().project().from.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                *self.project().first = Some(frame);
+                Poll::Ready(Ok(()))
+            }
+            Some(Err(e)) => Poll::Ready(Err(e)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl HttpBody for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            SourceProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
+            SourceProj::InTask { body } => body.poll_frame(cx).map_err(Into::into),
+            SourceProj::Backhaul { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper { body } => body.is_end_stream(),
+            Source::InTask { body } => body.is_end_stream(),
+            Source::Backhaul { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper { body } => body.size_hint(),
+            Source::InTask { body } => body.size_hint(),
+            Source::Backhaul { body } => body.size_hint(),
+        }
     }
 }
 
@@ -41,32 +113,38 @@ impl HttpBody for Relayed {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            RelayedProj::Hyper { body } => body.poll_frame(cx).map_err(Into::into),
-            RelayedProj::InTask { body } => body.poll_frame(cx).map_err(Into::into),
-            RelayedProj::Backhaul { body } => body.poll_frame(cx).map_err(Into::into),
+        let this = self.project();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
         }
+        this.from.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Relayed::Hyper { body } => body.is_end_stream(),
-            Relayed::InTask { body } => body.is_end_stream(),
-            Relayed::Backhaul { body } => body.is_end_stream(),
-        }
+        self.first.is_none() && self.from.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Relayed::Hyper { body } => body.size_hint(),
-            Relayed::InTask { body } => body.size_hint(),
-            Relayed::Backhaul { body } => body.size_hint(),
+        let rest = self.from.size_hint();
+        let held = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        if held == 0 {
+            return rest;
         }
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
 
 fn hyper_body(body: Incoming) -> Relayed {
-    Relayed::Hyper { body }
+    Relayed::new(Source::Hyper { body })
 }
 
 impl Proxy {
@@ -135,7 +213,7 @@ impl Proxy {
                         // The request's map is done with: the next message on this
                         // thread reuses it (tern-h1 keeps a few).
                         tern_h1::recycle_header_map(req.into_parts().0.headers);
-                        Ok((resp.map(|body| Relayed::InTask { body }), None))
+                        Ok((resp.map(|body| Relayed::new(Source::InTask { body })), None))
                     }
                     // A pooled socket the machine closed after it was checked: the
                     // request may have reached the machine, so only a request that
@@ -164,7 +242,7 @@ impl Proxy {
             .await
             .map_err(|_| header_timeout(timeout))?
             .map_err(|e| backhaul_error(&node, e))?;
-        Ok((resp.map(|body| Relayed::Backhaul { body }), None))
+        Ok((resp.map(Relayed::backhaul), None))
     }
 
     /// Sends again, on a fresh connection, a request that a pooled connection
@@ -211,6 +289,23 @@ fn in_task_error(e: tern_h1::Error) -> ProxyError {
         ErrorCode::UpstreamReset
     };
     ProxyError::new(code, e.to_string())
+}
+
+/// A machine's response body that broke before its first byte: malformed
+/// (bad chunked framing), or cut short.
+#[cold]
+pub(crate) fn response_body_error(e: &BoxError) -> ProxyError {
+    let malformed = find_cause::<tern_h1::Error>(&**e).is_some_and(tern_h1::Error::is_malformed)
+        || find_cause::<hyper::Error>(&**e).is_some_and(hyper::Error::is_parse);
+    let code = if malformed {
+        ErrorCode::UpstreamBadResponse
+    } else {
+        ErrorCode::UpstreamReset
+    };
+    ProxyError::new(
+        code,
+        format!("the machine's body broke before its first byte: {e}"),
+    )
 }
 
 #[cold]

@@ -139,7 +139,7 @@ impl Proxy {
             .map_err(|e| backhaul_error(&node, e))?;
         let (head, stream) = match tunnel {
             Tunnel::Refused(resp) => {
-                let resp = resp.map(|body| Relayed::Backhaul { body });
+                let resp = resp.map(Relayed::backhaul);
                 return Ok(Answer::Relayed(resp, Release::unit(unit)));
             }
             Tunnel::Open(head, stream) => (head, stream),

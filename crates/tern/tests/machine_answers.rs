@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 
 /// A machine on port 7000 that answers each request head by its path:
 /// `/chunked`, `/close` (body until it closes), `/bad` (not HTTP), `/silent` (no
-/// answer at all), and anything
+/// answer at all), `/head-only` and `/head-then-close` (a head, then the
+/// connection ends with none of the body it announced), and anything
 /// else a 200 with `content-length`. After `/then-drop` it closes the connection
 /// on the next request without answering it; otherwise it closes a connection
 /// idle for 100 ms. Counts the connections it accepts.
@@ -65,6 +66,16 @@ async fn scripted_machine(ips: &Ips) -> Arc<AtomicUsize> {
                                 return;
                             }
                             "/bad" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+                            "/head-only" | "/head-then-close" => {
+                                // A head that promises a body, then the end of
+                                // the connection: at once, or a moment later.
+                                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
+                                let _ = s.write_all(head).await;
+                                if path == "/head-then-close" {
+                                    tokio::time::sleep(Duration::from_millis(30)).await;
+                                }
+                                return;
+                            }
                             "/bighead" => {
                                 let field = "x".repeat(80 * 1024);
                                 format!("HTTP/1.1 200 OK\r\nx-big: {field}\r\ncontent-length: 2\r\n\r\nok")
@@ -345,4 +356,45 @@ async fn a_deadline_is_kept_while_draining() {
     );
     let (status, _tern) = exit.await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// A machine that sends a head and closes before its body: nothing has reached
+/// the client yet, so it gets the coded 502, never an empty reply, on every
+/// path (the in-task client for a GET, hyper's for a POST, and HTTP/2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_closing_after_its_head_gives_a_coded_502() {
+    let (tern, _, _ips) = start().await;
+    let port = tern.ports.http;
+    for path in ["/head-only", "/head-then-close"] {
+        let get_out = blocking(move || get(port, "GET", path)).await;
+        let post_out = blocking(move || {
+            let req = format!("POST {path} HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
+            raw_exchange(port, req.as_bytes())
+        })
+        .await;
+        let url = tern.http_url("web.test", path);
+        let resolve = format!("web.test:{port}:127.0.0.1");
+        let (_, h2_out, err) = blocking(move || {
+            curl(&[
+                "-si",
+                "--http2-prior-knowledge",
+                "--resolve",
+                &resolve,
+                &url,
+            ])
+        })
+        .await;
+        for (what, out, status) in [
+            ("GET", get_out, "HTTP/1.1 502"),
+            ("POST", post_out, "HTTP/1.1 502"),
+            ("HTTP/2", h2_out, "HTTP/2 502"),
+        ] {
+            assert!(out.starts_with(status), "{path} {what}: {out:?} {err}");
+            assert!(
+                out.to_ascii_lowercase()
+                    .contains("tern-error: upstream_reset"),
+                "{path} {what}: {out}"
+            );
+        }
+    }
 }
