@@ -94,6 +94,10 @@ fn sample(
         std::thread::sleep(left.min(CHECK_EVERY));
     }
     let report = guard.report().build()?;
+    drop(guard);
+    // Symbolizing parsed the binary's debug info into a cache that would
+    // otherwise stay for the life of the process.
+    backtrace::clear_symbol_cache();
     let out = match format {
         ProfileFormat::FlamegraphSvg => {
             let stacks = report.data.iter().map(|(frames, count)| {
