@@ -33,10 +33,13 @@ enum State {
     DataCr,
     /// The LF after a chunk's data.
     DataLf,
-    /// Trailer lines after the last chunk; `empty` while the current line is.
-    Trailers {
+    /// A trailer field's name, after the last chunk; `empty` while the line is
+    /// (an empty line ends the body).
+    TrailerName {
         empty: bool,
     },
+    /// A trailer field's value, after its colon.
+    TrailerValue,
     /// The LF ending a trailer line (or, after an empty one, the body).
     TrailerLf {
         empty: bool,
@@ -133,7 +136,7 @@ impl Decoder {
                 }
                 self.line_bytes = 0;
                 if size == 0 {
-                    State::Trailers { empty: true }
+                    State::TrailerName { empty: true }
                 } else {
                     State::Data { left: size }
                 }
@@ -143,12 +146,25 @@ impl Decoder {
             State::DataCr | State::DataLf => {
                 return Err(Error::BadChunk("chunk data not followed by CRLF"))
             }
-            State::Trailers { empty } => {
+            // Trailers are dropped, but they must be fields (RFC 9112, 7.1.2;
+            // hyper reads them as such): a token, a colon, a value without
+            // control characters.
+            State::TrailerName { empty } => {
                 self.count_line_byte(MAX_TRAILERS)?;
                 match b {
-                    b'\r' => State::TrailerLf { empty },
+                    b'\r' if empty => State::TrailerLf { empty: true },
+                    b':' if !empty => State::TrailerValue,
+                    _ if is_tchar(b) => State::TrailerName { empty: false },
                     b'\n' => return Err(Error::BadChunk("bare LF in the trailers")),
-                    _ => State::Trailers { empty: false },
+                    _ => return Err(Error::BadChunk("bad trailer field name")),
+                }
+            }
+            State::TrailerValue => {
+                self.count_line_byte(MAX_TRAILERS)?;
+                match b {
+                    b'\r' => State::TrailerLf { empty: false },
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => State::TrailerValue,
+                    _ => return Err(Error::BadChunk("bad trailer field value")),
                 }
             }
             State::TrailerLf { empty } => {
@@ -158,7 +174,7 @@ impl Decoder {
                 if empty {
                     State::Done
                 } else {
-                    State::Trailers { empty: true }
+                    State::TrailerName { empty: true }
                 }
             }
             State::Data { .. } | State::Done => unreachable!("handled by decode"),
@@ -166,6 +182,7 @@ impl Decoder {
         Ok(())
     }
 
+    #[inline]
     fn count_line_byte(&mut self, limit: usize) -> Result<(), Error> {
         self.line_bytes += 1;
         if self.line_bytes > limit {
@@ -173,6 +190,11 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// A character of a token (RFC 9110, 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -198,6 +220,25 @@ mod tests {
                     fed = end;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn trailers_must_be_fields() {
+        let ok = b"0\r\nx-t: 1\r\nx-u:\r\n\r\n";
+        assert_eq!(decode_in_steps(ok, 1).unwrap(), (Vec::new(), 0));
+        for bad in [
+            &b"0\r\n\0-t: 1\r\n\r\n"[..],
+            b"0\r\nx t: 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nx-t\r\n\r\n",
+            b"0\r\nx-t: a\x01b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(decode_in_steps(bad, 1), Err(Error::BadChunk(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

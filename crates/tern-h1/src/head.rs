@@ -168,6 +168,8 @@ fn parse_response_within<const N: usize>(
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
+    } else if has_te && minor == 0 {
+        return Err(Error::Http10TransferEncoding);
     } else if has_te {
         // With both, Transfer-Encoding wins and the connection cannot be trusted
         // for another request (RFC 9112 §6.3 item 3).
@@ -264,6 +266,17 @@ mod tests {
     fn framing(raw: &str) -> (Framing, bool) {
         let h = parse(raw, false).unwrap().unwrap();
         (h.framing, h.keep_alive)
+    }
+
+    #[test]
+    fn an_http10_response_with_a_transfer_coding_is_refused() {
+        let raw = "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(matches!(
+            parse(raw, false),
+            Err(Error::Http10TransferEncoding)
+        ));
+        // HTTP/1.1 reads it.
+        assert_eq!(framing(&raw.replace("1.0", "1.1")).0, Framing::Chunked);
     }
 
     #[test]

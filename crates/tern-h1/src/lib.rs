@@ -18,6 +18,8 @@ mod body;
 mod chunked;
 mod date;
 mod exchange;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod head;
 mod header_maps;
 mod serve;
@@ -50,6 +52,10 @@ pub enum Error {
     BadHeaderValue,
     #[error("malformed Content-Length in the response")]
     BadContentLength,
+    /// RFC 9112 (6.1): no transfer coding in an HTTP/1.0 message, whose
+    /// recipients may not know it; its framing cannot be trusted.
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    Http10TransferEncoding,
     #[error("malformed chunked body: {0}")]
     BadChunk(&'static str),
     #[error("the machine switched protocols without being asked to")]

@@ -125,6 +125,11 @@ fn parse_request_within<const N: usize>(
         {
             return Some(Parsed::Other);
         } else if name.eq_ignore_ascii_case(CONNECTION.as_str().as_bytes()) {
+            // Read as tokens only when it is plain ASCII, as hyper reads it; a
+            // value with other bytes is hyper's to judge.
+            if !value.is_ascii() {
+                return Some(Parsed::Other);
+            }
             for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -135,6 +140,9 @@ fn parse_request_within<const N: usize>(
                 }
             }
         } else if name.eq_ignore_ascii_case(TE.as_str().as_bytes()) {
+            if !value.is_ascii() {
+                return Some(Parsed::Other);
+            }
             trailers |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
     }
@@ -154,6 +162,11 @@ fn parse_request_within<const N: usize>(
         ) else {
             return Some(other_after_split(buf, frozen));
         };
+        // Every Content-Length here is "0": the duplicates become one, as hyper
+        // makes them (RFC 9110, 8.6).
+        if name == CONTENT_LENGTH && headers.contains_key(CONTENT_LENGTH) {
+            continue;
+        }
         headers.append(name, value);
     }
     let mut request = Request::new(());
@@ -378,6 +391,15 @@ mod tests {
     }
 
     #[test]
+    fn repeated_zero_lengths_become_one() {
+        let h = request("GET / HTTP/1.1\r\ncontent-length: 0\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            h.request.headers().get_all(CONTENT_LENGTH).iter().count(),
+            1
+        );
+    }
+
+    #[test]
     fn keep_alive_follows_the_version_and_connection() {
         assert!(!request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!request("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive);
@@ -409,6 +431,9 @@ mod tests {
             "GET /a b HTTP/1.1\r\n\r\n",
             "GET / HTTP/2.0\r\n\r\n",
             "GET / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            // hyper does not read a value with other bytes as tokens.
+            "GET / HTTP/1.1\r\nconnection: \u{ff}keep-alive, close\r\n\r\n",
+            "GET / HTTP/1.1\r\nte: \u{e9}trailers\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(raw);
             assert!(
