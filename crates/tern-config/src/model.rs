@@ -12,6 +12,7 @@ pub struct Config {
     pub admin: Admin,
     pub tls: Tls,
     pub limits: Limits,
+    pub overload: Overload,
     pub log: Log,
     pub watchdog: Watchdog,
     /// The backhaul to other nodes; `None` for a node that runs alone.
@@ -163,6 +164,16 @@ pub struct Limits {
     pub connect_attempts: usize,
     /// How long in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
+}
+
+/// The process's budgets (`[overload]`): past one, new connections are closed
+/// as they are accepted and new requests get 503 `overloaded`. `None` is no budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overload {
+    /// Open client connections over every listener.
+    pub max_connections: Option<usize>,
+    /// Resident memory of the process, in bytes.
+    pub max_memory: Option<u64>,
 }
 
 /// The spin watchdog (per connection) and the runtime watchdog (per process).

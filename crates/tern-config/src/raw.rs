@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub tls: Option<RawTls>,
     pub limits: Option<RawLimits>,
+    pub overload: Option<RawOverload>,
     pub log: Option<RawLog>,
     pub watchdog: Option<RawWatchdog>,
     pub backhaul: Option<RawBackhaul>,
@@ -116,6 +117,13 @@ pub(crate) struct RawLimits {
     pub queue_timeout: Opt<DurationText>,
     pub connect_attempts: Opt<i64>,
     pub drain_timeout: Opt<DurationText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOverload {
+    pub max_connections: Opt<i64>,
+    pub max_memory: Opt<SizeValue>,
 }
 
 #[derive(Debug, Deserialize)]

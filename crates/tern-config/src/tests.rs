@@ -433,7 +433,7 @@ fn unknown_key() {
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
-        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `overload`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
     );
 }
 
@@ -1007,4 +1007,37 @@ fn an_inline_machine_runs_on_this_node() {
     assert_eq!(c.machines[0].node.as_deref(), Some("n"));
     let err = error("[node]\nid = \"n\"\nregion = \"ams\"\n[[app]]\nname = \"a\"\n[[machine]]\nid = \"m\"\napp = \"a\"\nregion = \"ams\"\nnode = \"o\"\nip = \"127.0.0.2\"\n");
     assert!(err.starts_with("t.toml:10:8: machine \"m\" runs on node \"o\", but this file describes node \"n\" alone"), "{err}");
+}
+
+#[test]
+fn overload_budgets() {
+    let base = "[node]\nid = \"n\"\nregion = \"ams\"\n";
+    assert_eq!(
+        ok(base).overload,
+        Overload::default(),
+        "no budget unless set"
+    );
+    let c = ok(&format!(
+        "{base}[overload]\nmax_connections = 20000\nmax_memory = \"512MiB\"\n"
+    ));
+    assert_eq!(
+        c.overload,
+        Overload {
+            max_connections: Some(20000),
+            max_memory: Some(512 << 20),
+        }
+    );
+    assert_eq!(
+        error(&format!("{base}[overload]\nmax_connections = 0\n")),
+        "t.toml:5:19: overload.max_connections must be at least 1, got 0"
+    );
+    assert_eq!(
+        error(&format!("{base}[overload]\nmax_memory = \"1MiB\"\n")),
+        "t.toml:5:14: overload.max_memory must be at least 16777216 byte(s)"
+    );
+    assert!(
+        error(&format!("{base}[overload]\nmax_requests = 5\n")).starts_with(
+            "t.toml:5:1: unknown field `max_requests`, expected `max_connections` or `max_memory`"
+        )
+    );
 }

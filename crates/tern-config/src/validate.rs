@@ -14,6 +14,9 @@ use crate::model::*;
 use crate::raw::*;
 use crate::values;
 
+/// The smallest `overload.max_memory`: below it, Tern would shed from its start.
+const MIN_MEMORY_BUDGET: u64 = 16 << 20;
+
 /// The largest `limits.request_buffer`: it is memory per request in flight.
 const MAX_REQUEST_BUFFER: u64 = 1 << 20;
 
@@ -103,6 +106,7 @@ impl Validator<'_> {
         let (admin, admin_span) = self.admin(raw.admin);
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
+        let overload = self.overload(raw.overload.unwrap_or_default());
         let log = self.log(raw.log);
         let watchdog = self.watchdog(raw.watchdog.unwrap_or_default());
         let backhaul_span = raw.backhaul.as_ref().map(|b| b.listen.span());
@@ -127,6 +131,7 @@ impl Validator<'_> {
             admin,
             tls,
             limits,
+            overload,
             log,
             watchdog,
             backhaul,
@@ -786,6 +791,18 @@ impl Validator<'_> {
                 secs(30),
                 false,
             ),
+        }
+    }
+
+    fn overload(&mut self, raw: RawOverload) -> Overload {
+        let max_connections = raw
+            .max_connections
+            .as_ref()
+            .map(|_| self.count(&raw.max_connections, "overload.max_connections", 1, 1));
+        let max_memory = self.size(&raw.max_memory, "overload.max_memory", MIN_MEMORY_BUDGET);
+        Overload {
+            max_connections,
+            max_memory,
         }
     }
 

@@ -271,7 +271,11 @@ impl<IO: AsyncWrite> AsyncWrite for ActivityIo<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let polled = this.io.poll_flush(cx);
-        this.activity.on_write_ready(polled.is_pending());
+        // Only a write that moves bytes ends a stall: a flush that finds nothing
+        // to push (a plain socket's always does) says nothing of the client.
+        if polled.is_pending() {
+            this.activity.on_write_ready(true);
+        }
         polled
     }
 

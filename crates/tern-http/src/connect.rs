@@ -21,8 +21,9 @@ use tern_backhaul::fields;
 /// node marks them (`Tern-Backhaul-Refused`) so that the edge may try another.
 /// A machine's answer never carries the mark (its node removes it), so a machine
 /// cannot make an edge replay a request.
-pub(crate) const REFUSED_BY_PEER: [ErrorCode; 3] = [
+pub(crate) const REFUSED_BY_PEER: [ErrorCode; 4] = [
     ErrorCode::MachineUnavailable,
+    ErrorCode::Overloaded,
     ErrorCode::UpstreamConnectFailed,
     ErrorCode::UpstreamConnectTimeout,
 ];

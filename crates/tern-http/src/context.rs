@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use tern_backhaul::Backhaul;
 use tern_catalog::{AppEntry, Catalog, MachineEntry};
+use tern_overload::Overload;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::Activity;
@@ -119,6 +120,8 @@ pub struct Proxy {
     pub(crate) watchdog: Option<pollwatch::Watchdog>,
     /// Those tasks, for the drain to wait for.
     pub(crate) tasks: TaskTracker,
+    /// Past its memory budget, new requests are shed.
+    pub(crate) overload: Arc<Overload>,
 }
 
 impl Proxy {
@@ -139,6 +142,13 @@ impl Proxy {
             metrics: RequestMetrics::default(),
             watchdog,
             tasks,
+            overload: Overload::unlimited(),
         }
+    }
+
+    /// Sheds new requests while `overload` is past its memory budget.
+    pub fn with_overload(mut self, overload: Arc<Overload>) -> Self {
+        self.overload = overload;
+        self
     }
 }

@@ -27,10 +27,11 @@ pub enum ErrorCode {
     UnknownPeer,
     BadRequestBody,
     RequestBodyTimeout,
+    Overloaded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::NoAppForHost,
         ErrorCode::NoServiceForPort,
@@ -49,6 +50,7 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::BadRequestBody,
         ErrorCode::RequestBodyTimeout,
+        ErrorCode::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::BadRequestBody => "bad_request_body",
             ErrorCode::RequestBodyTimeout => "request_body_timeout",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => StatusCode::FORBIDDEN,
             ErrorCode::BadRequestBody => StatusCode::BAD_REQUEST,
             ErrorCode::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

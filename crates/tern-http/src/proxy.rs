@@ -1,5 +1,5 @@
 //! One request's way through Tern, in the named phases of LIFECYCLE.md:
-//! route → redirect → admit → rewrite → buffer → choose → connect → send →
+//! shed → route → redirect → admit → rewrite → buffer → choose → connect → send →
 //! respond, with the retry step deciding, in one place, whether a failed attempt
 //! may go to the next machine. The phases live in their own modules (`route`,
 //! `rewrite`, `buffer`, `connect`, `send`, `respond`, `tunnel`); this one runs
@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tern_catalog::{AppEntry, Snapshot};
@@ -85,7 +85,13 @@ impl Proxy {
                     "request failed"
                 );
                 let refusal = conn.from_node.is_some() && REFUSED_BY_PEER.contains(&e.code);
+                // An overloaded node sheds the connection's next requests too.
+                let close = e.code == ErrorCode::Overloaded && !conn.is_multiplexed();
                 let mut resp = e.into_response();
+                if close {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 if refusal {
                     resp.headers_mut().insert(
                         tern_backhaul::fields::REFUSED.clone(),
@@ -114,6 +120,11 @@ impl Proxy {
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Answer, ProxyError> {
+        // shed: past the memory budget, no new work at all.
+        if let Err(shed) = self.overload.admit_request() {
+            tern_overload::count_shed(shed, "request");
+            return Err(ProxyError::new(ErrorCode::Overloaded, shed.to_string()));
+        }
         let snapshot = self.catalog.snapshot();
         // route: the client's host names the app (at the edge), or a peer names
         // the machine (over the backhaul).

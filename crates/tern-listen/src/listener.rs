@@ -8,6 +8,7 @@ use std::time::Duration;
 use pollwatch::{Probe, Watchdog};
 use tern_catalog::Catalog;
 use tern_http::{serve_connection, ConnInfo, Proxy, ServerSettings};
+use tern_overload::Overload;
 use tern_tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// The spin watchdog every connection runs under; `None` when disabled.
     pub watchdog: Option<Watchdog>,
+    /// The process's budgets: past one, accepted connections are closed at once.
+    pub overload: Arc<Overload>,
 }
 
 /// A bound public port.
@@ -110,10 +113,17 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         };
         metrics::counter!("tern_connections_total", "port" => port.clone()).increment(1);
+        let overload_permit = match shared.overload.admit_connection() {
+            Ok(p) => p,
+            Err(shed) => {
+                refuse(stream, shed);
+                continue;
+            }
+        };
         let shared2 = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         shared.tracker.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, overload_permit);
             let _ = stream.set_nodelay(true);
             let local = stream
                 .local_addr()
@@ -133,6 +143,15 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
             }
         });
     }
+}
+
+/// Sheds a connection the process has no budget for: closed at once, with a
+/// reset rather than a FIN, so that no socket lingers in TIME_WAIT for it and
+/// the client learns at once.
+fn refuse(stream: tokio::net::TcpStream, shed: tern_overload::Shed) {
+    tern_overload::count_shed(shed, "connection");
+    tracing::debug!(reason = %shed, "connection shed");
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
 async fn handle<IO>(

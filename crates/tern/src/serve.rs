@@ -156,12 +156,21 @@ pub async fn serve(
     let watchdog = spin_watchdog(&config.watchdog);
     let (backhaul, fleet_tls) = start_backhaul(&config, &catalog, watchdog.clone())?;
     let tracker = TaskTracker::new();
+    let overload = tern_overload::Overload::new(tern_overload::Budgets {
+        max_connections: config.overload.max_connections,
+        max_memory: config.overload.max_memory,
+    })?;
+    let mut overload_stop = shutdown_rx.clone();
+    tokio::spawn(Arc::clone(&overload).watch_memory(async move {
+        let _ = overload_stop.wait_for(|s| *s).await;
+    }));
     let shared = shared(
         &config,
         &catalog,
         backhaul,
         watchdog.clone(),
         tracker.clone(),
+        overload,
     )?;
 
     // Bind everything the catalog asks for before serving anything: a port in use
@@ -300,6 +309,7 @@ fn shared(
     backhaul: Option<Arc<Backhaul>>,
     watchdog: Option<pollwatch::Watchdog>,
     tracker: TaskTracker,
+    overload: Arc<tern_overload::Overload>,
 ) -> anyhow::Result<Arc<Shared>> {
     let (http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
@@ -309,23 +319,26 @@ fn shared(
         watchdog.clone(),
     ));
     upstreams.spawn_sweeper();
-    let proxy = Arc::new(Proxy::new(
-        Arc::clone(catalog),
-        upstreams,
-        backhaul.clone(),
-        ProxySettings {
-            region: config.node.region.clone(),
-            connect_attempts: limits.connect_attempts,
-            response_header_timeout: limits.response_header_timeout,
-            queue_timeout: limits.queue_timeout,
-            connect_timeout: limits.connect_timeout,
-            body_read_timeout: limits.body_read_timeout,
-            request_buffer: limits.request_buffer,
-            test_hooks: test_hooks(),
-        },
-        watchdog.clone(),
-        tracker.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            Arc::clone(catalog),
+            upstreams,
+            backhaul.clone(),
+            ProxySettings {
+                region: config.node.region.clone(),
+                connect_attempts: limits.connect_attempts,
+                response_header_timeout: limits.response_header_timeout,
+                queue_timeout: limits.queue_timeout,
+                connect_timeout: limits.connect_timeout,
+                body_read_timeout: limits.body_read_timeout,
+                request_buffer: limits.request_buffer,
+                test_hooks: test_hooks(),
+            },
+            watchdog.clone(),
+            tracker.clone(),
+        )
+        .with_overload(Arc::clone(&overload)),
+    );
     Ok(Arc::new(Shared {
         catalog: Arc::clone(catalog),
         proxy,
@@ -346,6 +359,7 @@ fn shared(
         max_connections: limits.max_connections_per_listener,
         tracker,
         watchdog,
+        overload,
     }))
 }
 

@@ -470,7 +470,13 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
         let tern = &s.tern;
         assert!(
             eventually(Duration::from_secs(10), || timeouts(tern) > n as u64).await,
-            "{req}: not dropped within 10 s of the client's last read"
+            "{req}: not dropped within 10 s of the client's last read\n{}\n{}",
+            tern.admin_get("/debug/connections"),
+            tern.admin_get("/metrics")
+                .lines()
+                .filter(|l| l.contains("timeouts") || l.contains("machine_load"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         let mut got = 0u64;
         let mut buf = vec![0u8; 1 << 16];
