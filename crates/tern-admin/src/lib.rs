@@ -15,4 +15,4 @@ pub use connections::connections_json;
 pub use profile::{profile, ProfileError, ProfileFormat};
 pub use recorder::{install_recorder, MetricsError};
 pub use runtime_metrics::BusyTracker;
-pub use server::{serve, AdminState};
+pub use server::{serve, AdminState, Reload};

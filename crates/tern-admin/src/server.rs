@@ -33,6 +33,14 @@ pub struct AdminState {
     pub busy: BusyTracker,
     /// Test-only endpoints under /debug/test/ (TERN_TEST_HOOKS=1).
     pub test_hooks: bool,
+    /// What `POST /reload` runs.
+    pub reload: Option<Arc<dyn Reload>>,
+}
+
+/// Reloads the node's configuration: a summary of what changed, or why nothing
+/// did. Blocking; the admin server runs it off the runtime's workers.
+pub trait Reload: Send + Sync + 'static {
+    fn reload(&self) -> Result<String, String>;
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -87,6 +95,9 @@ pub async fn serve(
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        return reload(state, req.method()).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -166,7 +177,34 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /catalog, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
+            "not found; try /metrics, /healthz, /catalog, POST /reload, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
+            "text/plain",
+        ),
+    }
+}
+
+/// `POST /reload`: 200 with what changed, 400 with why nothing did.
+async fn reload(state: &AdminState, method: &Method) -> Response<Full<Bytes>> {
+    if method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /reload reloads the configuration file\n".into(),
+            "text/plain",
+        );
+    }
+    let Some(reloader) = state.reload.clone() else {
+        return text(
+            StatusCode::CONFLICT,
+            "this node cannot reload its configuration\n".into(),
+            "text/plain",
+        );
+    };
+    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+        Ok(Ok(summary)) => text(StatusCode::OK, format!("{summary}\n"), "text/plain"),
+        Ok(Err(why)) => text(StatusCode::BAD_REQUEST, format!("{why}\n"), "text/plain"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}\n"),
             "text/plain",
         ),
     }

@@ -18,7 +18,8 @@ pub enum QueueError {
 /// A service's wait queue: a bound on waiters and the notifier that load releases ring.
 #[derive(Debug)]
 pub struct WaitQueue {
-    capacity: usize,
+    /// Changed in place by a reload: the loads that ring this queue stay.
+    capacity: AtomicUsize,
     waiting: AtomicUsize,
     released: Arc<Notify>,
 }
@@ -26,10 +27,15 @@ pub struct WaitQueue {
 impl WaitQueue {
     pub fn new(capacity: usize) -> Self {
         WaitQueue {
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             waiting: AtomicUsize::new(0),
             released: Arc::new(Notify::new()),
         }
+    }
+
+    /// A new size for requests that join from now on; those waiting stay.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 
     /// The notifier to hand to every `Load` of this service.
@@ -63,7 +69,7 @@ impl WaitQueue {
     {
         let prev = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _slot = Slot(&self.waiting);
-        if prev >= self.capacity {
+        if prev >= self.capacity.load(Ordering::Relaxed) {
             return Err(QueueError::Full(prev));
         }
         let deadline = tokio::time::Instant::now() + wait;

@@ -155,6 +155,29 @@ impl Fleet {
         self.apply(changes);
     }
 
+    /// New fleet-wide limits (a configuration reload). The wait queues change
+    /// size in place (the machines' loads ring them), and every app is rebuilt
+    /// with its new body limit.
+    pub fn set_limits(&self, queue_size: usize, max_request_body: u64) {
+        let mut state = self.state();
+        if state.settings.queue_size == queue_size
+            && state.settings.max_request_body == max_request_body
+        {
+            return;
+        }
+        state.settings.queue_size = queue_size;
+        state.settings.max_request_body = max_request_body;
+        for queue in state.queues.values() {
+            queue.set_capacity(queue_size);
+        }
+        let names: Vec<String> = state.apps.keys().cloned().collect();
+        for name in &names {
+            state.rebuild_app(name);
+        }
+        state.snap.version += 1;
+        self.tx.send_replace(Arc::new(state.snap.clone()));
+    }
+
     /// Makes other nodes' statuses exactly `statuses` (after a resynchronisation).
     pub fn replace_statuses(&self, statuses: HashMap<String, MachineStatus>) {
         let gone: Vec<Change> = {
@@ -738,6 +761,41 @@ mod tests {
             .into_iter()
             .map(|p| p.machine.def.id.clone())
             .collect()
+    }
+
+    #[test]
+    fn new_limits_rebuild_every_app_and_keep_machine_load() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Declared));
+        f.apply([
+            Change::App("a".into(), Some(app("a"))),
+            Change::Machine("m1".into(), Some(machine("m1", "a", "ams-1"))),
+        ]);
+        let before = f.snapshot();
+        let load = Arc::clone(&before.machines["m1"].live.slot(7000).unwrap().load);
+        let _held = load.try_acquire(2).unwrap();
+        f.set_limits(10, 1 << 20);
+        assert_eq!(
+            f.snapshot().version,
+            before.version,
+            "unchanged: no new snapshot"
+        );
+        f.set_limits(3, 512);
+        let after = f.snapshot();
+        assert!(after.version > before.version);
+        assert_eq!(after.apps["a"].max_request_body, 512);
+        assert_eq!(after.hosts.lookup("a.test").unwrap().max_request_body, 512);
+        assert!(Arc::ptr_eq(
+            &before.apps["a"].services[0].queue,
+            &after.apps["a"].services[0].queue
+        ));
+        assert!(Arc::ptr_eq(
+            &before.machines["m1"].live,
+            &after.machines["m1"].live
+        ));
+        assert_eq!(
+            after.machines["m1"].live.slot(7000).unwrap().load.active(),
+            1
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use tern_backhaul::Backhaul;
 use tern_catalog::{AppEntry, Catalog, MachineEntry};
@@ -112,7 +113,9 @@ pub struct Proxy {
     pub(crate) upstreams: Arc<Upstreams>,
     /// Other nodes' machines are reached through it; `None` on a node alone.
     pub(crate) backhaul: Option<Arc<Backhaul>>,
-    pub(crate) settings: ProxySettings,
+    /// Replaced whole by a configuration reload: a request reads the settings
+    /// of the moment it reads them.
+    settings: ArcSwap<ProxySettings>,
     /// `settings.region` as a header value, or `None` if it cannot be one.
     pub(crate) region: Option<HeaderValue>,
     pub(crate) metrics: RequestMetrics,
@@ -138,12 +141,25 @@ impl Proxy {
             upstreams,
             backhaul,
             region: HeaderValue::from_str(&settings.region).ok(),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             metrics: RequestMetrics::default(),
             watchdog,
             tasks,
             overload: Overload::unlimited(),
         }
+    }
+
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<ProxySettings>> {
+        self.settings.load()
+    }
+
+    /// New settings (a configuration reload), for the requests that start from
+    /// now on. The region and the test hooks belong to the process and stay.
+    pub fn reconfigure(&self, mut settings: ProxySettings) {
+        let old = self.settings.load();
+        settings.region.clone_from(&old.region);
+        settings.test_hooks = old.test_hooks;
+        self.settings.store(Arc::new(settings));
     }
 
     /// Sheds new requests while `overload` is past its memory budget.

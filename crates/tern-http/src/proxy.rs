@@ -50,7 +50,7 @@ impl Proxy {
     ) -> Response<Body> {
         // Held until the response body takes it over.
         let on_end = Unanswered(Some(on_end));
-        if self.settings.test_hooks && req.uri().path() == "/__tern_test/spin" {
+        if self.settings().test_hooks && req.uri().path() == "/__tern_test/spin" {
             std::future::poll_fn(|cx| {
                 cx.waker().wake_by_ref();
                 std::task::Poll::<()>::Pending
@@ -148,7 +148,7 @@ impl Proxy {
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding fields in.
         let mut prepared = self.rewrite(req, conn, &route, request_id);
         // buffer: the body's start is read before any machine is asked for.
-        let limit = self.settings.request_buffer;
+        let limit = self.settings().request_buffer;
         if let (Some(body), 1..) = (prepared.body_to_buffer(), limit) {
             *body = buffer::buffer(std::mem::take(body), limit, &self.metrics.buffering).await?;
         }

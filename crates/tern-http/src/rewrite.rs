@@ -94,7 +94,7 @@ impl Proxy {
             // No body (most GETs): an empty one is a zero-sized box, no allocation.
             Body::default()
         } else {
-            let moving = BodyDeadline::new(body, self.settings.body_read_timeout);
+            let moving = BodyDeadline::new(body, self.settings().body_read_timeout);
             let limited = Limited::new(moving, limit).map_err(|e| e as crate::BoxError);
             match &conn.activity {
                 Some(activity) => {

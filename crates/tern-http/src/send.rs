@@ -162,7 +162,7 @@ impl Proxy {
         fields: Option<&Forwarded<'_>>,
         ticked: bool,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
-        let timeout = self.settings.response_header_timeout;
+        let timeout = self.settings().response_header_timeout;
         match sender {
             Sender::H2(mut tx) => {
                 let resp = tokio::time::timeout(timeout, tx.send_request(req))

@@ -5,6 +5,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,9 +93,10 @@ pub struct Upstreams {
     idle: IdleMap<http1::SendRequest<Body>>,
     in_task_idle: IdleMap<Connection<TcpStream>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
-    connect_timeout: Duration,
+    /// Both timeouts in nanoseconds, changed by a reload.
+    connect_timeout: AtomicU64,
     /// A pooled connection unused for this long is closed rather than reused.
-    idle_timeout: Duration,
+    idle_timeout: AtomicU64,
     max_idle_per_machine: usize,
     /// Upstream connections run under the spin watchdog too.
     watchdog: Option<Watchdog>,
@@ -110,11 +112,28 @@ impl Upstreams {
             idle: Mutex::new(HashMap::new()),
             in_task_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
-            connect_timeout,
-            idle_timeout,
+            connect_timeout: AtomicU64::new(nanos(connect_timeout)),
+            idle_timeout: AtomicU64::new(nanos(idle_timeout)),
             max_idle_per_machine: 256,
             watchdog,
         }
+    }
+
+    /// New timeouts (a configuration reload), for the connections made and
+    /// checked out from now on.
+    pub fn set_timeouts(&self, connect_timeout: Duration, idle_timeout: Duration) {
+        self.connect_timeout
+            .store(nanos(connect_timeout), Ordering::Relaxed);
+        self.idle_timeout
+            .store(nanos(idle_timeout), Ordering::Relaxed);
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_nanos(self.connect_timeout.load(Ordering::Relaxed))
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.idle_timeout.load(Ordering::Relaxed))
     }
 
     /// A connection for one request: a pooled one when there is one, else new.
@@ -136,7 +155,7 @@ impl Upstreams {
             Want::H1 { upgrade } => {
                 if !upgrade {
                     while let Some(mut idle) = pop(&self.idle, addr) {
-                        if idle.since.elapsed() > self.idle_timeout || idle.conn.is_closed() {
+                        if idle.since.elapsed() > self.idle_timeout() || idle.conn.is_closed() {
                             continue;
                         }
                         if idle.conn.ready().await.is_ok() {
@@ -220,7 +239,7 @@ impl Upstreams {
     /// since its last read (a read that leaves the socket empty clears that), so
     /// it is made on every reuse, whatever the method.
     fn reusable(&self, idle: &Idle<Connection<TcpStream>>) -> bool {
-        idle.since.elapsed() <= self.idle_timeout
+        idle.since.elapsed() <= self.idle_timeout()
             && matches!(idle.conn.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
@@ -280,11 +299,11 @@ impl Upstreams {
     }
 
     async fn connect_stream(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(self.connect_timeout(), TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout {
                 addr,
-                after: self.connect_timeout,
+                after: self.connect_timeout(),
             })?
             .map_err(|source| ConnectError::Io { addr, source })?;
         // Small requests and responses must not wait for Nagle.
@@ -352,6 +371,10 @@ where
     if let Err(e) = ended {
         tracing::debug!(%addr, error = %e, "upstream connection ended");
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

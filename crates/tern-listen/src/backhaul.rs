@@ -86,12 +86,13 @@ async fn serve_peer<IO>(
     let mut info = ConnInfo::new(peer, port, true, None);
     info.from_node = Some(node);
     info.probe = probe;
+    let limits = shared.limits.load_full();
     Box::pin(serve_connection(
         tls,
         info,
         true,
         Arc::clone(&shared.proxy),
-        &shared.server,
+        &limits.server,
         shutdown,
     ))
     .await;

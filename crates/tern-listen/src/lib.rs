@@ -10,6 +10,6 @@ mod ports;
 mod tcp;
 
 pub use backhaul::{bind_backhaul, run_backhaul};
-pub use listener::{bind, run, ListenError, Listener, Shared};
+pub use listener::{bind, run, ConnLimits, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};
 pub use ports::Ports;

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pollwatch::{Probe, Watchdog};
 use tern_catalog::Catalog;
 use tern_http::{serve_connection, ConnInfo, Proxy, ServerSettings};
@@ -32,14 +33,12 @@ pub struct Shared {
     pub proxy: Arc<Proxy>,
     /// Other nodes' machines are reached through it; `None` on a node alone.
     pub backhaul: Option<Arc<tern_backhaul::Backhaul>>,
-    pub server: ServerSettings,
+    /// Read by each connection as it starts; a configuration reload swaps them.
+    pub limits: ArcSwap<ConnLimits>,
     /// For TLS ports that speak HTTP: offers h2 and http/1.1.
     pub http_tls: Option<TlsAcceptor>,
     /// For TLS ports carrying raw TCP: no ALPN.
     pub raw_tls: Option<TlsAcceptor>,
-    pub connect_timeout: Duration,
-    pub connect_attempts: usize,
-    pub queue_timeout: Duration,
     pub max_connections: usize,
     /// Every connection task, so shutdown can wait for them to drain.
     pub tracker: TaskTracker,
@@ -47,6 +46,16 @@ pub struct Shared {
     pub watchdog: Option<Watchdog>,
     /// The process's budgets: past one, accepted connections are closed at once.
     pub overload: Arc<Overload>,
+}
+
+/// The limits of a client connection and of what it opens: the HTTP server's
+/// timers and sizes, and for raw TCP how machines are tried.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub server: ServerSettings,
+    pub connect_timeout: Duration,
+    pub connect_attempts: usize,
+    pub queue_timeout: Duration,
 }
 
 /// A bound public port.
@@ -250,12 +259,13 @@ where
         // Each branch is boxed: a future holds room for the largest of its
         // branches, and an idle HTTP connection should not carry the TCP relay's
         // state (nor the other way round) for its whole life.
+        let limits = shared.limits.load_full();
         Box::pin(serve_connection(
             io,
             info,
             conn.h2,
             Arc::clone(&shared.proxy),
-            &shared.server,
+            &limits.server,
             shutdown,
         ))
         .await;

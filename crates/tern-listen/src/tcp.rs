@@ -66,13 +66,14 @@ where
         opened
     };
     let mut tried = Vec::new();
+    let limits = shared.limits.load_full();
     let opened = snap
         .connect_best(
             &app,
             &service,
             &mut tried,
-            shared.connect_attempts,
-            shared.queue_timeout,
+            limits.connect_attempts,
+            limits.queue_timeout,
             open,
         )
         .await;
@@ -127,7 +128,8 @@ async fn open(
 ) -> Result<Opened, String> {
     match &pick.peer {
         Peer::Local(addr) => {
-            let connect = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr));
+            let limit = shared.limits.load().connect_timeout;
+            let connect = tokio::time::timeout(limit, TcpStream::connect(addr));
             match connect.await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
@@ -148,7 +150,7 @@ async fn open(
             let connect = tunnel_request(pick, *machine, client, local, proxy_proto)?;
             // The peer answers once it has connected to the machine (bounded by
             // its own connect timeout) or refused.
-            let limit = shared.connect_timeout * 2;
+            let limit = shared.limits.load().connect_timeout * 2;
             tokio::time::timeout(limit, via_peer(ready, connect))
                 .await
                 .map_err(|_| {

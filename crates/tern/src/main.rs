@@ -5,7 +5,9 @@ mod catalog_cmd;
 mod demo;
 mod demo_fleet;
 mod fleet_certs;
+mod limits;
 mod logging;
+mod reload;
 mod serve;
 
 use std::path::PathBuf;
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| {
             logging::init(&c.log)?;
-            serve::run(c, None)
+            serve::run(c, Some(config), None)
         }),
         Command::Check { config } => check(&config),
         Command::Demo(args) => demo::run(args),

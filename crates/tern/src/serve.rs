@@ -2,15 +2,19 @@
 //! health checks and admin, then a graceful drain on SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tern_admin::AdminState;
 use tern_backhaul::{Backhaul, FleetTls};
 use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
 use tern_config::{CatalogSource, Config};
 use tern_health::HealthChecker;
-use tern_http::{Proxy, ProxySettings, ServerSettings, Upstreams};
+use tern_http::{Proxy, Upstreams};
+
+use crate::reload::{Reloadable, Reloader};
 use tern_listen::{Ports, Shared};
 use tern_tls::{CertStore, TlsAcceptor};
 use tokio::sync::{oneshot, watch};
@@ -101,10 +105,15 @@ fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
     }))
 }
 
-/// Runs the node until a signal. `ready` learns the bound addresses.
-pub fn run(config: Config, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
+/// Runs the node until a signal. `file` is where `config` was read from, for
+/// reloads; `ready` learns the bound addresses.
+pub fn run(
+    config: Config,
+    file: Option<PathBuf>,
+    ready: Option<oneshot::Sender<Bound>>,
+) -> anyhow::Result<()> {
     let runtime = build_runtime(config.node.workers)?;
-    runtime.block_on(serve(config, ready, shutdown_signal()))
+    runtime.block_on(serve(config, file, ready, shutdown_signal()))
 }
 
 /// The runtime: with one worker, tokio's current-thread scheduler, which skips the
@@ -146,13 +155,15 @@ pub async fn shutdown_signal() {
 
 pub async fn serve(
     config: Config,
+    file: Option<PathBuf>,
     ready: Option<oneshot::Sender<Bound>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
     let _stall = stall_watchdog(&config.watchdog)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (catalog, source) = start_catalog(&config, &shutdown_rx).await;
+    let (fleet, source) = start_catalog(&config, &shutdown_rx).await;
+    let catalog: Arc<dyn Catalog> = Arc::clone(&fleet) as Arc<dyn Catalog>;
     let watchdog = spin_watchdog(&config.watchdog);
     let (backhaul, fleet_tls) = start_backhaul(&config, &catalog, watchdog.clone())?;
     let tracker = TaskTracker::new();
@@ -164,7 +175,7 @@ pub async fn serve(
     tokio::spawn(Arc::clone(&overload).watch_memory(async move {
         let _ = overload_stop.wait_for(|s| *s).await;
     }));
-    let shared = shared(
+    let (shared, reloadable) = shared(
         &config,
         &catalog,
         backhaul,
@@ -204,6 +215,14 @@ pub async fn serve(
             tern_listen::run_backhaul(listener, acceptor, Arc::clone(&shared), shutdown_rx.clone());
         tokio::spawn(run);
     }
+    let reloader = Arc::new(Reloader::new(
+        file,
+        config.clone(),
+        fleet,
+        reloadable,
+        test_hooks(),
+    ));
+    let on_hup = tokio::spawn(crate::reload::on_sighup(Arc::clone(&reloader)));
     let admin_state = Arc::new(AdminState {
         catalog: Arc::clone(&catalog),
         source,
@@ -211,6 +230,7 @@ pub async fn serve(
         watchdog: watchdog.clone(),
         busy: Default::default(),
         test_hooks: test_hooks(),
+        reload: Some(reloader),
     });
     tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
     let mut health_stop = shutdown_rx.clone();
@@ -232,6 +252,7 @@ pub async fn serve(
     }
     stop.await;
     let _ = shutdown_tx.send(true);
+    on_hup.abort();
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
     Ok(())
@@ -255,7 +276,7 @@ async fn drain(tracker: &TaskTracker, within: std::time::Duration) {
 async fn start_catalog(
     config: &Config,
     shutdown: &watch::Receiver<bool>,
-) -> (Arc<dyn Catalog>, Option<Arc<dyn SourceStatus>>) {
+) -> (Arc<Fleet>, Option<Arc<dyn SourceStatus>>) {
     let CatalogSource::Etcd(e) = &config.catalog else {
         return (Arc::new(Fleet::from_config(config)), None);
     };
@@ -310,8 +331,8 @@ fn shared(
     watchdog: Option<pollwatch::Watchdog>,
     tracker: TaskTracker,
     overload: Arc<tern_overload::Overload>,
-) -> anyhow::Result<Arc<Shared>> {
-    let (http_tls, raw_tls) = tls_acceptors(config)?;
+) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
+    let (certs, http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
     let upstreams = Arc::new(Upstreams::new(
         limits.connect_timeout,
@@ -322,51 +343,47 @@ fn shared(
     let proxy = Arc::new(
         Proxy::new(
             Arc::clone(catalog),
-            upstreams,
+            Arc::clone(&upstreams),
             backhaul.clone(),
-            ProxySettings {
-                region: config.node.region.clone(),
-                connect_attempts: limits.connect_attempts,
-                response_header_timeout: limits.response_header_timeout,
-                queue_timeout: limits.queue_timeout,
-                connect_timeout: limits.connect_timeout,
-                body_read_timeout: limits.body_read_timeout,
-                request_buffer: limits.request_buffer,
-                test_hooks: test_hooks(),
-            },
+            crate::limits::proxy_settings(config, test_hooks()),
             watchdog.clone(),
             tracker.clone(),
         )
         .with_overload(Arc::clone(&overload)),
     );
-    Ok(Arc::new(Shared {
+    let shared = Arc::new(Shared {
         catalog: Arc::clone(catalog),
         proxy,
         backhaul,
-        server: ServerSettings {
-            header_read_timeout: limits.header_read_timeout,
-            idle_timeout: limits.idle_timeout,
-            send_timeout: limits.send_timeout,
-            max_header_bytes: limits.max_header_bytes,
-            max_headers: limits.max_headers,
-            drain_timeout: limits.drain_timeout,
-        },
+        limits: ArcSwap::new(crate::limits::conn_limits(config)),
         http_tls,
         raw_tls,
-        connect_timeout: limits.connect_timeout,
-        connect_attempts: limits.connect_attempts,
-        queue_timeout: limits.queue_timeout,
         max_connections: limits.max_connections_per_listener,
         tracker,
         watchdog,
         overload,
-    }))
+    });
+    Ok((
+        shared.clone(),
+        Reloadable {
+            shared,
+            upstreams,
+            certs,
+        },
+    ))
 }
 
-/// The TLS acceptors of HTTP and of raw TCP ports, when certificates are set.
-fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option<TlsAcceptor>)> {
+/// The TLS acceptors of HTTP and of raw TCP ports, and their certificates, when
+/// certificates are set.
+type Acceptors = (
+    Option<Arc<CertStore>>,
+    Option<TlsAcceptor>,
+    Option<TlsAcceptor>,
+);
+
+fn tls_acceptors(config: &Config) -> anyhow::Result<Acceptors> {
     let Some(store) = check_certificates(config)? else {
-        return Ok((None, None));
+        return Ok((None, None, None));
     };
     tern_tls::spawn_reloader(Arc::clone(&store), config.tls.reload_interval);
     let http = TlsAcceptor::new(
@@ -374,8 +391,8 @@ fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option
         config.tls.handshake_timeout,
     );
     let raw = TlsAcceptor::new(
-        tern_tls::server_configs(store, Vec::new()),
+        tern_tls::server_configs(Arc::clone(&store), Vec::new()),
         config.tls.handshake_timeout,
     );
-    Ok((Some(http), Some(raw)))
+    Ok((Some(store), Some(http), Some(raw)))
 }
