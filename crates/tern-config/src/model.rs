@@ -105,6 +105,9 @@ pub struct Node {
     pub workers: usize,
     /// Address every public port binds on.
     pub bind: IpAddr,
+    /// The Unix socket on which this process hands its listening sockets to
+    /// its successor (`tern run --upgrade`); `None`: no upgrades.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -37,6 +37,7 @@ pub(crate) struct RawNode {
     pub region: Spanned<String>,
     pub workers: Opt<i64>,
     pub bind: Opt<String>,
+    pub upgrade_socket: Opt<String>,
 }
 
 /// A catalog file on its own (`[catalog] file`, `tern catalog push`): the fleet's

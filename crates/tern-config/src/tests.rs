@@ -42,6 +42,7 @@ id = "ams-1"
 region = "ams"
 workers = 4
 bind = "127.0.0.1"
+upgrade_socket = "run/tern.sock"
 
 [admin]
 listen = "127.0.0.1:9191"
@@ -133,6 +134,7 @@ fn full_config_round_trips() {
             region: "ams".into(),
             workers: 4,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            upgrade_socket: Some(PathBuf::from("/etc/tern/run/tern.sock")),
         }
     );
     assert_eq!(
@@ -429,7 +431,7 @@ fn syntax_error() {
 fn unknown_key() {
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\nname = \"x\"\n"),
-        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `bind`"
+        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `bind`, `upgrade_socket`"
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),

@@ -605,11 +605,28 @@ impl Validator<'_> {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Some(b) => self.ip(b, "node.bind"),
         };
+        let upgrade_socket = raw.upgrade_socket.as_ref().and_then(|p| {
+            if p.get_ref().is_empty() {
+                self.error(&p.span(), "node.upgrade_socket must not be empty");
+                return None;
+            }
+            Some(self.relative_to_file(p.get_ref()))
+        });
         Node {
             id: raw.id.into_inner(),
             region: raw.region.into_inner(),
             workers,
             bind,
+            upgrade_socket,
+        }
+    }
+
+    /// A path as written, relative to the configuration file's directory.
+    fn relative_to_file(&self, path: &str) -> PathBuf {
+        let path = PathBuf::from(path);
+        match self.file.parent() {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
         }
     }
 

@@ -4,6 +4,7 @@
 //! modules; this one depends on none of them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +126,8 @@ pub struct Proxy {
     pub(crate) tasks: TaskTracker,
     /// Past its memory budget, new requests are shed.
     pub(crate) overload: Arc<Overload>,
+    /// Set when this process hands its sockets to a new one (an upgrade).
+    pub(crate) handover_drain: AtomicBool,
 }
 
 impl Proxy {
@@ -146,6 +149,7 @@ impl Proxy {
             watchdog,
             tasks,
             overload: Overload::unlimited(),
+            handover_drain: AtomicBool::new(false),
         }
     }
 
@@ -160,6 +164,15 @@ impl Proxy {
         settings.region.clone_from(&old.region);
         settings.test_hooks = old.test_hooks;
         self.settings.store(Arc::new(settings));
+    }
+
+    /// Marks the coming drain as an upgrade's hand-over: no client may see a
+    /// connection close under a request it is sending, so HTTP/1.1 responses
+    /// carry `Connection: close` from now on and idle HTTP/1.1 connections wait
+    /// for their next request (up to the drain deadline) rather than closing.
+    /// Call it before the shutdown signal.
+    pub fn begin_handover_drain(&self) {
+        self.handover_drain.store(true, Ordering::Release);
     }
 
     /// Sheds new requests while `overload` is past its memory budget.

@@ -103,6 +103,16 @@ impl Proxy {
         };
         resp.headers_mut()
             .insert(headers::TERN_REQUEST_ID.clone(), request_id.clone());
+        if self
+            .handover_drain
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && !conn.is_multiplexed()
+            && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            // An upgrade's drain: the client reconnects, to the new process.
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         self.metrics.record(
             outcome.app_name(),
             outcome.code,

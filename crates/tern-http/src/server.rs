@@ -102,6 +102,7 @@ pub async fn serve_connection<IO>(
         settings,
         shutdown: &mut shutdown,
         drain_until: None,
+        handover: &proxy.handover_drain,
     };
     let mut first = true;
     loop {
@@ -151,6 +152,19 @@ struct ConnTimers<'a> {
     shutdown: &'a mut watch::Receiver<bool>,
     /// Set once the connection drains: when it is dropped, whatever it is doing.
     drain_until: Option<Instant>,
+    /// Read when the drain begins: true in an upgrade's hand-over drain (see
+    /// `Proxy::begin_handover_drain`), when an HTTP/1.1 connection waits for its
+    /// client's next request and answers it with `Connection: close`, rather
+    /// than closing while the client may be sending one.
+    handover: &'a AtomicBool,
+}
+
+impl ConnTimers<'_> {
+    /// Whether this HTTP/1.1 connection (`may_park`) drains by answering its
+    /// next request with `Connection: close` instead of closing now.
+    fn drains_softly(&self, may_park: bool) -> bool {
+        may_park && self.handover.load(Ordering::Acquire)
+    }
 }
 
 /// How the in-task server let go of a connection.
@@ -236,7 +250,16 @@ where
         }
         let mut buf = [0u8; H2_PREFACE.len()];
         let want = H2_PREFACE.len() - have;
-        let wait = next_check(timers.activity, timers.settings);
+        let mut wait = next_check(timers.activity, timers.settings);
+        if let Some(until) = timers.drain_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                close_quietly(io).await;
+                return false;
+            }
+            wait = wait.min(left);
+        }
+        let draining = timers.drain_until.is_some();
         tokio::select! {
             read = io.get_mut().read(&mut buf[..want]) => match read {
                 Ok(0) if have == 0 => {
@@ -257,7 +280,13 @@ where
                 }
                 None => {}
             },
-            _ = timers.shutdown.changed() => {
+            _ = timers.shutdown.changed(), if !draining => {
+                if timers.drains_softly(true) {
+                    // The client's next request is answered, with
+                    // `Connection: close`; the drain deadline bounds the wait.
+                    timers.drain_until = Some(Instant::now() + timers.settings.drain_timeout);
+                    continue;
+                }
                 close_quietly(io).await;
                 return false;
             }
@@ -381,7 +410,9 @@ where
         if let Poll::Ready(res) = polled {
             return ended(res, activity);
         }
-        graceful(conn);
+        if !timers.drains_softly(may_park) {
+            graceful(conn);
+        }
     }
     loop {
         let draining = timers.drain_until.is_some();
@@ -423,7 +454,9 @@ where
             }
             ConnEvent::Shutdown => {
                 timers.drain_until = Some(Instant::now() + settings.drain_timeout);
-                graceful(conn);
+                if !timers.drains_softly(may_park) {
+                    graceful(conn);
+                }
             }
         }
     }
@@ -562,6 +595,7 @@ mod tests {
             settings: &settings,
             shutdown: &mut rx,
             drain_until: None,
+            handover: &AtomicBool::new(false),
         };
         let driving = drive(&mut conn, |_| {}, &mut timers, true);
         let mut driving = std::pin::pin!(driving);

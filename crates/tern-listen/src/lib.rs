@@ -12,4 +12,4 @@ mod tcp;
 pub use backhaul::{bind_backhaul, run_backhaul};
 pub use listener::{bind, run, ConnLimits, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};
-pub use ports::Ports;
+pub use ports::{Ports, Sockets};

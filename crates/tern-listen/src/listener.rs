@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ impl Listener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
+
+    /// Another descriptor of the listening socket, to hand over in an upgrade.
+    pub fn dup(&self) -> io::Result<OwnedFd> {
+        self.tcp.as_fd().try_clone_to_owned()
+    }
 }
 
 /// Binds a public port. Fails early, before anything is served, if the port's TLS
@@ -91,6 +97,25 @@ pub fn bind(ip: IpAddr, plan: PortPlan, shared: &Shared) -> Result<Listener, Lis
         TcpListener::from_std(socket.into())
     };
     let tcp = bind().map_err(|source| ListenError::Bind { addr, source })?;
+    Ok(Listener { plan, tcp })
+}
+
+/// Takes a listening socket handed over by the process this one replaces (an
+/// upgrade) instead of binding the port anew: the connections waiting in its
+/// queue are kept.
+pub fn adopt(plan: PortPlan, socket: OwnedFd, shared: &Shared) -> Result<Listener, ListenError> {
+    if plan.tls && shared.http_tls.is_none() {
+        return Err(ListenError::NoCertificates(plan.port));
+    }
+    let std = std::net::TcpListener::from(socket);
+    let addr = std
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], plan.port)));
+    let adopt = || -> io::Result<TcpListener> {
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)
+    };
+    let tcp = adopt().map_err(|source| ListenError::Bind { addr, source })?;
     Ok(Listener { plan, tcp })
 }
 

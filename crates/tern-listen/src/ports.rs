@@ -4,14 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tern_catalog::Catalog;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::listener::{bind, run, ListenError, Shared};
+use crate::listener::{adopt, bind, run, ListenError, Shared};
 use crate::plan::{plan, PortPlan};
 
 /// Every public port this node serves.
@@ -19,7 +20,15 @@ pub struct Ports {
     ip: IpAddr,
     shared: Arc<Shared>,
     open: BTreeMap<u16, Open>,
+    /// Sockets handed over by the process this one replaces, by port: used
+    /// instead of binding, then dropped once the first catalog is served.
+    inherited: BTreeMap<u16, OwnedFd>,
+    sockets: Sockets,
 }
+
+/// A descriptor of every open port's listening socket, to hand over in an
+/// upgrade; shared with whoever serves the upgrade socket.
+pub type Sockets = Arc<Mutex<BTreeMap<u16, OwnedFd>>>;
 
 struct Open {
     plan: PortPlan,
@@ -41,7 +50,19 @@ impl Ports {
             ip,
             shared,
             open: BTreeMap::new(),
+            inherited: BTreeMap::new(),
+            sockets: Sockets::default(),
         }
+    }
+
+    /// Serves these ports on the sockets of the process this one replaces.
+    pub fn inherit(&mut self, sockets: impl IntoIterator<Item = (u16, OwnedFd)>) {
+        self.inherited.extend(sockets);
+    }
+
+    /// The open ports' sockets, kept up to date as ports open and close.
+    pub fn sockets(&self) -> Sockets {
+        Arc::clone(&self.sockets)
     }
 
     /// Opens the ports `snap`'s apps need and closes those they no longer do (or
@@ -60,6 +81,7 @@ impl Ports {
                 continue;
             };
             tracing::info!(port, "no app uses this port as it is any more: closing it");
+            self.sockets_mut().remove(&port);
             let _ = open.stop.send(true);
             // Its socket must be closed before the port can be bound again.
             let _ = tokio::time::timeout(CLOSE_WAIT, open.accepting).await;
@@ -69,8 +91,20 @@ impl Ports {
             if self.open.contains_key(&port) {
                 continue;
             }
-            match bind(self.ip, p, &self.shared) {
+            let listener = match self.inherited.remove(&port) {
+                Some(socket) => adopt(p, socket, &self.shared),
+                None => bind(self.ip, p, &self.shared),
+            };
+            match listener {
                 Ok(listener) => {
+                    match listener.dup() {
+                        Ok(fd) => {
+                            self.sockets_mut().insert(port, fd);
+                        }
+                        Err(e) => {
+                            tracing::warn!(port, error = %e, "cannot keep this port's socket for upgrades")
+                        }
+                    }
                     let addr = listener
                         .local_addr()
                         .unwrap_or(SocketAddr::new(self.ip, port));
@@ -89,7 +123,13 @@ impl Ports {
                 Err(e) => failed.push(e),
             }
         }
+        // Sockets of ports this catalog does not use are closed.
+        self.inherited.clear();
         failed
+    }
+
+    fn sockets_mut(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, OwnedFd>> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Where each open port listens.

@@ -97,7 +97,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let serving = tokio::spawn(crate::serve::serve(
             config,
-            Some(config_path.clone()),
+            crate::serve::Start {
+                file: Some(config_path.clone()),
+                upgrade: false,
+            },
             Some(ready_tx),
             crate::serve::shutdown_signal(),
         ));

@@ -9,6 +9,7 @@ mod limits;
 mod logging;
 mod reload;
 mod serve;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,11 +37,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic as the configuration says, until SIGTERM or SIGINT.
+    /// Serve traffic as the configuration says, until SIGTERM or SIGINT (SIGHUP
+    /// reloads the configuration).
     Run {
         /// The TOML configuration file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Take over from the Tern running on `[node] upgrade_socket`: serve on
+        /// its listening sockets, then let it drain and exit.
+        #[arg(short, long)]
+        upgrade: bool,
     },
     /// Validate a configuration file and its certificates; print every error found.
     Check {
@@ -61,9 +67,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => load(&config).and_then(|c| {
+        Command::Run { config, upgrade } => load(&config).and_then(|c| {
             logging::init(&c.log)?;
-            serve::run(c, Some(config), None)
+            serve::run(
+                c,
+                serve::Start {
+                    file: Some(config),
+                    upgrade,
+                },
+                None,
+            )
         }),
         Command::Check { config } => check(&config),
         Command::Demo(args) => demo::run(args),

@@ -15,8 +15,11 @@ use tern_health::HealthChecker;
 use tern_http::{Proxy, Upstreams};
 
 use crate::reload::{Reloadable, Reloader};
+use crate::upgrade::{serve_upgrades, Handing, Inherited};
+use std::os::fd::AsFd;
 use tern_listen::{Ports, Shared};
 use tern_tls::{CertStore, TlsAcceptor};
+use tern_upgrade::Role;
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
@@ -105,15 +108,15 @@ fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
     }))
 }
 
-/// Runs the node until a signal. `file` is where `config` was read from, for
-/// reloads; `ready` learns the bound addresses.
+/// Runs the node until a signal, or until a successor takes over; `ready`
+/// learns the bound addresses.
 pub fn run(
     config: Config,
-    file: Option<PathBuf>,
+    start: Start,
     ready: Option<oneshot::Sender<Bound>>,
 ) -> anyhow::Result<()> {
     let runtime = build_runtime(config.node.workers)?;
-    runtime.block_on(serve(config, file, ready, shutdown_signal()))
+    runtime.block_on(serve(config, start, ready, shutdown_signal()))
 }
 
 /// The runtime: with one worker, tokio's current-thread scheduler, which skips the
@@ -153,28 +156,31 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How a node starts: where its configuration came from (for reloads), and
+/// whether it takes over from a running Tern (`tern run --upgrade`).
+#[derive(Debug, Default)]
+pub struct Start {
+    pub file: Option<PathBuf>,
+    pub upgrade: bool,
+}
+
 pub async fn serve(
     config: Config,
-    file: Option<PathBuf>,
+    start: Start,
     ready: Option<oneshot::Sender<Bound>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
     let _stall = stall_watchdog(&config.watchdog)?;
+    let mut inherited =
+        Inherited::take(config.node.upgrade_socket.as_deref(), start.upgrade).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fleet, source) = start_catalog(&config, &shutdown_rx).await;
     let catalog: Arc<dyn Catalog> = Arc::clone(&fleet) as Arc<dyn Catalog>;
     let watchdog = spin_watchdog(&config.watchdog);
     let (backhaul, fleet_tls) = start_backhaul(&config, &catalog, watchdog.clone())?;
     let tracker = TaskTracker::new();
-    let overload = tern_overload::Overload::new(tern_overload::Budgets {
-        max_connections: config.overload.max_connections,
-        max_memory: config.overload.max_memory,
-    })?;
-    let mut overload_stop = shutdown_rx.clone();
-    tokio::spawn(Arc::clone(&overload).watch_memory(async move {
-        let _ = overload_stop.wait_for(|s| *s).await;
-    }));
+    let overload = start_overload(&config, &shutdown_rx)?;
     let (shared, reloadable) = shared(
         &config,
         &catalog,
@@ -183,40 +189,16 @@ pub async fn serve(
         tracker.clone(),
         overload,
     )?;
-
-    // Bind everything the catalog asks for before serving anything: a port in use
-    // is a startup error. Ports that apps ask for later are opened as they come.
-    let mut ports = Ports::new(config.node.bind, Arc::clone(&shared));
-    if let Some(e) = ports
-        .reconcile(&catalog.snapshot())
-        .await
-        .into_iter()
-        .next()
-    {
-        return Err(e.into());
-    }
-    let admin = tokio::net::TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
-    let mut bound = Bound {
-        admin: admin.local_addr()?,
-        ports: ports.addrs(),
-        backhaul: None,
-    };
-    ports.follow(Arc::clone(&catalog), shutdown_rx.clone());
-    if let (Some(b), Some(tls)) = (&config.backhaul, &fleet_tls) {
-        let listener = tern_listen::bind_backhaul(b.listen).await?;
-        bound.backhaul = Some(listener.local_addr()?);
-        let acceptor = tern_backhaul::BackhaulAcceptor::new(
-            Arc::clone(&tls.server),
-            config.tls.handshake_timeout,
-        );
-        let run =
-            tern_listen::run_backhaul(listener, acceptor, Arc::clone(&shared), shutdown_rx.clone());
-        tokio::spawn(run);
-    }
+    let (listening, handing) = listen(
+        &config,
+        &shared,
+        &mut inherited,
+        fleet_tls.as_ref(),
+        &shutdown_rx,
+    )
+    .await?;
     let reloader = Arc::new(Reloader::new(
-        file,
+        start.file,
         config.clone(),
         fleet,
         reloadable,
@@ -232,13 +214,18 @@ pub async fn serve(
         test_hooks: test_hooks(),
         reload: Some(reloader),
     });
-    tokio::spawn(tern_admin::serve(admin, admin_state, shutdown_rx.clone()));
+    tokio::spawn(tern_admin::serve(
+        listening.admin,
+        admin_state,
+        shutdown_rx.clone(),
+    ));
     let mut health_stop = shutdown_rx.clone();
     let checks = HealthChecker::new(Arc::clone(&catalog)).with_watchdog(watchdog);
     let health = tokio::spawn(checks.run(async move {
         let _ = health_stop.wait_for(|s| *s).await;
     }));
 
+    let bound = listening.bound;
     tracing::info!(
         node = %config.node.id,
         region = %config.node.region,
@@ -247,15 +234,108 @@ pub async fn serve(
         backhaul = ?bound.backhaul,
         "tern is serving"
     );
+    inherited.serving().await;
+    let handed_over = hand_over_when_asked(&config, handing, &shared);
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
-    stop.await;
+    tokio::select! {
+        () = stop => {}
+        () = handed_over => {}
+    }
     let _ = shutdown_tx.send(true);
     on_hup.abort();
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
     Ok(())
+}
+
+/// The overload manager, its memory sampler running until shutdown.
+fn start_overload(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Arc<tern_overload::Overload>> {
+    let overload = tern_overload::Overload::new(tern_overload::Budgets {
+        max_connections: config.overload.max_connections,
+        max_memory: config.overload.max_memory,
+    })?;
+    let mut stop = shutdown.clone();
+    tokio::spawn(Arc::clone(&overload).watch_memory(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok(overload)
+}
+
+/// The listeners a node serves on, bound (or inherited) and accepting.
+struct Listening {
+    admin: tokio::net::TcpListener,
+    bound: Bound,
+}
+
+/// Binds everything the catalog asks for before serving anything (a port in
+/// use is a startup error; ports that apps ask for later are opened as they
+/// come), or takes the sockets inherited from the Tern this one replaces. Also
+/// returns what this process would hand to its own successor.
+async fn listen(
+    config: &Config,
+    shared: &Arc<Shared>,
+    inherited: &mut Inherited,
+    fleet_tls: Option<&FleetTls>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(Listening, Handing)> {
+    let mut ports = Ports::new(config.node.bind, Arc::clone(shared));
+    ports.inherit(inherited.public());
+    let snapshot = shared.catalog.snapshot();
+    if let Some(e) = ports.reconcile(&snapshot).await.into_iter().next() {
+        return Err(e.into());
+    }
+    let admin = inherited
+        .listener(Role::Admin, config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {}", config.admin.listen))?;
+    let mut bound = Bound {
+        admin: admin.local_addr()?,
+        ports: ports.addrs(),
+        backhaul: None,
+    };
+    let mut handing = Handing {
+        ports: ports.sockets(),
+        admin: admin.as_fd().try_clone_to_owned()?,
+        backhaul: None,
+    };
+    ports.follow(Arc::clone(&shared.catalog), shutdown.clone());
+    if let (Some(b), Some(tls)) = (&config.backhaul, fleet_tls) {
+        let listener = inherited
+            .listener(Role::Backhaul, b.listen)
+            .await
+            .map_err(|source| tern_listen::ListenError::Bind {
+                addr: b.listen,
+                source,
+            })?;
+        bound.backhaul = Some(listener.local_addr()?);
+        handing.backhaul = Some(listener.as_fd().try_clone_to_owned()?);
+        let acceptor = tern_backhaul::BackhaulAcceptor::new(
+            Arc::clone(&tls.server),
+            config.tls.handshake_timeout,
+        );
+        let run =
+            tern_listen::run_backhaul(listener, acceptor, Arc::clone(shared), shutdown.clone());
+        tokio::spawn(run);
+    }
+    Ok((Listening { admin, bound }, handing))
+}
+
+/// Completes once a successor has taken this node's sockets (never without
+/// `[node] upgrade_socket`, or when that socket cannot be served).
+async fn hand_over_when_asked(config: &Config, handing: Handing, shared: &Arc<Shared>) {
+    let Some(path) = config.node.upgrade_socket.clone() else {
+        return std::future::pending().await;
+    };
+    let proxy = Arc::clone(&shared.proxy);
+    if let Err(e) = serve_upgrades(path, handing, proxy).await {
+        tracing::error!(error = %e, "cannot serve the upgrade socket: upgrades are off");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Waits for the connections to finish, up to the drain deadline.
