@@ -74,14 +74,14 @@ impl Proxy {
             }
         }
 
-        let attempts = self.settings().connect_attempts;
+        let attempts = self.settings.connect_attempts();
         let opened = snapshot
             .connect_best(
                 app,
                 service,
                 tried,
                 attempts,
-                self.settings().queue_timeout,
+                self.settings.queue_timeout(),
                 |pick| async move {
                     let opened = self.open(&pick, want).await;
                     if let Err(e) = &opened {
@@ -124,7 +124,7 @@ impl Proxy {
                 &route.app,
                 &route.service,
                 id,
-                self.settings().queue_timeout,
+                self.settings.queue_timeout(),
             )
             .await
             .map_err(admit_error)?;
@@ -182,7 +182,7 @@ impl Proxy {
             return false;
         }
         tried.push(pick.machine.def.id.clone());
-        let again = tried.len() < self.settings().connect_attempts.max(1)
+        let again = tried.len() < self.settings.connect_attempts().max(1)
             && snapshot.any_eligible(&route.app, &route.service, tried);
         if again {
             tracing::info!(machine = %pick.machine.def.id, "the request got no answer through its node; trying the next machine");

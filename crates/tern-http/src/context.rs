@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use tern_backhaul::Backhaul;
 use tern_catalog::{AppEntry, Catalog, MachineEntry};
@@ -18,28 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::activity::Activity;
 use crate::binding::ConnBindings;
 use crate::headers::ConnValues;
+use crate::live_settings::{LiveSettings, ProxySettings};
 use crate::noted::Noted;
 use crate::request_metrics::RequestMetrics;
 use crate::upstream::Upstreams;
-
-/// What the proxy needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    /// This node's region, sent as `Tern-Region`.
-    pub region: String,
-    pub connect_attempts: usize,
-    pub response_header_timeout: Duration,
-    pub queue_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// A request body that makes no progress for this long ends its request.
-    pub body_read_timeout: Duration,
-    /// How much of a request body is read before a machine is chosen; 0 for
-    /// none.
-    pub request_buffer: usize,
-    /// Test-only: `/__tern_test/spin` never completes and wakes itself forever,
-    /// the shape of the close_notify busy loop, for testing the spin watchdog.
-    pub test_hooks: bool,
-}
 
 /// The connection a request arrived on.
 #[derive(Debug)]
@@ -114,9 +94,10 @@ pub struct Proxy {
     pub(crate) upstreams: Arc<Upstreams>,
     /// Other nodes' machines are reached through it; `None` on a node alone.
     pub(crate) backhaul: Option<Arc<Backhaul>>,
-    /// Replaced whole by a configuration reload: a request reads the settings
-    /// of the moment it reads them.
-    settings: ArcSwap<ProxySettings>,
+    /// Changed by a configuration reload.
+    pub(crate) settings: LiveSettings,
+    /// Test-only: `/__tern_test/spin` (see `ProxySettings::test_hooks`).
+    pub(crate) test_hooks: bool,
     /// `settings.region` as a header value, or `None` if it cannot be one.
     pub(crate) region: Option<HeaderValue>,
     pub(crate) metrics: RequestMetrics,
@@ -144,7 +125,8 @@ impl Proxy {
             upstreams,
             backhaul,
             region: HeaderValue::from_str(&settings.region).ok(),
-            settings: ArcSwap::from_pointee(settings),
+            settings: LiveSettings::new(&settings),
+            test_hooks: settings.test_hooks,
             metrics: RequestMetrics::default(),
             watchdog,
             tasks,
@@ -153,17 +135,10 @@ impl Proxy {
         }
     }
 
-    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<ProxySettings>> {
-        self.settings.load()
-    }
-
-    /// New settings (a configuration reload), for the requests that start from
-    /// now on. The region and the test hooks belong to the process and stay.
-    pub fn reconfigure(&self, mut settings: ProxySettings) {
-        let old = self.settings.load();
-        settings.region.clone_from(&old.region);
-        settings.test_hooks = old.test_hooks;
-        self.settings.store(Arc::new(settings));
+    /// New settings (a configuration reload), for what reads them from now on.
+    /// The region and the test hooks belong to the process and stay.
+    pub fn reconfigure(&self, settings: &ProxySettings) {
+        self.settings.store(settings);
     }
 
     /// Marks the coming drain as an upgrade's hand-over: no client may see a

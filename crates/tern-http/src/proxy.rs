@@ -20,7 +20,7 @@ use crate::context::{ConnInfo, Proxy};
 use crate::error::{ErrorCode, ProxyError};
 use crate::headers;
 use crate::respond::{self, Answer};
-use crate::rewrite::Prepared;
+use crate::rewrite::{LengthFields, Prepared};
 use crate::route::{self, Route};
 
 /// What a finished request is labelled with in metrics and logs.
@@ -50,7 +50,7 @@ impl Proxy {
     ) -> Response<Body> {
         // Held until the response body takes it over.
         let on_end = Unanswered(Some(on_end));
-        if self.settings().test_hooks && req.uri().path() == "/__tern_test/spin" {
+        if self.test_hooks && req.uri().path() == "/__tern_test/spin" {
             std::future::poll_fn(|cx| {
                 cx.waker().wake_by_ref();
                 std::task::Poll::<()>::Pending
@@ -150,15 +150,15 @@ impl Proxy {
             return Ok(Answer::Local(redirect));
         }
         // admit: refuse a body that is declared too large before reading any of it.
-        admit_length(&req, &route.app)?;
+        let lengths = admit_length(&req, &route.app)?;
         if conn.from_node.is_some() && req.method() == Method::CONNECT {
             // A raw TCP connection or an upgrade, which a peer hands over whole.
             return Box::pin(self.serve_peer_tunnel(req, conn, &snapshot, &route)).await;
         }
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding fields in.
-        let mut prepared = self.rewrite(req, conn, &route, request_id);
+        let mut prepared = self.rewrite(req, conn, &route, request_id, lengths);
         // buffer: the body's start is read before any machine is asked for.
-        let limit = self.settings().request_buffer;
+        let limit = self.settings.request_buffer();
         if let (Some(body), 1..) = (prepared.body_to_buffer(), limit) {
             *body = buffer::buffer(std::mem::take(body), limit, &self.metrics.buffering).await?;
         }
@@ -219,10 +219,15 @@ fn peer_request_id<B>(req: &Request<B>) -> HeaderValue {
 /// The admit phase for the body: Content-Length fields that disagree are
 /// refused (RFC 9110, 8.6; those that agree become one in the rewrite), and a
 /// declared length over the app's limit is refused before a byte is read.
-fn admit_length<B>(req: &Request<B>, app: &AppEntry) -> Result<(), ProxyError> {
+fn admit_length<B>(req: &Request<B>, app: &AppEntry) -> Result<LengthFields, ProxyError> {
     let limit = app.max_request_body;
+    // Most requests have no length at all: one lookup tells, before a walk.
+    if !req.headers().contains_key(CONTENT_LENGTH) {
+        return Ok(LengthFields::AtMostOne);
+    }
     let mut lengths = req.headers().get_all(CONTENT_LENGTH).iter();
     let declared = lengths.next().map(length);
+    let mut fields = LengthFields::AtMostOne;
     for other in lengths {
         if length(other) != declared.flatten() || declared.flatten().is_none() {
             return Err(ProxyError::new(
@@ -230,13 +235,14 @@ fn admit_length<B>(req: &Request<B>, app: &AppEntry) -> Result<(), ProxyError> {
                 "the request's Content-Length fields disagree",
             ));
         }
+        fields = LengthFields::Several;
     }
     match declared.flatten() {
         Some(len) if len > limit => Err(ProxyError::new(
             ErrorCode::RequestBodyTooLarge,
             format!("body of {len} bytes exceeds the limit of {limit}"),
         )),
-        _ => Ok(()),
+        _ => Ok(fields),
     }
 }
 

@@ -53,6 +53,14 @@ impl Head {
     }
 }
 
+/// How many Content-Length fields a request came with, as the admit phase
+/// counted them (and refused them if they disagreed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LengthFields {
+    AtMostOne,
+    Several,
+}
+
 impl Proxy {
     /// Readies the client's request: hop-by-hop fields out, spoofed `Tern-*` out
     /// (at the edge), the body under the app's limit.
@@ -62,6 +70,7 @@ impl Proxy {
         conn: &ConnInfo,
         route: &Route,
         request_id: &'a HeaderValue,
+        lengths: LengthFields,
     ) -> Prepared<'a> {
         let upgrade = is_upgrade(&req);
         let client_version = req.version();
@@ -78,10 +87,10 @@ impl Proxy {
         };
         // Content-Length fields that agree (the admit phase refused the others)
         // go on as one.
-        let mut lengths = h.get_all(http::header::CONTENT_LENGTH).iter();
-        if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
-            let one = first.clone();
-            h.insert(http::header::CONTENT_LENGTH, one);
+        if lengths == LengthFields::Several {
+            if let Some(one) = h.get(http::header::CONTENT_LENGTH).cloned() {
+                h.insert(http::header::CONTENT_LENGTH, one);
+            }
         }
         // An absolute-form target (or a peer's HTTP/2 authority) overrides Host
         // (RFC 9112, 3.2.2), so the machine sees the host the request was routed by.
@@ -94,7 +103,7 @@ impl Proxy {
             // No body (most GETs): an empty one is a zero-sized box, no allocation.
             Body::default()
         } else {
-            let moving = BodyDeadline::new(body, self.settings().body_read_timeout);
+            let moving = BodyDeadline::new(body, self.settings.body_read_timeout());
             let limited = Limited::new(moving, limit).map_err(|e| e as crate::BoxError);
             match &conn.activity {
                 Some(activity) => {

@@ -27,7 +27,29 @@ pin_project_lite::pin_project! {
     pub(crate) struct Relayed {
         #[pin]
         from: Source,
-        first: Option<Frame<Bytes>>,
+        first: First,
+    }
+}
+
+/// The frame read ahead, kept small: the response is moved whole between the
+/// phases, and a frame of trailers (a `HeaderMap`) is three times a `Bytes`.
+enum First {
+    None,
+    Data(Bytes),
+    Trailers(Box<http::HeaderMap>),
+}
+
+impl First {
+    fn take(&mut self) -> Option<Frame<Bytes>> {
+        match std::mem::replace(self, First::None) {
+            First::None => None,
+            First::Data(d) => Some(Frame::data(d)),
+            First::Trailers(t) => Some(Frame::trailers(*t)),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self, First::None)
     }
 }
 
@@ -44,7 +66,10 @@ pin_project_lite::pin_project! {
 
 impl Relayed {
     fn new(from: Source) -> Self {
-        Relayed { from, first: None }
+        Relayed {
+            from,
+            first: First::None,
+        }
     }
 
     pub(crate) fn backhaul(body: tern_backhaul::RecvBody) -> Self {
@@ -57,12 +82,19 @@ impl Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BoxError>> {
-        if self.first.is_some() || HttpBody::is_end_stream(&*self) {
+        if !self.first.is_none() || HttpBody::is_end_stream(&*self) {
             return Poll::Ready(Ok(()));
         }
         match std::task::ready!(self.as_mut().project().from.poll_frame(cx)) {
             Some(Ok(frame)) => {
-                *self.project().first = Some(frame);
+                *self.project().first = match frame.into_data() {
+                    Ok(data) => First::Data(data),
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => First::Trailers(Box::new(trailers)),
+                        // A kind of frame http-body may add later: nothing to keep.
+                        Err(_) => First::None,
+                    },
+                };
                 Poll::Ready(Ok(()))
             }
             Some(Err(e)) => Poll::Ready(Err(e)),
@@ -126,11 +158,10 @@ impl HttpBody for Relayed {
 
     fn size_hint(&self) -> SizeHint {
         let rest = self.from.size_hint();
-        let held = self
-            .first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(0, |d| d.len() as u64);
+        let held = match &self.first {
+            First::Data(d) => d.len() as u64,
+            _ => 0,
+        };
         if held == 0 {
             return rest;
         }
@@ -162,7 +193,7 @@ impl Proxy {
         fields: Option<&Forwarded<'_>>,
         ticked: bool,
     ) -> Result<(Response<Relayed>, Option<Sender>), ProxyError> {
-        let timeout = self.settings().response_header_timeout;
+        let timeout = self.settings.response_header_timeout();
         match sender {
             Sender::H2(mut tx) => {
                 let resp = tokio::time::timeout(timeout, tx.send_request(req))

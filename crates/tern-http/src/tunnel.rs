@@ -132,7 +132,7 @@ impl Proxy {
         let forwarded = prepared.forwarded(conn, self.region.as_ref());
         let mut connect = upgrade_connect(req, pick, prepared.internal_port(), &route.host)?;
         headers::add_forwarding(connect.headers_mut(), &forwarded);
-        let timeout = self.settings().response_header_timeout;
+        let timeout = self.settings.response_header_timeout();
         let tunnel = tokio::time::timeout(timeout, ready.tunnel(connect))
             .await
             .map_err(|_| header_timeout(timeout))?
@@ -202,7 +202,7 @@ impl Proxy {
                 &route.app,
                 &route.service,
                 id,
-                self.settings().queue_timeout,
+                self.settings.queue_timeout(),
             )
             .await
             .map_err(admit_error)?;
@@ -212,7 +212,7 @@ impl Proxy {
                 .upgrade_for_peer(req, route, &pick, guard, peer_side)
                 .await;
         }
-        let limit = self.settings().connect_timeout;
+        let limit = self.settings.connect_timeout();
         let machine = match tokio::time::timeout(limit, TcpStream::connect(pick.addr())).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -261,7 +261,7 @@ impl Proxy {
                 "no HTTP/1.1 connection",
             ));
         };
-        let timeout = self.settings().response_header_timeout;
+        let timeout = self.settings.response_header_timeout();
         let mut resp = tokio::time::timeout(timeout, tx.send_request(outgoing))
             .await
             .map_err(|_| header_timeout(timeout))?

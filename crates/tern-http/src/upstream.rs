@@ -7,6 +7,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::live_settings::nanos;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
@@ -371,10 +373,6 @@ where
     if let Err(e) = ended {
         tracing::debug!(%addr, error = %e, "upstream connection ended");
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl Reloader {
         parts
             .shared
             .proxy
-            .reconfigure(crate::limits::proxy_settings(config, self.test_hooks));
+            .reconfigure(&crate::limits::proxy_settings(config, self.test_hooks));
         parts
             .upstreams
             .set_timeouts(limits.connect_timeout, limits.idle_timeout);

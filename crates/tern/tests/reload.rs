@@ -12,33 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The head and body of one response on a keep-alive connection, or why not.
 async fn exchange(c: &mut TcpStream, request: &[u8]) -> Result<(String, Vec<u8>), String> {
     c.write_all(request).await.map_err(|e| e.to_string())?;
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        match c.read(&mut byte).await {
-            Ok(1) => data.push(byte[0]),
-            Ok(_) => return Err(format!("closed after {data:?}")),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let head = String::from_utf8_lossy(&data).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .ok_or_else(|| format!("no content-length: {head}"))?;
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok((head, body))
+    try_read_response(c).await
 }
 
 /// Keep-alive clients sending GETs until `stop` (bounded by a count and a

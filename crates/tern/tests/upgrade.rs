@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -53,29 +53,7 @@ async fn h1_exchange(c: &mut TcpStream) -> Result<String, String> {
     c.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
         .map_err(|e| format!("write: {e}"))?;
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        match c.read(&mut byte).await {
-            Ok(1) => data.push(byte[0]),
-            Ok(_) => return Err(format!("closed under a request, after {data:?}")),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&data).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .ok_or_else(|| format!("no content-length: {head}"))?;
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("body: {e}"))?;
-    Ok(head)
+    try_read_response(c).await.map(|(head, _)| head)
 }
 
 /// A keep-alive client that reconnects when told `Connection: close`, as

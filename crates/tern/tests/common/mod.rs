@@ -611,19 +611,31 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 /// It never reads past the response's last byte, so pipelined responses that
 /// arrive in one segment are each left for the next call.
 pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    match tokio::time::timeout(Duration::from_secs(10), try_read_response(s)).await {
+        Ok(Ok((head, body))) => (head, String::from_utf8_lossy(&body).into_owned()),
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("no response within 10 s"),
+    }
+}
+
+/// `read_response` for clients that count failures: why no response came,
+/// rather than a panic. Unbounded in time: the caller bounds it.
+pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<(String, Vec<u8>), String> {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
-            .await
-            .expect("response head in time")
-            .expect("read response");
-        assert!(
-            n > 0,
-            "closed before a full head: {:?}",
-            String::from_utf8_lossy(&data)
-        );
-        data.push(byte[0]);
+        match s.read(&mut byte).await {
+            Ok(1) => data.push(byte[0]),
+            Ok(_) => {
+                return Err(format!(
+                    "closed before a full head: {:?}",
+                    String::from_utf8_lossy(&data)
+                ))
+            }
+            Err(e) => return Err(format!("reading the head: {e}")),
+        }
     }
     let head = String::from_utf8_lossy(&data).into_owned();
     let len: usize = head
@@ -633,11 +645,10 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (Strin
             k.eq_ignore_ascii_case("content-length")
                 .then(|| v.trim().parse().ok())?
         })
-        .unwrap_or_else(|| panic!("response without content-length: {head}"));
+        .ok_or_else(|| format!("response without content-length: {head}"))?;
     let mut body = vec![0u8; len];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
+    s.read_exact(&mut body)
         .await
-        .expect("response body in time")
-        .expect("read body");
-    (head, String::from_utf8_lossy(&body).into_owned())
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok((head, body))
 }
