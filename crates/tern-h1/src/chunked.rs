@@ -17,6 +17,11 @@ enum State {
         size: u64,
         digits: u8,
     },
+    /// Whitespace after the size: before an extension's `;` or the line's CR,
+    /// nothing else may come (RFC 9112, 7.1.1: `BWS ";"`), as hyper reads it.
+    SizeLws {
+        size: u64,
+    },
     /// Extensions after the size, up to the line's CR.
     Extension {
         size: u64,
@@ -117,9 +122,19 @@ impl Decoder {
                     None if digits == 0 => return Err(Error::BadChunk("no chunk size")),
                     None => match b {
                         b'\r' => State::SizeLf { size },
-                        b';' | b' ' | b'\t' => State::Extension { size },
+                        b';' => State::Extension { size },
+                        b' ' | b'\t' => State::SizeLws { size },
                         _ => return Err(Error::BadChunk("bad chunk size")),
                     },
+                }
+            }
+            State::SizeLws { size } => {
+                self.count_line_byte(MAX_SIZE_LINE)?;
+                match b {
+                    b' ' | b'\t' => State::SizeLws { size },
+                    b';' => State::Extension { size },
+                    b'\r' => State::SizeLf { size },
+                    _ => return Err(Error::BadChunk("bad chunk size")),
                 }
             }
             State::Extension { size } => {
@@ -245,7 +260,7 @@ mod tests {
     #[test]
     fn chunks_decode_whatever_the_read_sizes() {
         let body =
-            b"5\r\nhello\r\n7;name=value\r\n, world\r\nA\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+            b"5\r\nhello\r\n7 \t;name=value\r\n, world\r\nA \r\n0123456789\r\n0\r\nx-t: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, body.len()] {
             let (data, _) = decode_in_steps(body, step).unwrap();
             assert_eq!(data, b"hello, world0123456789", "step {step}");
@@ -271,6 +286,9 @@ mod tests {
             b"11111111111111111\r\n",
             b"5;ext\nhello",
             b"0\r\nx: y\n\r\n",
+            // After the size and its whitespace, only `;` or the CR.
+            b"6 \x0e\r\ndddddd\r\n0\r\n\r\n",
+            b"6 x\r\ndddddd\r\n0\r\n\r\n",
         ] {
             assert!(
                 matches!(decode_in_steps(bad, 1), Err(Error::BadChunk(_))),
