@@ -226,17 +226,28 @@ ports = [{{ port = {}, handlers = ["http"] }}]
     c
 }
 
+/// A successor process; killed on drop, so that a failed test leaves none behind.
+struct Successor(Child);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `tern run --upgrade` on the same configuration.
-fn successor(tern: &Tern, n: usize) -> Child {
+fn successor(tern: &Tern, n: usize) -> Successor {
     let log = tern.dir.path().join(format!("tern-{n}.log"));
-    Command::new(env!("CARGO_BIN_EXE_tern"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["run", "--upgrade", "--config"])
         .arg(tern.dir.path().join("tern.toml"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .expect("start the successor")
+        .expect("start the successor");
+    Successor(child)
 }
 
 /// Waits (bounded) for `child` to exit, and returns its status.
@@ -298,10 +309,13 @@ async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
     }
     progress(&seen, 20).await;
 
-    let mut current: Option<Child> = None;
+    let mut current: Option<Successor> = None;
     for n in 1..=5 {
         let next = successor(&tern, n);
-        let old = current.as_mut().unwrap_or(&mut tern.child);
+        let old = match current.as_mut() {
+            Some(s) => &mut s.0,
+            None => &mut tern.child,
+        };
         let status = tokio::task::block_in_place(|| exit_of(old, Duration::from_secs(60)));
         let log = |i: usize| {
             let name = if i == 0 {
@@ -318,9 +332,8 @@ async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
             log(n)
         );
         assert!(log(n - 1).contains("draining"), "{}", log(n - 1));
-        if let Some(mut done) = current.replace(next) {
-            let _ = done.wait();
-        }
+        // The old one has exited; dropping it reaps it.
+        drop(current.replace(next));
         progress(&seen, 20).await;
     }
 
@@ -328,10 +341,7 @@ async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
     for c in clients {
         c.await.unwrap();
     }
-    if let Some(mut last) = current {
-        let _ = last.kill();
-        let _ = last.wait();
-    }
+    drop(current);
     let errors = seen.errors.lock().unwrap();
     assert!(
         errors.is_empty(),
