@@ -13,14 +13,7 @@ use common::*;
 #[test]
 fn the_fleet_demo_serves_locally_then_across_regions() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, https, admin, machine, etcd, backhaul) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let [http, https, admin, machine, etcd, backhaul] = demo_ports();
     let ports = |p: u16| p.to_string();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["demo", "--fleet", "--dir"])
@@ -99,4 +92,26 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
             && std::net::TcpStream::connect(("127.0.0.1", etcd)).is_err()
     });
     assert!(gone, "a node or etcd outlived the demo");
+}
+
+/// Ports for the demo. It derives more from two of them (the other nodes' admin
+/// ports are `admin + 1` and `+ 2`, etcd's peer port is `etcd + 1`), and the
+/// kernel hands out free ports close together: those must be free too, and
+/// apart from the rest.
+fn demo_ports() -> [u16; 6] {
+    for _ in 0..100 {
+        let p = [(); 6].map(|()| free_port());
+        let [_, _, admin, _, etcd, _] = p;
+        let derived = [admin, admin.saturating_add(1), etcd].map(|p| p.saturating_add(1));
+        let mut all: Vec<u16> = p.iter().chain(&derived).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let free = derived
+            .iter()
+            .all(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all.len() == p.len() + derived.len() && free {
+            return p;
+        }
+    }
+    panic!("no set of demo ports apart from each other in 100 tries");
 }
