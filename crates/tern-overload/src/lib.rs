@@ -254,9 +254,12 @@ mod tests {
         let run = tokio::spawn(Arc::clone(&o).watch_memory(async move {
             let _ = rx.await;
         }));
-        while !o.memory_pressure() {
-            tokio::time::sleep(SAMPLE_EVERY / 2).await;
-        }
+        let sampled = tokio::time::timeout(Duration::from_secs(10), async {
+            while !o.memory_pressure() {
+                tokio::time::sleep(SAMPLE_EVERY / 2).await;
+            }
+        });
+        sampled.await.expect("a sample within 10 s");
         tx.send(()).unwrap();
         run.await.unwrap();
     }

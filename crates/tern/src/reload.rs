@@ -78,7 +78,7 @@ impl Reloader {
             // etcd's catalog follows etcd, not this file.
             CatalogSource::Etcd(_) => None,
         };
-        if defs.is_some() && self.parts.certs.is_none() && needs_tls(&new) {
+        if defs.is_some() && self.parts.certs.is_none() && crate::serve::needs_tls(&new) {
             return Err(ReloadError::NoCertificates);
         }
         let certs = match &self.parts.certs {
@@ -153,12 +153,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         "limits.max_connections_per_listener",
     );
     fixed
-}
-
-/// Whether the catalog of `config` has a port that terminates TLS.
-fn needs_tls(config: &Config) -> bool {
-    let fleet = Fleet::from_config(config);
-    tern_listen::plan(&fleet.snapshot()).iter().any(|p| p.tls)
 }
 
 impl tern_admin::Reload for Reloader {

@@ -33,19 +33,23 @@ pub struct Bound {
 
 /// Refuses a configuration whose TLS ports cannot be served, before anything starts.
 pub fn check_certificates(config: &Config) -> anyhow::Result<Option<Arc<CertStore>>> {
-    let fleet = Fleet::from_config(config);
-    let needs_tls = tern_listen::plan(&fleet.snapshot()).iter().any(|p| p.tls);
     match &config.tls.certs_dir {
         Some(dir) => {
             let store = CertStore::load(dir, config.tls.unknown_sni.clone())
                 .with_context(|| format!("loading certificates from {}", dir.display()))?;
             Ok(Some(store))
         }
-        None if needs_tls => {
+        None if needs_tls(config) => {
             anyhow::bail!("a port has the tls handler but [tls] certs_dir is not set")
         }
         None => Ok(None),
     }
+}
+
+/// Whether the catalog of `config` has a port that terminates TLS.
+pub fn needs_tls(config: &Config) -> bool {
+    let fleet = Fleet::from_config(config);
+    tern_listen::plan(&fleet.snapshot()).iter().any(|p| p.tls)
 }
 
 /// Test-only hooks (a spinning request, a blocked runtime), never for production.

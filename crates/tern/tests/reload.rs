@@ -128,17 +128,7 @@ fn config(ports: Ports, ips: &Ips, limits: &str, extra: &str) -> String {
 
 /// App `api` on its own plain port, served by machine `m2`.
 fn api_app(port: u16, ip: IpAddr) -> String {
-    format!(
-        r#"
-[[app]]
-name = "api"
-hostnames = ["api.test"]
-
-[[app.service]]
-internal_port = 7000
-ports = [{{ port = {port}, handlers = ["http"] }}]
-"#
-    ) + &machine("m2", "api", "ams", ip)
+    plain_app("api", port, "") + &machine("m2", "api", "ams", ip)
 }
 
 async fn tls_handshake(port: u16, ca_pem: &str, name: &'static str) -> bool {

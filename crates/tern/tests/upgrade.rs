@@ -210,18 +210,7 @@ fn config(ports: Ports, ips: &Ips) -> String {
     );
     c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
-    c.push_str(&format!(
-        r#"
-[[app]]
-name = "ws"
-hostnames = ["ws.test"]
-
-[[app.service]]
-internal_port = 7000
-ports = [{{ port = {}, handlers = ["http"] }}]
-"#,
-        ports.http
-    ));
+    c.push_str(&plain_app("ws", ports.http, ""));
     c.push_str(&machine("m2", "ws", "ams", ips.get(2)));
     c
 }

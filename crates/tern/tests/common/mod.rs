@@ -514,11 +514,17 @@ drain_timeout = "5s"
 /// plain HTTP on `http_port`; `service_extra` adds lines to the service (a
 /// `concurrency = ...`, say).
 pub fn web_app(http_port: u16, service_extra: &str) -> String {
+    plain_app("web", http_port, service_extra)
+}
+
+/// App `name` (host `NAME.test`) with one service on machine port 7000, served
+/// over plain HTTP on `http_port`.
+pub fn plain_app(name: &str, http_port: u16, service_extra: &str) -> String {
     format!(
         r#"
 [[app]]
-name = "web"
-hostnames = ["web.test"]
+name = "{name}"
+hostnames = ["{name}.test"]
 
 [[app.service]]
 internal_port = 7000
