@@ -154,8 +154,11 @@ fn parse_response_within<const N: usize>(
             length = Some(n);
         } else if name == TRANSFER_ENCODING {
             has_te = true;
-            // Only the last coding says whether the body is chunked.
-            chunked = last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
+            // Only the last coding says whether the body is chunked, and only if
+            // it is text: one that is not names no coding Tern knows, so the body
+            // runs to the close, as hyper reads it.
+            chunked = value.to_str().is_ok()
+                && last_token(value.as_bytes()).eq_ignore_ascii_case(b"chunked");
         } else if name == CONNECTION {
             close |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
@@ -277,6 +280,15 @@ mod tests {
         ));
         // HTTP/1.1 reads it.
         assert_eq!(framing(&raw.replace("1.0", "1.1")).0, Framing::Chunked);
+    }
+
+    #[test]
+    fn a_transfer_coding_that_is_not_text_is_not_chunked() {
+        let raw = b"HTTP/1.1 200\r\nTransfer-Encoding:\x80gzip, chunked\r\n\r\n0\r\n\r\n";
+        let h = parse_response(&mut BytesMut::from(&raw[..]), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
     }
 
     #[test]
