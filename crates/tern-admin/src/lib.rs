@@ -5,6 +5,7 @@
 mod catalog_json;
 mod connections;
 mod flamegraph;
+mod pprof_format;
 mod profile;
 mod recorder;
 mod runtime_metrics;

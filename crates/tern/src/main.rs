@@ -16,13 +16,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than glibc's malloc: a proxy allocates and frees small buffers and
-/// header maps on every request, and mimalloc makes that cheaper. It is built
-/// without transparent huge pages (the `no_thp` feature): with them a request costs
-/// about 4% less CPU, but an idle TLS connection holds about 15 KiB more resident
-/// memory (bench/NOTES.md has the measurements).
+/// The allocator and why: `tern_alloc`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tern_alloc::Allocator = tern_alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
