@@ -51,6 +51,9 @@ struct MachineView<'a> {
     /// Whether this node may route to it now (started, reported, node reachable).
     routable: bool,
     services: Vec<SlotView>,
+    /// For a machine this node runs: its last transition, starts and stops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifecycle: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -61,8 +64,11 @@ struct SlotView {
     band: &'static str,
 }
 
-/// Renders a snapshot as pretty JSON.
-pub fn catalog_json(snap: &Snapshot) -> String {
+/// Renders a snapshot as pretty JSON, with what `lifecycle` says of each machine.
+pub fn catalog_json(
+    snap: &Snapshot,
+    lifecycle: &dyn Fn(&str) -> Option<serde_json::Value>,
+) -> String {
     let view = CatalogView {
         version: snap.version,
         node: &snap.node.id,
@@ -116,6 +122,7 @@ pub fn catalog_json(snap: &Snapshot) -> String {
                                 band: slot.band().as_str(),
                             })
                             .collect(),
+                        lifecycle: lifecycle(&m.def.id),
                     })
                     .collect(),
             })

@@ -5,6 +5,7 @@
 mod catalog_json;
 mod connections;
 mod flamegraph;
+mod machines;
 mod pprof_format;
 mod profile;
 mod recorder;
@@ -13,6 +14,7 @@ mod server;
 
 pub use catalog_json::catalog_json;
 pub use connections::connections_json;
+pub use machines::{ActionError, ActionFuture, MachineAction, MachineAdmin};
 pub use profile::{profile, ProfileError, ProfileFormat};
 pub use recorder::{install_recorder, MetricsError};
 pub use runtime_metrics::BusyTracker;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::catalog_json;
 use crate::connections::connections_json;
+use crate::machines::{parse_path, MachineAction, MachineAdmin};
 use crate::profile::{profile, ProfileError, ProfileFormat};
 use crate::runtime_metrics::BusyTracker;
 use pollwatch::Watchdog;
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub test_hooks: bool,
     /// What `POST /reload` runs.
     pub reload: Option<Arc<dyn Reload>>,
+    /// What `POST /machines/ID/ACTION` asks, and `/catalog` shows of lifecycles.
+    pub machines: Option<Arc<dyn MachineAdmin>>,
 }
 
 /// Reloads the node's configuration: a summary of what changed, or why nothing
@@ -97,6 +100,9 @@ pub async fn serve(
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() == "/reload" {
         return reload(state, req.method()).await;
+    }
+    if let Some((id, action)) = parse_path(req.uri().path()) {
+        return machine_action(state, req.method(), id, action).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
@@ -170,16 +176,49 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 ),
             }
         }
-        "/catalog" => text(
-            StatusCode::OK,
-            catalog_json(&state.catalog.snapshot()),
-            "application/json",
-        ),
+        "/catalog" => {
+            let lifecycle = |id: &str| state.machines.as_ref()?.lifecycle(id);
+            text(
+                StatusCode::OK,
+                catalog_json(&state.catalog.snapshot(), &lifecycle),
+                "application/json",
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /catalog, POST /reload, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
+            "not found; try /metrics, /healthz, /catalog, POST /reload, POST /machines/ID/start|stop|suspend, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
             "text/plain",
         ),
+    }
+}
+
+/// `POST /machines/ID/ACTION`: 200 with the state the machine ended in once the
+/// action is done; an error status and why otherwise.
+async fn machine_action(
+    state: &AdminState,
+    method: &Method,
+    id: &str,
+    action: Option<MachineAction>,
+) -> Response<Full<Bytes>> {
+    let plain = |status, message: String| text(status, message, "text/plain");
+    let Some(action) = action else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "the actions are start, stop and suspend: POST /machines/ID/start\n".into(),
+        );
+    };
+    if method != Method::POST {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /machines/ID/ACTION acts on a machine\n".into(),
+        );
+    }
+    let Some(machines) = &state.machines else {
+        return plain(StatusCode::CONFLICT, "this node runs no machines\n".into());
+    };
+    match machines.act(id, action).await {
+        Ok(ended) => plain(StatusCode::OK, format!("machine {id} is {ended}\n")),
+        Err(e) => plain(e.status, format!("{}\n", e.message)),
     }
 }
 

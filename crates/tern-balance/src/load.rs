@@ -1,6 +1,6 @@
 //! Live load of one machine for one service, and the band it puts the machine in.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -53,6 +53,9 @@ impl Limits {
 #[derive(Debug, Default)]
 pub struct Load {
     active: AtomicU32,
+    /// Units ever taken: whether a machine was used between two looks at it
+    /// (autostop's idle clock), even by requests that came and went.
+    taken: AtomicU64,
     /// Woken whenever a unit is released anywhere that shares this notifier.
     released: Arc<Notify>,
 }
@@ -62,6 +65,7 @@ impl Load {
     pub fn with_notify(released: Arc<Notify>) -> Self {
         Load {
             active: AtomicU32::new(0),
+            taken: AtomicU64::new(0),
             released,
         }
     }
@@ -73,6 +77,11 @@ impl Load {
 
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Units taken since the load was made.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// Takes one unit if that keeps the load within `hard`; the guard gives it back.
@@ -89,9 +98,10 @@ impl Load {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    self.taken.fetch_add(1, Ordering::Relaxed);
                     return Some(LoadGuard {
                         load: Arc::clone(self),
-                    })
+                    });
                 }
                 Err(actual) => cur = actual,
             }
@@ -138,5 +148,6 @@ mod tests {
         drop(a);
         assert_eq!(load.active(), 1);
         assert!(load.try_acquire(2).is_some());
+        assert_eq!(load.taken(), 3);
     }
 }

@@ -119,6 +119,13 @@ fn service(s: &cfg::Service) -> ServiceDef {
                 method: c.method.clone(),
             })
             .collect(),
+        autostart: s.autostart,
+        autostop: match s.autostop {
+            cfg::AutoStop::Off => AutoStop::Off,
+            cfg::AutoStop::Stop => AutoStop::Stop,
+            cfg::AutoStop::Suspend => AutoStop::Suspend,
+        },
+        min_machines_running: s.min_machines_running,
     }
 }
 
@@ -131,10 +138,20 @@ fn machine(m: &cfg::Machine, reader: &str) -> MachineDef {
         ip: m.ip,
         state: match m.state {
             cfg::MachineState::Created => MachineState::Created,
+            cfg::MachineState::Starting => MachineState::Starting,
             cfg::MachineState::Started => MachineState::Started,
             cfg::MachineState::Stopping => MachineState::Stopping,
             cfg::MachineState::Stopped => MachineState::Stopped,
+            cfg::MachineState::Suspending => MachineState::Suspending,
             cfg::MachineState::Suspended => MachineState::Suspended,
+        },
+        driver: match &m.driver {
+            cfg::Driver::External => Driver::External,
+            cfg::Driver::Process(p) => Driver::Process(ProcessSpec {
+                command: p.command.clone(),
+                dir: p.dir.clone(),
+                env: p.env.clone(),
+            }),
         },
     }
 }

@@ -491,7 +491,11 @@ impl State {
                 machines.push(entry);
             }
         }
+        let startable = machines
+            .iter()
+            .any(|m| m.is_local() && !m.def.driver.is_external());
         let entry = Arc::new(AppEntry {
+            startable,
             name: name.to_owned(),
             hostnames: def.hostnames.clone(),
             max_request_body: def
@@ -572,7 +576,7 @@ impl State {
         let declared_changed = previous.is_some_and(|p| p.def.state != def.state);
         let live = match previous {
             Some(p) if same_shape => {
-                if declared_changed && self.adopts_declared(local) {
+                if declared_changed && self.adopts_declared(&def, local) {
                     p.live.set_state(def.state);
                 }
                 Arc::clone(&p.live)
@@ -583,9 +587,15 @@ impl State {
     }
 
     /// Whether a machine's live state follows its declared state: this node's own
-    /// machines do, and other nodes' in a static fleet.
-    fn adopts_declared(&self, local: bool) -> bool {
-        local || self.settings.remote == RemoteStatus::Declared
+    /// machines do, and other nodes' in a static fleet. Not one that this node
+    /// runs itself: its state is what its process does, which the lifecycle
+    /// manager sets as it moves the machine towards the declared state.
+    fn adopts_declared(&self, def: &MachineDef, local: bool) -> bool {
+        if local {
+            def.driver.is_external()
+        } else {
+            self.settings.remote == RemoteStatus::Declared
+        }
     }
 
     fn new_live(
@@ -598,14 +608,18 @@ impl State {
     ) -> MachineLive {
         let live = MachineLive::new(def.id.clone(), slots).with_changes(changes);
         if let Some(p) = previous.filter(|p| p.is_local() == local) {
-            let state = if p.def.state != def.state && self.adopts_declared(local) {
+            let state = if p.def.state != def.state && self.adopts_declared(def, local) {
                 def.state
             } else {
                 p.live.state()
             };
             return live.with_state(state, p.live.reported());
         }
-        if self.adopts_declared(local) {
+        if local && !def.driver.is_external() {
+            // Nothing runs until the lifecycle manager starts it.
+            return live.with_state(MachineState::Stopped, true);
+        }
+        if self.adopts_declared(def, local) {
             return live.with_state(def.state, true);
         }
         match self.statuses.get(&def.id).filter(|s| s.node == def.node) {
@@ -702,6 +716,9 @@ pub(crate) mod fixtures {
                 }],
                 tcp_checks: vec![],
                 http_checks: vec![],
+                autostart: true,
+                autostop: AutoStop::Off,
+                min_machines_running: 0,
             }],
         }
     }
@@ -734,6 +751,7 @@ mod tests {
             node: node.into(),
             ip: "127.0.0.2".parse().unwrap(),
             state: MachineState::Started,
+            driver: Driver::External,
         }
     }
 

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admit;
+mod autostart;
 mod convert;
 mod fleet;
 mod hosts;
@@ -13,6 +14,7 @@ pub mod model;
 mod snapshot;
 
 pub use admit::{AdmitError, AttemptError};
+pub use autostart::{Autostart, StartKind, StartNeed, WakeError, WakeFuture, Woken};
 pub use convert::Definitions;
 pub use fleet::{now_us, settings_from, CatalogError, Change, Fleet, FleetSettings, RemoteStatus};
 pub use hosts::HostIndex;

@@ -33,6 +33,28 @@ pub struct ServiceDef {
     pub tcp_checks: Vec<TcpCheckDef>,
     #[serde(default)]
     pub http_checks: Vec<HttpCheckDef>,
+    /// Start a stopped or suspended machine when no started one has room.
+    #[serde(default = "yes")]
+    pub autostart: bool,
+    #[serde(default)]
+    pub autostop: AutoStop,
+    /// Machines per region that autostop leaves started.
+    #[serde(default)]
+    pub min_machines_running: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What autostop does to a machine the load no longer needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoStop {
+    #[default]
+    Off,
+    Stop,
+    Suspend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,8 +140,42 @@ pub struct MachineDef {
     pub node: String,
     /// Its own address; services reach it on their internal port.
     pub ip: IpAddr,
-    /// The state it is declared in; its node adopts it as the live state.
+    /// The state it is declared in; its node adopts it as the live state, or
+    /// for a machine it runs, moves the machine to it.
     pub state: MachineState,
+    /// Who runs it.
+    #[serde(default, skip_serializing_if = "Driver::is_external")]
+    pub driver: Driver,
+}
+
+/// Who runs a machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Driver {
+    /// Someone else; its node only routes to it, and cannot start or stop it.
+    #[default]
+    External,
+    /// Its node, as a child process.
+    Process(ProcessSpec),
+}
+
+impl Driver {
+    pub fn is_external(&self) -> bool {
+        matches!(self, Driver::External)
+    }
+}
+
+/// A machine that is a child process of its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Its working directory; the node's own when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Added to the environment it inherits, after the `TERN_*` variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A Tern node: an edge for the clients that reach it, a worker for its machines.
@@ -136,27 +192,33 @@ pub struct NodeDef {
 #[serde(rename_all = "lowercase")]
 pub enum MachineState {
     Created,
+    Starting,
     Started,
     Stopping,
     Stopped,
+    Suspending,
     Suspended,
 }
 
 impl MachineState {
-    pub const ALL: [MachineState; 5] = [
+    pub const ALL: [MachineState; 7] = [
         MachineState::Created,
+        MachineState::Starting,
         MachineState::Started,
         MachineState::Stopping,
         MachineState::Stopped,
+        MachineState::Suspending,
         MachineState::Suspended,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Created => "created",
+            MachineState::Starting => "starting",
             MachineState::Started => "started",
             MachineState::Stopping => "stopping",
             MachineState::Stopped => "stopped",
+            MachineState::Suspending => "suspending",
             MachineState::Suspended => "suspended",
         }
     }

@@ -45,6 +45,8 @@ pub struct AppEntry {
     pub max_request_body: u64,
     pub services: Vec<Arc<ServiceEntry>>,
     pub machines: Vec<Arc<MachineEntry>>,
+    /// Whether this node runs any of its machines (and so may start one).
+    pub startable: bool,
 }
 
 #[derive(Debug)]

@@ -13,6 +13,7 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub overload: Overload,
+    pub lifecycle: Lifecycle,
     pub log: Log,
     pub watchdog: Watchdog,
     /// The backhaul to other nodes; `None` for a node that runs alone.
@@ -179,6 +180,30 @@ pub struct Overload {
     pub max_memory: Option<u64>,
 }
 
+/// How this node runs the machines it starts and stops (`[lifecycle]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// How long a request waits for a machine it started before it gets an error.
+    pub start_timeout: Duration,
+    /// From SIGTERM to SIGKILL when a machine is stopped.
+    pub stop_timeout: Duration,
+    /// How often the autostop pass runs.
+    pub autostop_interval: Duration,
+    /// How long a lone machine's load must stay at zero before it is stopped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            start_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+            autostop_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// The spin watchdog (per connection) and the runtime watchdog (per process).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Watchdog {
@@ -268,6 +293,21 @@ pub struct Service {
     pub ports: Vec<Port>,
     pub tcp_checks: Vec<TcpCheck>,
     pub http_checks: Vec<HttpCheck>,
+    /// Start a stopped or suspended machine when none started has room
+    /// (`auto_start_machines`, on by default as in fly.toml).
+    pub autostart: bool,
+    /// What the autostop pass does to machines the load no longer needs.
+    pub autostop: AutoStop,
+    /// Machines per region that autostop leaves started.
+    pub min_machines_running: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AutoStop {
+    #[default]
+    Off,
+    Stop,
+    Suspend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,14 +373,37 @@ pub struct Machine {
     pub node: Option<String>,
     pub ip: IpAddr,
     pub state: MachineState,
+    pub driver: Driver,
+}
+
+/// Who runs a machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Driver {
+    /// Someone else: Tern only routes to it.
+    #[default]
+    External,
+    /// Tern, as a child process.
+    Process(ProcessSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Its working directory; Tern's own when `None`.
+    pub dir: Option<String>,
+    /// Added to the environment it inherits, after the `TERN_*` variables.
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MachineState {
     Created,
+    Starting,
     Started,
     Stopping,
     Stopped,
+    Suspending,
     Suspended,
 }
 
@@ -348,9 +411,11 @@ impl MachineState {
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Created => "created",
+            MachineState::Starting => "starting",
             MachineState::Started => "started",
             MachineState::Stopping => "stopping",
             MachineState::Stopped => "stopped",
+            MachineState::Suspending => "suspending",
             MachineState::Suspended => "suspended",
         }
     }

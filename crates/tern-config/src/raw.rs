@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub tls: Option<RawTls>,
     pub limits: Option<RawLimits>,
     pub overload: Option<RawOverload>,
+    pub lifecycle: Option<RawLifecycle>,
     pub log: Option<RawLog>,
     pub watchdog: Option<RawWatchdog>,
     pub backhaul: Option<RawBackhaul>,
@@ -127,6 +128,15 @@ pub(crate) struct RawOverload {
     pub max_memory: Opt<SizeValue>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLifecycle {
+    pub start_timeout: Opt<DurationText>,
+    pub stop_timeout: Opt<DurationText>,
+    pub autostop_interval: Opt<DurationText>,
+    pub idle_timeout: Opt<DurationText>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLog {
@@ -179,6 +189,9 @@ pub(crate) struct RawService {
     pub tcp_checks: Vec<Spanned<RawTcpCheck>>,
     #[serde(default)]
     pub http_checks: Vec<Spanned<RawHttpCheck>>,
+    pub auto_start_machines: Option<bool>,
+    pub auto_stop_machines: Opt<String>,
+    pub min_machines_running: Opt<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +245,10 @@ pub(crate) struct RawMachine {
     pub node: Opt<String>,
     pub ip: Spanned<String>,
     pub state: Opt<String>,
+    pub driver: Opt<String>,
+    pub command: Opt<Vec<String>>,
+    pub dir: Opt<String>,
+    pub env: Opt<BTreeMap<String, String>>,
 }
 
 /// A duration as written. Parsed during validation, so that every bad duration is

@@ -268,6 +268,9 @@ fn full_config_round_trips() {
                         path: "/healthz".into(),
                         method: "HEAD".into(),
                     }],
+                    autostart: true,
+                    autostop: AutoStop::Off,
+                    min_machines_running: 0,
                 }],
             },
             App {
@@ -285,6 +288,9 @@ fn full_config_round_trips() {
                     ports: vec![port(443, tls_http, false), port(8443, tls_only, false)],
                     tcp_checks: vec![],
                     http_checks: vec![],
+                    autostart: true,
+                    autostop: AutoStop::Off,
+                    min_machines_running: 0,
                 }],
             },
         ]
@@ -299,6 +305,7 @@ fn full_config_round_trips() {
                 node: Some("ams-1".into()),
                 ip: "127.0.0.11".parse().unwrap(),
                 state: MachineState::Started,
+                driver: Driver::External,
             },
             Machine {
                 id: "m-ord-1".into(),
@@ -307,6 +314,7 @@ fn full_config_round_trips() {
                 node: Some("ams-1".into()),
                 ip: "::1".parse().unwrap(),
                 state: MachineState::Stopped,
+                driver: Driver::External,
             },
         ]
     );
@@ -435,7 +443,7 @@ fn unknown_key() {
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
-        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `overload`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `overload`, `lifecycle`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
     );
 }
 
@@ -769,7 +777,7 @@ state = "running"
         "{text}"
     );
     assert!(text.contains("t.toml:3:10: node.region \"AMS\" contains 'A'; only lowercase letters a-z, digits 0-9 and '-' are allowed"), "{text}");
-    assert!(text.ends_with("t.toml:19:9: unknown machine state \"running\"; expected one of \"created\", \"started\", \"stopping\", \"stopped\", \"suspended\""), "{text}");
+    assert!(text.ends_with("t.toml:19:9: unknown machine state \"running\"; expected one of \"created\", \"started\", \"stopped\", \"suspended\" (the others are passing states that only Tern sets)"), "{text}");
 }
 
 #[test]
@@ -1042,4 +1050,79 @@ fn overload_budgets() {
             "t.toml:5:1: unknown field `max_requests`, expected `max_connections` or `max_memory`"
         )
     );
+}
+
+const LIFECYCLE_APP: &str = r#"[node]
+id = "n1"
+region = "ams"
+[[app]]
+name = "web"
+[[app.service]]
+internal_port = 7000
+"#;
+
+#[test]
+fn process_machines_and_their_lifecycle_settings() {
+    let c = ok(&format!(
+        r#"{LIFECYCLE_APP}auto_stop_machines = "suspend"
+min_machines_running = 1
+auto_start_machines = false
+[lifecycle]
+start_timeout = "3s"
+idle_timeout = "1m"
+[[machine]]
+id = "m1"
+app = "web"
+region = "ams"
+ip = "127.0.0.2"
+driver = "process"
+command = ["./server", "--port", "7000"]
+dir = "/srv/web"
+env = {{ GREETING = "hi" }}
+"#
+    ));
+    let s = &c.apps[0].services[0];
+    assert_eq!(s.autostop, AutoStop::Suspend);
+    assert_eq!(s.min_machines_running, 1);
+    assert!(!s.autostart);
+    assert_eq!(c.lifecycle.start_timeout, secs(3));
+    assert_eq!(c.lifecycle.idle_timeout, secs(60));
+    assert_eq!(c.lifecycle.stop_timeout, secs(10), "the default");
+    assert_eq!(
+        c.machines[0].driver,
+        Driver::Process(ProcessSpec {
+            command: vec!["./server".into(), "--port".into(), "7000".into()],
+            dir: Some("/srv/web".into()),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+        })
+    );
+    let defaults = ok(LIFECYCLE_APP);
+    assert!(defaults.apps[0].services[0].autostart);
+    assert_eq!(defaults.apps[0].services[0].autostop, AutoStop::Off);
+}
+
+#[test]
+fn process_machine_settings_that_cannot_work_are_refused() {
+    let machine = |extra: &str| {
+        format!(
+            "{LIFECYCLE_APP}[[machine]]\nid = \"m1\"\napp = \"web\"\nregion = \"ams\"\nip = \"127.0.0.2\"\n{extra}\n"
+        )
+    };
+    let e = error(&machine("driver = \"process\""));
+    assert!(e.contains("has driver = \"process\" but no command"), "{e}");
+    let e = error(&machine("command = [\"./server\"]"));
+    assert!(
+        e.contains("command is only for driver = \"process\""),
+        "{e}"
+    );
+    let e = error(&machine("driver = \"vm\""));
+    assert!(e.contains("unknown machine driver \"vm\""), "{e}");
+    let e = error(&machine("state = \"starting\""));
+    assert!(e.contains("passing states that only Tern sets"), "{e}");
+    let e = error(&format!("{LIFECYCLE_APP}auto_stop_machines = \"yes\"\n"));
+    assert!(e.contains("unknown auto_stop_machines \"yes\""), "{e}");
+    let e = error(&format!(
+        "{LIFECYCLE_APP}[lifecycle]\nstart_timeout = \"0s\"\n"
+    ));
+    assert!(e.contains("lifecycle.start_timeout"), "{e}");
 }

@@ -107,6 +107,7 @@ impl Validator<'_> {
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
         let overload = self.overload(raw.overload.unwrap_or_default());
+        let lifecycle = self.lifecycle(raw.lifecycle.unwrap_or_default());
         let log = self.log(raw.log);
         let watchdog = self.watchdog(raw.watchdog.unwrap_or_default());
         let backhaul_span = raw.backhaul.as_ref().map(|b| b.listen.span());
@@ -132,6 +133,7 @@ impl Validator<'_> {
             tls,
             limits,
             overload,
+            lifecycle,
             log,
             watchdog,
             backhaul,
@@ -823,6 +825,36 @@ impl Validator<'_> {
         }
     }
 
+    fn lifecycle(&mut self, raw: RawLifecycle) -> Lifecycle {
+        let default = Lifecycle::default();
+        Lifecycle {
+            start_timeout: self.duration(
+                &raw.start_timeout,
+                "lifecycle.start_timeout",
+                default.start_timeout,
+                false,
+            ),
+            stop_timeout: self.duration(
+                &raw.stop_timeout,
+                "lifecycle.stop_timeout",
+                default.stop_timeout,
+                true,
+            ),
+            autostop_interval: self.duration(
+                &raw.autostop_interval,
+                "lifecycle.autostop_interval",
+                default.autostop_interval,
+                false,
+            ),
+            idle_timeout: self.duration(
+                &raw.idle_timeout,
+                "lifecycle.idle_timeout",
+                default.idle_timeout,
+                false,
+            ),
+        }
+    }
+
     fn log(&mut self, raw: Option<RawLog>) -> Log {
         let raw = raw.unwrap_or(RawLog {
             format: None,
@@ -1081,6 +1113,28 @@ impl Validator<'_> {
             });
         }
 
+        let autostop = match &raw.auto_stop_machines {
+            None => AutoStop::Off,
+            Some(v) => match v.get_ref().as_str() {
+                "off" => AutoStop::Off,
+                "stop" => AutoStop::Stop,
+                "suspend" => AutoStop::Suspend,
+                other => {
+                    self.error(
+                        &v.span(),
+                        format!("unknown auto_stop_machines \"{other}\"; expected \"off\", \"stop\" or \"suspend\""),
+                    );
+                    AutoStop::Off
+                }
+            },
+        };
+        let min_machines_running = self.int(
+            &raw.min_machines_running,
+            "min_machines_running",
+            0,
+            0,
+            u64::from(u32::MAX),
+        ) as u32;
         Service {
             internal_port: internal_port.unwrap_or(0),
             h2_backend: raw.h2_backend.unwrap_or(false),
@@ -1088,6 +1142,9 @@ impl Validator<'_> {
             ports: out_ports,
             tcp_checks,
             http_checks,
+            autostart: raw.auto_start_machines.unwrap_or(true),
+            autostop,
+            min_machines_running,
         }
     }
 
@@ -1374,23 +1431,8 @@ impl Validator<'_> {
             }
             let node = self.machine_node(id, m.node.as_ref(), &m.id.span(), nodes);
             let ip = self.ip(&m.ip, "machine ip");
-            let state = match &m.state {
-                None => MachineState::Started,
-                Some(s) => match s.get_ref().as_str() {
-                    "created" => MachineState::Created,
-                    "started" => MachineState::Started,
-                    "stopping" => MachineState::Stopping,
-                    "stopped" => MachineState::Stopped,
-                    "suspended" => MachineState::Suspended,
-                    other => {
-                        self.error(
-                            &s.span(),
-                            format!("unknown machine state \"{other}\"; expected one of \"created\", \"started\", \"stopping\", \"stopped\", \"suspended\""),
-                        );
-                        MachineState::Started
-                    }
-                },
-            };
+            let state = self.machine_state(m.state.as_ref());
+            let driver = self.driver(id, &m);
             machines.push(Machine {
                 id: m.id.into_inner(),
                 app: m.app.into_inner(),
@@ -1398,9 +1440,91 @@ impl Validator<'_> {
                 node,
                 ip,
                 state,
+                driver,
             });
         }
         machines
+    }
+
+    /// The state a machine is declared in: those an operator may ask for.
+    fn machine_state(&mut self, raw: Option<&Spanned<String>>) -> MachineState {
+        let Some(s) = raw else {
+            return MachineState::Started;
+        };
+        match s.get_ref().as_str() {
+            "created" => MachineState::Created,
+            "started" => MachineState::Started,
+            "stopped" => MachineState::Stopped,
+            "suspended" => MachineState::Suspended,
+            other => {
+                self.error(
+                    &s.span(),
+                    format!("unknown machine state \"{other}\"; expected one of \"created\", \"started\", \"stopped\", \"suspended\" (the others are passing states that only Tern sets)"),
+                );
+                MachineState::Started
+            }
+        }
+    }
+
+    /// Who runs a machine, and for a process, how.
+    fn driver(&mut self, id: &str, m: &RawMachine) -> Driver {
+        let kind = m
+            .driver
+            .as_ref()
+            .map_or("external", |d| d.get_ref().as_str());
+        match kind {
+            "external" => {
+                for (key, span) in [
+                    ("command", m.command.as_ref().map(Spanned::span)),
+                    ("dir", m.dir.as_ref().map(Spanned::span)),
+                    ("env", m.env.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        self.error(
+                            &span,
+                            format!("machine \"{id}\": {key} is only for driver = \"process\"; this machine is run by someone else (driver = \"external\")"),
+                        );
+                    }
+                }
+                Driver::External
+            }
+            "process" => {
+                let command = m
+                    .command
+                    .as_ref()
+                    .map(|c| c.get_ref().clone())
+                    .unwrap_or_default();
+                if command.first().is_none_or(|p| p.is_empty()) {
+                    let span = m
+                        .command
+                        .as_ref()
+                        .map(Spanned::span)
+                        .or_else(|| m.driver.as_ref().map(Spanned::span))
+                        .unwrap_or_default();
+                    self.error(
+                        &span,
+                        format!("machine \"{id}\" has driver = \"process\" but no command; give the program and its arguments, e.g. command = [\"./server\", \"--port\", \"8080\"]"),
+                    );
+                }
+                Driver::Process(ProcessSpec {
+                    command,
+                    dir: m.dir.as_ref().map(|d| d.get_ref().clone()),
+                    env: m
+                        .env
+                        .as_ref()
+                        .map(|e| e.get_ref().clone())
+                        .unwrap_or_default(),
+                })
+            }
+            other => {
+                let span = m.driver.as_ref().map(Spanned::span).unwrap_or_default();
+                self.error(
+                    &span,
+                    format!("unknown machine driver \"{other}\"; expected \"external\" (someone else runs it) or \"process\" (Tern runs it as a child process)"),
+                );
+                Driver::External
+            }
+        }
     }
 
     /// The node a machine runs on, by the rule of where it is described.

@@ -137,6 +137,7 @@ mod tests {
             max_request_body: 0,
             services: Vec::new(),
             machines: Vec::new(),
+            startable: false,
         }
     }
 

@@ -15,7 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tern_catalog::{Catalog, Definitions, Fleet, ServiceSlot};
 use tern_config::{
-    App, Concurrency, ConcurrencyKind, Config, HttpCheck, Machine, MachineState, Service, TcpCheck,
+    App, AutoStop, Concurrency, ConcurrencyKind, Config, Driver, HttpCheck, Machine, MachineState,
+    Service, TcpCheck,
 };
 use tern_health::HealthChecker;
 use tokio::net::TcpListener;
@@ -55,6 +56,9 @@ fn app(port: u16, tcp_checks: Vec<TcpCheck>, http_checks: Vec<HttpCheck>) -> App
             ports: Vec::new(),
             tcp_checks,
             http_checks,
+            autostart: true,
+            autostop: AutoStop::Off,
+            min_machines_running: 0,
         }],
     }
 }
@@ -67,6 +71,7 @@ fn machine(id: &str) -> Machine {
         node: None,
         ip: LOCALHOST,
         state: MachineState::Started,
+        driver: Driver::External,
     }
 }
 

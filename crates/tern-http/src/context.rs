@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use tern_backhaul::Backhaul;
-use tern_catalog::{AppEntry, Catalog, MachineEntry};
+use tern_catalog::{AppEntry, Autostart, Catalog, MachineEntry};
 use tern_overload::Overload;
 use tokio_util::task::TaskTracker;
 
@@ -109,6 +109,8 @@ pub struct Proxy {
     pub(crate) overload: Arc<Overload>,
     /// Set when this process hands its sockets to a new one (an upgrade).
     pub(crate) handover_drain: AtomicBool,
+    /// Starts this node's machines on demand; `None` when it runs none.
+    pub(crate) autostart: Option<Arc<dyn Autostart>>,
 }
 
 impl Proxy {
@@ -132,7 +134,19 @@ impl Proxy {
             tasks,
             overload: Overload::unlimited(),
             handover_drain: AtomicBool::new(false),
+            autostart: None,
         }
+    }
+
+    /// What starts this node's machines on demand, for raw TCP to use as well.
+    pub fn autostart(&self) -> Option<&Arc<dyn Autostart>> {
+        self.autostart.as_ref()
+    }
+
+    /// Starts machines on demand through `autostart` (the wake phase).
+    pub fn with_autostart(mut self, autostart: Arc<dyn Autostart>) -> Self {
+        self.autostart = Some(autostart);
+        self
     }
 
     /// New settings (a configuration reload), for what reads them from now on.

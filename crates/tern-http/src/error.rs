@@ -28,10 +28,12 @@ pub enum ErrorCode {
     BadRequestBody,
     RequestBodyTimeout,
     Overloaded,
+    MachineStartTimeout,
+    MachineStartFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::NoAppForHost,
         ErrorCode::NoServiceForPort,
@@ -51,6 +53,8 @@ impl ErrorCode {
         ErrorCode::BadRequestBody,
         ErrorCode::RequestBodyTimeout,
         ErrorCode::Overloaded,
+        ErrorCode::MachineStartTimeout,
+        ErrorCode::MachineStartFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +78,8 @@ impl ErrorCode {
             ErrorCode::BadRequestBody => "bad_request_body",
             ErrorCode::RequestBodyTimeout => "request_body_timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::MachineStartTimeout => "machine_start_timeout",
+            ErrorCode::MachineStartFailed => "machine_start_failed",
         }
     }
 
@@ -98,6 +104,8 @@ impl ErrorCode {
             ErrorCode::BadRequestBody => StatusCode::BAD_REQUEST,
             ErrorCode::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::MachineStartTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::MachineStartFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -20,6 +20,8 @@ static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port"
 static TERN_CLIENT_IP: HeaderName = HeaderName::from_static("tern-client-ip");
 static TERN_REGION: HeaderName = HeaderName::from_static("tern-region");
 pub(crate) static TERN_REQUEST_ID: HeaderName = HeaderName::from_static("tern-request-id");
+/// On a response whose request waited for its machine to start.
+pub(crate) static TERN_MACHINE_START: HeaderName = HeaderName::from_static("tern-machine-start");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 

@@ -27,6 +27,7 @@ mod server;
 mod stream_send;
 mod tunnel;
 mod upstream;
+mod wake;
 
 pub use activity::{Activity, ActivityIo};
 pub use binding::ConnBindings;

@@ -1,6 +1,6 @@
 //! One request's way through Tern, in the named phases of LIFECYCLE.md:
-//! shed → route → redirect → admit → rewrite → buffer → choose → connect → send →
-//! respond, with the retry step deciding, in one place, whether a failed attempt
+//! shed → route → redirect → admit → rewrite → buffer → wake → choose → connect →
+//! send → respond, with the retry step deciding, in one place, whether a failed attempt
 //! may go to the next machine. The phases live in their own modules (`route`,
 //! `rewrite`, `buffer`, `connect`, `send`, `respond`, `tunnel`); this one runs
 //! them in order.
@@ -11,7 +11,7 @@ use std::time::Instant;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use tern_catalog::{AppEntry, Snapshot};
+use tern_catalog::{AppEntry, Snapshot, Woken};
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
 use crate::buffer;
@@ -22,12 +22,15 @@ use crate::headers;
 use crate::respond::{self, Answer};
 use crate::rewrite::{LengthFields, Prepared};
 use crate::route::{self, Route};
+use crate::wake;
 
 /// What a finished request is labelled with in metrics and logs.
 struct Outcome {
     /// The app the request was routed to, once known.
     app: Option<Arc<AppEntry>>,
     code: &'static str,
+    /// The machine start this request waited for, if any.
+    woken: Option<Woken>,
 }
 
 impl Outcome {
@@ -67,6 +70,7 @@ impl Proxy {
         let mut outcome = Outcome {
             app: None,
             code: "ok",
+            woken: None,
         };
         let mut resp = match self.proxy(req, conn, &request_id, &mut outcome).await {
             Ok(Answer::Relayed(resp, release)) => {
@@ -103,6 +107,10 @@ impl Proxy {
         };
         resp.headers_mut()
             .insert(headers::TERN_REQUEST_ID.clone(), request_id.clone());
+        if let Some(start) = outcome.woken.as_ref().and_then(wake::start_header) {
+            resp.headers_mut()
+                .insert(headers::TERN_MACHINE_START.clone(), start);
+        }
         if self
             .handover_drain
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -162,6 +170,8 @@ impl Proxy {
         if let (Some(body), 1..) = (prepared.body_to_buffer(), limit) {
             *body = buffer::buffer(std::mem::take(body), limit, &self.metrics.buffering).await?;
         }
+        // wake: an app with no started machine that has room gets one started.
+        outcome.woken = self.wake(&snapshot, &route).await?;
         self.forward(prepared, conn, &snapshot, &route).await
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Method, Request, Uri, Version};
 use tern_backhaul::{fields, Ready, Tunnel};
 use tern_catalog::model::ProxyProto;
-use tern_catalog::{AttemptError, Peer, Pick};
+use tern_catalog::{AttemptError, Peer, Pick, StartNeed};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -65,6 +65,20 @@ where
         }
         opened
     };
+    if let Some(autostart) = shared.proxy.autostart() {
+        let wait = match snap.start_need(&app, &service) {
+            StartNeed::None => None,
+            StartNeed::Background => Some(false),
+            StartNeed::Wait => Some(true),
+        };
+        if let Some(wait) = wait {
+            if let Err(e) = autostart.wake(&snap, &app, &service, wait).await {
+                tracing::info!(%peer, app = %app.name, error = %e, "TCP connection refused");
+                count(&app.name, "machine_start");
+                return;
+            }
+        }
+    }
     let mut tried = Vec::new();
     let limits = shared.limits.load_full();
     let opened = snap

@@ -1,9 +1,12 @@
 //! `tern demo`: a self-signed certificate for *.localhost, three small machines of
-//! the app `demo` (two in ams, one in ord), and Tern in front of them.
+//! the app `demo` (two in ams, one in ord) and one of the app `sleepy`, which
+//! autostops when idle, and Tern in front of them. The machines are child
+//! processes of Tern: the tern binary itself, as `tern demo-machine`.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -29,6 +32,9 @@ pub struct DemoArgs {
     /// Port the demo machines listen on, each at its own loopback address.
     #[arg(long, default_value_t = 3000)]
     pub machine_port: u16,
+    /// How long the `sleepy` app's machine may idle before it is stopped.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub idle_timeout: std::time::Duration,
     /// Where the certificate and the generated config are written.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -49,6 +55,9 @@ const MACHINES: [(&str, &str, [u8; 4]); 3] = [
     ("m-demo-2", "ams", [127, 0, 0, 12]),
     ("m-demo-3", "ord", [127, 0, 0, 13]),
 ];
+
+/// The `sleepy` app's one machine, which autostops.
+const SLEEPY: (&str, &str, [u8; 4]) = ("m-sleepy-1", "ams", [127, 0, 0, 14]);
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = args
@@ -77,7 +86,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ],
     )?;
     let config_path = dir.join("tern.toml");
-    std::fs::write(&config_path, config_text(&args))
+    let tern =
+        std::env::current_exe().context("finding the tern binary for the demo's machines")?;
+    std::fs::write(&config_path, config_text(&args, &tern))
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = tern_config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::logging::init(&config.log)?;
@@ -87,13 +98,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        for (id, region, ip) in MACHINES {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), args.machine_port);
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("demo machine {id} cannot listen on {addr}"))?;
-            tokio::spawn(machine(listener, id, region));
-        }
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let serving = tokio::spawn(crate::serve::serve(
             config,
@@ -111,12 +115,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
 }
 
-fn config_text(a: &DemoArgs) -> String {
+fn config_text(a: &DemoArgs, tern: &std::path::Path) -> String {
+    let command = format!("[{:?}, \"demo-machine\"]", tern.display().to_string());
     let mut machines = String::new();
-    for (id, region, ip) in MACHINES {
+    let all = MACHINES
+        .iter()
+        .map(|m| (*m, "demo", "started"))
+        .chain([(SLEEPY, "sleepy", "stopped")]);
+    for ((id, region, ip), app, state) in all {
         let ip = Ipv4Addr::from(ip);
         machines.push_str(&format!(
-            "\n[[machine]]\nid = \"{id}\"\napp = \"demo\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"started\"\n"
+            "\n[[machine]]\nid = \"{id}\"\napp = \"{app}\"\nregion = \"{region}\"\nip = \"{ip}\"\nstate = \"{state}\"\ndriver = \"process\"\ncommand = {command}\n"
         ));
     }
     format!(
@@ -137,13 +146,42 @@ unknown_sni = "localhost"
 [limits]
 drain_timeout = "5s"
 
+[lifecycle]
+autostop_interval = "1s"
+idle_timeout = "{idle}"
+
 [[region]]
 code = "ams"
 rtt = {{ ord = "90ms" }}
 
-{app}{machines}"#,
+{app}{sleepy}{machines}"#,
         admin = a.admin_port,
         app = app_text(a),
+        idle = humantime::format_duration(a.idle_timeout),
+        sleepy = sleepy_text(a),
+    )
+}
+
+/// The app `sleepy`: one machine, stopped until a request comes, and stopped
+/// again after `--idle-timeout` without one.
+fn sleepy_text(a: &DemoArgs) -> String {
+    format!(
+        r#"
+[[app]]
+name = "sleepy"
+hostnames = ["sleepy.localhost"]
+
+[[app.service]]
+internal_port = {mport}
+auto_stop_machines = "stop"
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+"#,
+        mport = a.machine_port,
+        https = a.https_port,
+        http = a.http_port,
     )
 }
 
@@ -172,17 +210,22 @@ http_checks = [{{ path = "/healthz", interval = "2s", timeout = "1s", grace_peri
 
 fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
     println!(
-        "\nTern demo is up: app `demo` with machines m-demo-1, m-demo-2 (ams) and m-demo-3 (ord).\n\
+        "\nTern demo is up: app `demo` with machines m-demo-1, m-demo-2 (ams) and m-demo-3 (ord),\n\
+         and app `sleepy`, whose machine m-sleepy-1 starts on demand and stops after {idle} idle.\n\
+         Each machine is a process of its own (`tern demo-machine`), started by Tern.\n\
          Config: {}\n\nTry:\n  \
          curl http://demo.localhost:{http}/\n  \
          curl -k https://demo.localhost:{https}/\n  \
          curl -k --http2 -i https://demo.localhost:{https}/\n  \
-         curl -i http://nothing.localhost:{http}/          # no app: a coded 404\n  \
+         curl -i http://sleepy.localhost:{http}/        # wakes m-sleepy-1: see Tern-Machine-Start\n  \
+         curl -i http://nothing.localhost:{http}/       # no app: a coded 404\n  \
          curl http://127.0.0.1:{admin}/catalog\n  \
-         curl http://127.0.0.1:{admin}/metrics\n\n\
+         curl http://127.0.0.1:{admin}/metrics\n  \
+         tern machine suspend m-demo-3 --admin 127.0.0.1:{admin}\n\n\
          (If your resolver does not map *.localhost to 127.0.0.1, add --resolve demo.localhost:{http}:127.0.0.1.)\n\
          Press Ctrl-C to stop.",
         config.display(),
+        idle = humantime::format_duration(a.idle_timeout),
         http = a.http_port,
         https = a.https_port,
         admin = a.admin_port,
@@ -190,14 +233,33 @@ fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
 }
 
 /// A demo machine: says who it is and echoes what Tern told it about the client.
-pub(crate) async fn machine(listener: TcpListener, id: &'static str, region: &'static str) {
+pub(crate) async fn machine(listener: TcpListener, id: &str, region: &str) {
+    let who: Arc<Who> = Arc::new(Who {
+        id: id.to_owned(),
+        region: region.to_owned(),
+        process: None,
+    });
+    serve_machine(listener, who).await;
+}
+
+/// What a demo machine says of itself.
+pub(crate) struct Who {
+    pub id: String,
+    pub region: String,
+    /// For a machine that is a process of its own: its pid and when it began.
+    pub process: Option<(u32, std::time::Instant)>,
+}
+
+pub(crate) async fn serve_machine(listener: TcpListener, who: Arc<Who>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let who = Arc::clone(&who);
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(answer(&req, id, region))
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let who = Arc::clone(&who);
+                async move { Ok::<_, Infallible>(answer(&req, &who)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -206,7 +268,7 @@ pub(crate) async fn machine(listener: TcpListener, id: &'static str, region: &'s
     }
 }
 
-fn answer(req: &Request<Incoming>, id: &'static str, region: &str) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, who: &Who) -> Response<Full<Bytes>> {
     if req.uri().path() == "/healthz" {
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
@@ -217,17 +279,30 @@ fn answer(req: &Request<Incoming>, id: &'static str, region: &str) -> Response<F
             .unwrap_or("-")
             .to_owned()
     };
-    let body = format!(
-        "Hello from machine {id} in region {region}\n\
+    let mut body = format!(
+        "Hello from machine {} in region {}\n\
          client ip: {}\nforwarded proto: {}\nedge region: {}\nrequest id: {}\nvia: {}\n",
+        who.id,
+        who.region,
         h("tern-client-ip"),
         h("x-forwarded-proto"),
         h("tern-region"),
         h("tern-request-id"),
         h("via"),
     );
+    if let Some((pid, began)) = who.process {
+        body.push_str(&format!(
+            "pid: {pid}\nup for: {:.1} s\n",
+            began.elapsed().as_secs_f64()
+        ));
+    }
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert("x-machine-id", http::HeaderValue::from_static(id));
+    if let Ok(id) = http::HeaderValue::from_str(&who.id) {
+        resp.headers_mut().insert("x-machine-id", id);
+    }
+    if let Some((pid, _)) = who.process {
+        resp.headers_mut()
+            .insert("x-machine-pid", http::HeaderValue::from(pid));
+    }
     resp
 }

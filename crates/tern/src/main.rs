@@ -4,9 +4,12 @@
 mod catalog_cmd;
 mod demo;
 mod demo_fleet;
+mod demo_machine;
 mod fleet_certs;
 mod limits;
 mod logging;
+mod machine_admin;
+mod machine_cmd;
 mod reload;
 mod serve;
 mod upgrade;
@@ -52,6 +55,12 @@ enum Command {
     /// Run a self-contained demo: three machines of the app demo.localhost behind Tern
     /// (or, with --fleet, three nodes on etcd joined by the backhaul).
     Demo(demo::DemoArgs),
+    /// The demo's machine as a process of its own, for a machine with
+    /// `driver = "process"` (Tern sets the TERN_* variables it reads).
+    DemoMachine(demo_machine::DemoMachineArgs),
+    /// Start, stop or suspend one of a running node's machines (through its
+    /// admin port).
+    Machine(machine_cmd::MachineArgs),
     /// Certificates for the backhaul between nodes.
     #[command(subcommand)]
     Fleet(fleet_certs::FleetCommand),
@@ -76,6 +85,8 @@ fn main() -> ExitCode {
         }),
         Command::Check { config } => check(&config),
         Command::Demo(args) => demo::run(args),
+        Command::DemoMachine(args) => demo_machine::run(args),
+        Command::Machine(args) => machine_cmd::run(args),
         Command::Fleet(cmd) => fleet_certs::run(cmd),
         Command::Catalog(cmd) => catalog_cmd::run(cmd),
     };

@@ -148,6 +148,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.backhaul != new.backhaul, "[backhaul]");
     check(old.catalog != new.catalog, "[catalog]");
     check(old.overload != new.overload, "[overload]");
+    check(old.lifecycle != new.lifecycle, "[lifecycle]");
     check(
         old.limits.max_connections_per_listener != new.limits.max_connections_per_listener,
         "limits.max_connections_per_listener",

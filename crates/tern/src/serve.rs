@@ -13,6 +13,7 @@ use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
 use tern_config::{CatalogSource, Config};
 use tern_health::HealthChecker;
 use tern_http::{Proxy, Upstreams};
+use tern_machine::{AutostopSettings, Machines, ProcessDriver, Timing};
 
 use crate::reload::{Reloadable, Reloader};
 use crate::upgrade::{serve_upgrades, Handing, Inherited};
@@ -185,6 +186,7 @@ pub async fn serve(
     let (backhaul, fleet_tls) = start_backhaul(&config, &catalog, watchdog.clone())?;
     let tracker = TaskTracker::new();
     let overload = start_overload(&config, &shutdown_rx)?;
+    let machines = start_machines(&config, &fleet)?;
     let (shared, reloadable) = shared(
         &config,
         &catalog,
@@ -192,6 +194,7 @@ pub async fn serve(
         watchdog.clone(),
         tracker.clone(),
         overload,
+        Arc::clone(&machines.manager),
     )?;
     let (listening, handing) = listen(
         &config,
@@ -217,6 +220,9 @@ pub async fn serve(
         busy: Default::default(),
         test_hooks: test_hooks(),
         reload: Some(reloader),
+        machines: Some(Arc::new(crate::machine_admin::AdminMachines(Arc::clone(
+            &machines.manager,
+        )))),
     });
     tokio::spawn(tern_admin::serve(
         listening.admin,
@@ -251,7 +257,47 @@ pub async fn serve(
     on_hup.abort();
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
+    // The machines stop last: the drain's requests were still on them.
+    machines.stop().await;
     Ok(())
+}
+
+/// The lifecycle manager of this node's machines, following the catalog, and
+/// the way to stop them all.
+struct Lifecycle {
+    manager: Arc<Machines>,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Lifecycle {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+}
+
+fn start_machines(config: &Config, fleet: &Arc<Fleet>) -> anyhow::Result<Lifecycle> {
+    let driver = ProcessDriver::new().context("starting the machine driver")?;
+    let timing = Timing {
+        start_timeout: config.lifecycle.start_timeout,
+        stop_timeout: config.lifecycle.stop_timeout,
+        drain_timeout: config.limits.drain_timeout,
+    };
+    let autostop = AutostopSettings {
+        interval: config.lifecycle.autostop_interval,
+        idle_timeout: config.lifecycle.idle_timeout,
+    };
+    let manager = Machines::new(Arc::clone(fleet), Arc::new(driver), timing, autostop);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(Arc::clone(&manager).run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Lifecycle {
+        manager,
+        stop,
+        done,
+    })
 }
 
 /// The overload manager, its memory sampler running until shutdown.
@@ -415,6 +461,7 @@ fn shared(
     watchdog: Option<pollwatch::Watchdog>,
     tracker: TaskTracker,
     overload: Arc<tern_overload::Overload>,
+    machines: Arc<Machines>,
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
     let (certs, http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
@@ -433,7 +480,8 @@ fn shared(
             watchdog.clone(),
             tracker.clone(),
         )
-        .with_overload(Arc::clone(&overload)),
+        .with_overload(Arc::clone(&overload))
+        .with_autostart(machines),
     );
     let shared = Arc::new(Shared {
         catalog: Arc::clone(catalog),

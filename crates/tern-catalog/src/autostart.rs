@@ -1,0 +1,117 @@
+//! Starting machines on demand: when a connection or request finds no started
+//! machine with room, the request path asks the node's lifecycle manager to start
+//! one, and waits for it when there is nothing else to go to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tern_balance::Band;
+
+use crate::snapshot::{AppEntry, ServiceEntry, Snapshot};
+
+/// What a request needs of the lifecycle manager before it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartNeed {
+    /// A started machine has room: nothing to start.
+    None,
+    /// Every started machine is over its soft limit: start one, but serve this
+    /// request on those already started.
+    Background,
+    /// No machine is started: this request waits for one.
+    Wait,
+}
+
+/// How a machine came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// From stopped: a new process.
+    Cold,
+    /// From suspended: the same process, continued.
+    Resume,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+            StartKind::Resume => "resume",
+        }
+    }
+}
+
+/// A start a request waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Woken {
+    pub machine: String,
+    pub kind: StartKind,
+    /// From this request's ask to the machine's being up.
+    pub waited: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WakeError {
+    #[error("machine {machine} of {app} did not come up within {waited:?}")]
+    Timeout {
+        app: String,
+        machine: String,
+        waited: Duration,
+    },
+    #[error("machine {machine} of {app} failed to start: {reason}")]
+    Failed {
+        app: String,
+        machine: String,
+        reason: String,
+    },
+}
+
+pub type WakeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Woken>, WakeError>> + Send + 'a>>;
+
+/// The node's lifecycle manager, as the request path sees it.
+pub trait Autostart: Send + Sync + 'static {
+    /// Starts the nearest of this node's stopped or suspended machines of `app`
+    /// that autostart allows. With `wait`, resolves once it is up (or with the
+    /// start's error); otherwise at once, the start going on. `Ok(None)` when no
+    /// machine could be started. Requests that ask while a start is under way
+    /// join it rather than start another.
+    fn wake<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        app: &'a AppEntry,
+        service: &'a ServiceEntry,
+        wait: bool,
+    ) -> WakeFuture<'a>;
+}
+
+impl Snapshot {
+    /// Whether a request for `service` should start a machine first. Cheap when
+    /// the app has no machine this node runs: one flag.
+    pub fn start_need(&self, app: &AppEntry, service: &ServiceEntry) -> StartNeed {
+        if !app.startable || !service.def.autostart {
+            return StartNeed::None;
+        }
+        let port = service.def.internal_port;
+        let mut any_started = false;
+        for m in &app.machines {
+            if !m.routable() {
+                continue;
+            }
+            let Some(slot) = m.live.slot(port).filter(|s| s.healthy()) else {
+                continue;
+            };
+            if self.peer(m, port).is_none() {
+                continue;
+            }
+            if slot.band() == Band::UnderSoft {
+                return StartNeed::None;
+            }
+            any_started = true;
+        }
+        if any_started {
+            StartNeed::Background
+        } else {
+            StartNeed::Wait
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `tern machine start|stop|suspend ID`: asks a running Tern's admin port to act
+//! on one of its machines, and waits for the answer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+#[derive(clap::Args, Debug)]
+pub struct MachineArgs {
+    /// start, stop or suspend.
+    #[arg(value_parser = ["start", "stop", "suspend"])]
+    action: String,
+    /// The machine's id.
+    id: String,
+    /// The node's admin address.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    admin: Option<SocketAddr>,
+    /// The node's configuration, whose [admin] listen is used.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How long to wait for the answer (a stop waits for the machine's requests
+    /// and its stop timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    timeout: Duration,
+}
+
+pub fn run(args: MachineArgs) -> anyhow::Result<()> {
+    let admin = match (&args.admin, &args.config) {
+        (Some(a), _) => *a,
+        (None, Some(path)) => {
+            tern_config::load(path)
+                .map_err(|e| anyhow::anyhow!("invalid configuration\n{e}"))?
+                .admin
+                .listen
+        }
+        (None, None) => "127.0.0.1:9090".parse()?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = runtime.block_on(async {
+        tokio::time::timeout(args.timeout, post(admin, &args.id, &args.action))
+            .await
+            .with_context(|| format!("no answer from {admin} within {:?}", args.timeout))?
+    })?;
+    if status.is_success() {
+        print!("{body}");
+        Ok(())
+    } else {
+        anyhow::bail!("{} ({status})", body.trim_end())
+    }
+}
+
+async fn post(
+    admin: SocketAddr,
+    id: &str,
+    action: &str,
+) -> anyhow::Result<(http::StatusCode, String)> {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("connecting to Tern's admin port at {admin}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("/machines/{id}/{action}"))
+        .header(http::header::HOST, admin.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
