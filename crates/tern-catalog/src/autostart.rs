@@ -6,9 +6,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tern_balance::Band;
 
-use crate::snapshot::{AppEntry, ServiceEntry, Snapshot};
+use crate::model::MachineState;
+use crate::snapshot::{AppEntry, Pick, ServiceEntry, Snapshot};
 
 /// What a request needs of the lifecycle manager before it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +85,18 @@ pub trait Autostart: Send + Sync + 'static {
         service: &'a ServiceEntry,
         wait: bool,
     ) -> WakeFuture<'a>;
+
+    /// Brings up this node's own machine `id`, which a peer chose for a request
+    /// (the peer cannot start it: only its node does), and waits for it.
+    /// `Ok(None)` when it was up already or is not one this node runs.
+    fn wake_machine<'a>(&'a self, service: &'a ServiceEntry, id: &'a str) -> WakeFuture<'a>;
 }
 
 impl Snapshot {
     /// Whether a request for `service` should start a machine first. Cheap when
     /// the app has no machine this node runs: one flag.
     pub fn start_need(&self, app: &AppEntry, service: &ServiceEntry) -> StartNeed {
-        if !app.startable || !service.def.autostart {
+        if !(app.startable || app.remote_startable) || !service.def.autostart {
             return StartNeed::None;
         }
         let port = service.def.internal_port;
@@ -113,5 +121,44 @@ impl Snapshot {
         } else {
             StartNeed::Wait
         }
+    }
+}
+
+/// How soon a machine that is not up can be: a start under way, then a resume,
+/// then a cold start. `None` for a machine that cannot be started from here.
+fn wake_rank(state: MachineState) -> Option<u8> {
+    match state {
+        MachineState::Starting => Some(0),
+        MachineState::Suspended => Some(1),
+        MachineState::Stopped | MachineState::Created => Some(2),
+        _ => None,
+    }
+}
+
+impl Snapshot {
+    /// Another node's machine of `app` that its node could start for a request:
+    /// one its node runs (not external), not up, with a status out for it and its
+    /// node reachable, nearest first (a start under way or a resume before a cold
+    /// start). The edge sends the request there, and that node starts it.
+    pub fn remote_wake_pick(&self, app: &AppEntry, service: &ServiceEntry) -> Option<Pick> {
+        if !app.remote_startable {
+            return None;
+        }
+        let port = service.def.internal_port;
+        app.machines
+            .iter()
+            .filter(|m| !m.is_local() && !m.def.driver.is_external() && m.live.reported())
+            .filter(|m| m.node.as_ref().is_some_and(|n| n.reachable()))
+            .filter_map(|m| {
+                let rank = wake_rank(m.live.state())?;
+                let pick = Pick {
+                    machine: Arc::clone(m),
+                    slot: Arc::clone(m.live.slot(port)?),
+                    peer: self.peer(m, port)?,
+                };
+                Some((rank, self.distance(m), pick))
+            })
+            .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+            .map(|(_, _, pick)| pick)
     }
 }

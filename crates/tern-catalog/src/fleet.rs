@@ -491,11 +491,14 @@ impl State {
                 machines.push(entry);
             }
         }
-        let startable = machines
-            .iter()
-            .any(|m| m.is_local() && !m.def.driver.is_external());
+        let runs = |local: bool| {
+            machines
+                .iter()
+                .any(|m| m.is_local() == local && !m.def.driver.is_external())
+        };
         let entry = Arc::new(AppEntry {
-            startable,
+            startable: runs(true),
+            remote_startable: runs(false),
             name: name.to_owned(),
             hostnames: def.hostnames.clone(),
             max_request_body: def

@@ -47,6 +47,8 @@ pub struct AppEntry {
     pub machines: Vec<Arc<MachineEntry>>,
     /// Whether this node runs any of its machines (and so may start one).
     pub startable: bool,
+    /// Whether another node runs any of them (and so may start one when asked).
+    pub remote_startable: bool,
 }
 
 #[derive(Debug)]

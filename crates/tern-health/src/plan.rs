@@ -138,6 +138,7 @@ mod tests {
             services: Vec::new(),
             machines: Vec::new(),
             startable: false,
+            remote_startable: false,
         }
     }
 

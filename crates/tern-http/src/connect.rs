@@ -137,6 +137,30 @@ impl Proxy {
         }
     }
 
+    /// The wake phase's choice: another node's machine that is not up, which its
+    /// node starts when the request reaches it.
+    pub(crate) async fn connect_via(
+        &self,
+        pick: Pick,
+        want: Want<'_>,
+    ) -> Result<(Pick, Unit, Sender), ProxyError> {
+        let app = pick.machine.def.app.clone();
+        let Some(guard) = pick.slot.load.try_acquire(pick.slot.limits.hard) else {
+            return Err(admit_error(AdmitError::MachineUnavailable {
+                app,
+                machine: pick.machine.def.id.clone(),
+            }));
+        };
+        match self.open(&pick, want).await {
+            Ok(sender) => Ok((pick, Arc::new(guard), sender)),
+            Err(e) => {
+                self.count_connect_error(&app, &pick, &e);
+                let id = pick.machine.def.id.clone();
+                Err(connect_failed(Some(e), &[id]))
+            }
+        }
+    }
+
     /// A connection for `want` to the chosen machine: pooled or new, to the
     /// machine itself or to its node's backhaul.
     pub(crate) async fn open(&self, pick: &Pick, want: Want<'_>) -> Result<Sender, ConnectError> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use tern_catalog::{AppEntry, Snapshot, Woken};
+use tern_catalog::{AppEntry, Pick, Snapshot, Woken};
 
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
 use crate::buffer;
@@ -22,7 +22,7 @@ use crate::headers;
 use crate::respond::{self, Answer};
 use crate::rewrite::{LengthFields, Prepared};
 use crate::route::{self, Route};
-use crate::wake;
+use crate::wake::{self, Wake};
 
 /// What a finished request is labelled with in metrics and logs.
 struct Outcome {
@@ -160,7 +160,11 @@ impl Proxy {
         // admit: refuse a body that is declared too large before reading any of it.
         let lengths = admit_length(&req, &route.app)?;
         if conn.from_node.is_some() && req.method() == Method::CONNECT {
-            // A raw TCP connection or an upgrade, which a peer hands over whole.
+            // A raw TCP connection or an upgrade, which a peer hands over whole,
+            // to a machine that may need starting first.
+            if let Wake::Waited(w) = self.wake(&snapshot, &route).await? {
+                outcome.woken = Some(w);
+            }
             return Box::pin(self.serve_peer_tunnel(req, conn, &snapshot, &route)).await;
         }
         // rewrite: hop-by-hop out, spoofed Tern-* out, forwarding fields in.
@@ -171,8 +175,15 @@ impl Proxy {
             *body = buffer::buffer(std::mem::take(body), limit, &self.metrics.buffering).await?;
         }
         // wake: an app with no started machine that has room gets one started.
-        outcome.woken = self.wake(&snapshot, &route).await?;
-        self.forward(prepared, conn, &snapshot, &route).await
+        let via = match self.wake(&snapshot, &route).await? {
+            Wake::Nothing => None,
+            Wake::Waited(w) => {
+                outcome.woken = Some(w);
+                None
+            }
+            Wake::Via(pick) => Some(pick),
+        };
+        self.forward(prepared, conn, &snapshot, &route, via).await
     }
 
     /// choose, connect, send and respond, with the retry step between them: a
@@ -183,12 +194,18 @@ impl Proxy {
         conn: &ConnInfo,
         snapshot: &Snapshot,
         route: &Route,
+        mut via: Option<Pick>,
     ) -> Result<Answer, ProxyError> {
         let mut tried: Vec<String> = Vec::new();
         loop {
-            let (pick, unit, sender) = self
-                .connect(snapshot, route, conn, prepared.want(conn), &mut tried)
-                .await?;
+            let want = prepared.want(conn);
+            let (pick, unit, sender) = match via.take() {
+                Some(pick) => self.connect_via(pick, want).await?,
+                None => {
+                    self.connect(snapshot, route, conn, want, &mut tried)
+                        .await?
+                }
+            };
             conn.note_machine(&pick.machine);
             if prepared.client_upgrade.is_some() && sender.is_backhaul() {
                 return Box::pin(self.upgrade_via_peer(prepared, conn, route, &pick, unit, sender))

@@ -1,37 +1,65 @@
 //! The wake phase: before a machine is chosen, an app whose started machines are
 //! all busy gets another started by the node's lifecycle manager, and an app with
 //! none started gets one started while the request waits (up to the lifecycle's
-//! `start_timeout`).
+//! `start_timeout`). A machine only another node runs is started by that node:
+//! the request goes to it there. A peer's request for this node's machine
+//! starts it here.
 
 use http::HeaderValue;
-use tern_catalog::{Snapshot, StartNeed, WakeError, Woken};
+use tern_catalog::{Pick, Snapshot, StartNeed, WakeError, Woken};
 
 use crate::context::Proxy;
 use crate::error::{ErrorCode, ProxyError};
 use crate::route::{Route, Target};
 
+/// What the wake phase found.
+pub(crate) enum Wake {
+    /// Nothing to wait for.
+    Nothing,
+    /// This request waited for a machine of this node to come up.
+    Waited(Woken),
+    /// Only another node can start a machine for this request: it goes to that
+    /// machine through its node, which starts it.
+    Via(Pick),
+}
+
 impl Proxy {
-    /// Returns the start this request waited for, if it waited for one.
     pub(crate) async fn wake(
         &self,
         snapshot: &Snapshot,
         route: &Route,
-    ) -> Result<Option<Woken>, ProxyError> {
+    ) -> Result<Wake, ProxyError> {
         let Some(autostart) = &self.autostart else {
-            return Ok(None);
+            return Ok(Wake::Nothing);
         };
-        if !matches!(route.target, Target::Balance) {
-            return Ok(None);
+        let woken = match &route.target {
+            // A peer chose this node's machine: only this node can start it.
+            Target::Machine(id) => autostart.wake_machine(&route.service, id).await,
+            Target::Balance => {
+                let wait = match snapshot.start_need(&route.app, &route.service) {
+                    StartNeed::None => return Ok(Wake::Nothing),
+                    StartNeed::Background => false,
+                    StartNeed::Wait => true,
+                };
+                let woken = if route.app.startable {
+                    autostart
+                        .wake(snapshot, &route.app, &route.service, wait)
+                        .await
+                } else {
+                    Ok(None)
+                };
+                if wait && matches!(woken, Ok(None)) {
+                    if let Some(pick) = snapshot.remote_wake_pick(&route.app, &route.service) {
+                        return Ok(Wake::Via(pick));
+                    }
+                }
+                woken
+            }
+        };
+        match woken.map_err(wake_error)? {
+            Some(w) => Ok(Wake::Waited(w)),
+            None => Ok(Wake::Nothing),
         }
-        let wait = match snapshot.start_need(&route.app, &route.service) {
-            StartNeed::None => return Ok(None),
-            StartNeed::Background => false,
-            StartNeed::Wait => true,
-        };
-        autostart
-            .wake(snapshot, &route.app, &route.service, wait)
-            .await
-            .map_err(wake_error)
     }
 }
 

@@ -316,27 +316,50 @@ impl Autostart for Machines {
                 });
                 return Ok(None);
             }
-            let asked = Instant::now();
-            match c.start(timeout).await {
-                Ok(kind) => {
-                    queue.notify_waiters();
-                    Ok(kind.map(|kind| Woken {
-                        machine: c.id().to_owned(),
-                        kind,
-                        waited: asked.elapsed(),
-                    }))
-                }
-                Err(StartError::Timeout(waited)) => Err(WakeError::Timeout {
-                    app: app.name.clone(),
-                    machine: c.id().to_owned(),
-                    waited,
-                }),
-                Err(StartError::Failed(reason)) => Err(WakeError::Failed {
-                    app: app.name.clone(),
-                    machine: c.id().to_owned(),
-                    reason,
-                }),
-            }
+            start_and_wait(&c, timeout, &queue).await
         })
+    }
+
+    fn wake_machine<'a>(&'a self, service: &'a ServiceEntry, id: &'a str) -> WakeFuture<'a> {
+        Box::pin(async move {
+            let Some(c) = self.controller(id) else {
+                return Ok(None);
+            };
+            if c.state() == MachineState::Started {
+                return Ok(None);
+            }
+            start_and_wait(&c, self.timing.start_timeout, &service.queue.notifier()).await
+        })
+    }
+}
+
+/// Starts `c` (or joins its start) and waits; wakes the requests queued for
+/// the service once it is up.
+async fn start_and_wait(
+    c: &Arc<Controller>,
+    timeout: std::time::Duration,
+    queue: &tokio::sync::Notify,
+) -> Result<Option<Woken>, WakeError> {
+    let asked = Instant::now();
+    let app = c.def().app.clone();
+    match c.start(timeout).await {
+        Ok(kind) => {
+            queue.notify_waiters();
+            Ok(kind.map(|kind| Woken {
+                machine: c.id().to_owned(),
+                kind,
+                waited: asked.elapsed(),
+            }))
+        }
+        Err(StartError::Timeout(waited)) => Err(WakeError::Timeout {
+            app,
+            machine: c.id().to_owned(),
+            waited,
+        }),
+        Err(StartError::Failed(reason)) => Err(WakeError::Failed {
+            app,
+            machine: c.id().to_owned(),
+            reason,
+        }),
     }
 }

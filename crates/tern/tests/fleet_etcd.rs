@@ -411,3 +411,65 @@ async fn ports_follow_the_catalog_even_when_a_port_changes_its_handlers() {
     .await;
     assert!(served, "{}", ams.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_sends_a_request_to_a_stopped_machines_node_which_starts_it() {
+    let mut f = TestFleet::new(&[("ams-1", "ams"), ("ord-1", "ord")]);
+    let etcd = Etcd::start(f.dir.path());
+    // ord-1 runs m-ord as a process, stopped until a request needs it.
+    let machine = format!(
+        "{}driver = \"process\"\nstate = \"stopped\"\ncommand = [\"{}\", \"demo-machine\"]\n",
+        f.machine("m-ord", "web", "ord-1", 1),
+        env!("CARGO_BIN_EXE_tern")
+    );
+    push(&f, &etcd, &catalog(&f, &machine));
+    f.write_configs(&Source::Etcd(etcd.url()), "");
+    f.start_all();
+    f.wait_connected();
+    let ams = f.node("ams-1");
+    // The state ord-1 publishes is what ams-1 sees.
+    let seen = eventually(Duration::from_secs(10), || {
+        machine_view(ams, "m-ord")["state"] == "stopped"
+    })
+    .await;
+    assert!(seen, "{}", ams.catalog());
+
+    // ams-1 cannot start it; it sends the request to ord-1, which does.
+    let resp = ams.get(f.http, "/", "web.test");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}\n{}", f.logs());
+    assert_eq!(machine_of(&resp), Some("m-ord"), "{resp}");
+    let start = field(&resp, "tern-machine-start").unwrap_or_else(|| panic!("{resp}"));
+    assert!(start.starts_with("cold; machine=m-ord"), "{start}");
+    let started = eventually(Duration::from_secs(10), || {
+        machine_view(ams, "m-ord")["state"] == "started"
+    })
+    .await;
+    assert!(started, "{}", ams.catalog());
+    assert!(
+        !ams.log_text().contains("machine started"),
+        "the edge started nothing itself"
+    );
+    assert!(f.node("ord-1").log_text().contains("machine started"));
+
+    // Stopped by its node's operator, the next request through the edge wakes it.
+    let stop = f
+        .node("ord-1")
+        .command(env!("CARGO_BIN_EXE_tern"))
+        .args(["machine", "stop", "m-ord", "--admin"])
+        .arg(format!("127.0.0.1:{}", f.node("ord-1").admin))
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let seen_stopped = eventually(Duration::from_secs(10), || {
+        machine_view(ams, "m-ord")["state"] == "stopped"
+    })
+    .await;
+    assert!(seen_stopped, "{}", ams.catalog());
+    let again = ams.get(f.http, "/", "web.test");
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}\n{}", f.logs());
+    assert!(field(&again, "tern-machine-start").is_some(), "{again}");
+}
