@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_balance::{Band, Limits, Load};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::model::MachineState;
 
@@ -70,6 +70,9 @@ pub struct MachineLive {
     slots: BTreeMap<u16, Arc<ServiceSlot>>,
     /// Rung when this node's own machine changes state, for the catalog to publish.
     changes: Option<Arc<Notify>>,
+    /// Bumped when the machine is about to be stopped or suspended: its WebSocket
+    /// tunnels say goodbye to their clients.
+    leaving: watch::Sender<u64>,
 }
 
 impl MachineLive {
@@ -80,6 +83,7 @@ impl MachineLive {
             reported: AtomicBool::new(true),
             slots,
             changes: None,
+            leaving: watch::Sender::new(0),
         }
     }
 
@@ -121,6 +125,16 @@ impl MachineLive {
     /// Whether it may take traffic at all: reported and started.
     pub fn started(&self) -> bool {
         self.reported() && self.state() == MachineState::Started
+    }
+
+    /// Tells the machine's tunnels that it is going away (a stop or a suspend).
+    pub fn leave(&self) {
+        self.leaving.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when the machine is going away.
+    pub fn leaving(&self) -> watch::Receiver<u64> {
+        self.leaving.subscribe()
     }
 
     pub fn slot(&self, internal_port: u16) -> Option<&Arc<ServiceSlot>> {

@@ -28,6 +28,8 @@ mod stream_send;
 mod tunnel;
 mod upstream;
 mod wake;
+mod ws_frames;
+mod ws_goodbye;
 
 pub use activity::{Activity, ActivityIo};
 pub use binding::ConnBindings;

@@ -120,6 +120,12 @@ impl Proxy {
             };
             let machine_upgrade = hyper::upgrade::on(&mut resp);
             let machine = pick.machine.def.id.clone();
+            let websocket = resp
+                .headers()
+                .get(http::header::UPGRADE)
+                .is_some_and(crate::tunnel::is_websocket);
+            let leaving =
+                (websocket && pick.machine.is_local()).then(|| pick.machine.live.leaving());
             self.spawn_tunnel(
                 machine,
                 async move {
@@ -127,6 +133,7 @@ impl Proxy {
                     Ok((c, m))
                 },
                 (unit, sender),
+                leaving,
             );
             let (parts, _) = resp.into_parts();
             return Ok(Answer::Local(Response::from_parts(

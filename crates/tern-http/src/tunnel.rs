@@ -18,6 +18,7 @@ use tern_catalog::model::ProxyProto;
 use tern_catalog::{Pick, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::binding::Unit;
 use crate::body::{full, Body, BoxError, RequestBody};
@@ -30,13 +31,26 @@ use crate::rewrite::{strip_backhaul_fields, to_peer, Prepared};
 use crate::route::{Route, Target};
 use crate::send::{backhaul_error, header_timeout, upstream_error, Relayed};
 use crate::upstream::{Sender, Want};
+use crate::ws_goodbye::splice_websocket;
+
+/// Whether an `Upgrade` value names WebSocket.
+pub(crate) fn is_websocket(protocol: &HeaderValue) -> bool {
+    protocol.as_bytes().eq_ignore_ascii_case(b"websocket")
+}
 
 impl Proxy {
     /// Joins two ends once both are there, and copies both ways (the machine
     /// first getting `preamble`) until both directions end. `hold` (the load unit,
-    /// a connection) lives as long as the tunnel.
-    pub(crate) fn spawn_tunnel<F, A, B, H>(&self, machine: String, ends: F, hold: H)
-    where
+    /// a connection) lives as long as the tunnel. A WebSocket to this node's own
+    /// machine comes with the machine's `leaving`: when the machine is stopped or
+    /// suspended, the client gets a Close frame (1001) rather than a reset.
+    pub(crate) fn spawn_tunnel<F, A, B, H>(
+        &self,
+        machine: String,
+        ends: F,
+        hold: H,
+        leaving: Option<watch::Receiver<u64>>,
+    ) where
         F: Future<Output = Result<(A, B), hyper::Error>> + Send + 'static,
         A: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         B: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -46,7 +60,7 @@ impl Proxy {
             let (a, b) = ends.await.map_err(|e| e.to_string())?;
             Ok::<_, String>((TokioIo::new(a), TokioIo::new(b)))
         };
-        self.spawn_splice(machine, joined, Vec::new(), hold);
+        self.spawn_splice(machine, joined, Vec::new(), hold, leaving);
     }
 
     /// Like `spawn_tunnel`, for ends that are tokio streams already.
@@ -56,6 +70,7 @@ impl Proxy {
         ends: F,
         preamble: Vec<u8>,
         hold: H,
+        leaving: Option<watch::Receiver<u64>>,
     ) where
         F: Future<Output = Result<(A, B), String>> + Send + 'static,
         A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -76,7 +91,13 @@ impl Proxy {
                 Some(p) => (Either::Left(p.io(client)), Either::Left(p.io(machine_side))),
                 None => (Either::Right(client), Either::Right(machine_side)),
             };
-            if let Err(e) = tern_tcp::splice(&mut client, &mut machine_side, &preamble).await {
+            let ended = match leaving {
+                Some(leaving) => splice_websocket(client, machine_side, leaving).await,
+                None => tern_tcp::splice(&mut client, &mut machine_side, &preamble)
+                    .await
+                    .map(drop),
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%machine, error = %e, "tunnel ended");
             }
         });
@@ -174,7 +195,8 @@ impl Proxy {
             let client = client_side.await.map_err(|e| e.to_string())?;
             Ok::<_, String>((TokioIo::new(client), stream))
         };
-        self.spawn_splice(pick.machine.def.id.clone(), ends, Vec::new(), unit);
+        // The machine's node says the goodbye, if there is one to say.
+        self.spawn_splice(pick.machine.def.id.clone(), ends, Vec::new(), unit, None);
         Ok(Answer::Local(Response::from_parts(
             parts,
             full(Bytes::new()),
@@ -234,7 +256,7 @@ impl Proxy {
             let peer = peer_side.await.map_err(|e| e.to_string())?;
             Ok::<_, String>((TokioIo::new(peer), machine))
         };
-        self.spawn_splice(pick.machine.def.id.clone(), ends, preamble, guard);
+        self.spawn_splice(pick.machine.def.id.clone(), ends, preamble, guard, None);
         Ok(Answer::Local(Response::new(full(Bytes::new()))))
     }
 
@@ -271,6 +293,10 @@ impl Proxy {
         let machine_side = switched.then(|| hyper::upgrade::on(&mut resp));
         let (mut head, body) = resp.into_parts();
         let protocol = head.headers.get(UPGRADE).cloned();
+        let leaving = protocol
+            .as_ref()
+            .filter(|p| is_websocket(p))
+            .map(|_| pick.machine.live.leaving());
         headers::strip_hop_by_hop(&mut head.headers, false);
         head.headers
             .insert(fields::STATUS.clone(), HeaderValue::from(status.as_u16()));
@@ -283,7 +309,7 @@ impl Proxy {
         match machine_side {
             Some(machine_side) => {
                 let ends = async move { tokio::try_join!(peer_side, machine_side) };
-                self.spawn_tunnel(machine, ends, (guard, tx));
+                self.spawn_tunnel(machine, ends, (guard, tx), leaving);
             }
             None => {
                 // Not switched: the machine's answer is written into the stream.

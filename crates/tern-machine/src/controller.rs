@@ -410,6 +410,7 @@ impl Controller {
 
     async fn terminate(&self, suspended: bool) -> Result<(), ControlError> {
         if !suspended {
+            self.leave();
             self.drain().await;
         }
         let Some(control) = self.control() else {
@@ -464,6 +465,7 @@ impl Controller {
                 state: state.as_str(),
             });
         }
+        self.leave();
         self.drain().await;
         let Some(control) = self.control() else {
             return Ok(());
@@ -478,6 +480,13 @@ impl Controller {
         self.transition(&[MachineState::Suspending], MachineState::Suspended, |_| {});
         self.count(|c| c.suspends += 1);
         Ok(())
+    }
+
+    /// Asks the machine's WebSocket tunnels to say goodbye to their clients.
+    fn leave(&self) {
+        if let Some(m) = self.fleet.snapshot().machines.get(&self.def.id) {
+            m.live.leave();
+        }
     }
 
     /// Waits until no connection or request is on the machine, up to the drain

@@ -257,15 +257,57 @@ pub(crate) async fn serve_machine(listener: TcpListener, who: Arc<Who>) {
         };
         let who = Arc::clone(&who);
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
                 let who = Arc::clone(&who);
-                async move { Ok::<_, Infallible>(answer(&req, &who)) }
+                async move {
+                    if let Some(switching) = websocket_echo(&mut req) {
+                        return Ok::<_, Infallible>(switching);
+                    }
+                    Ok::<_, Infallible>(answer(&req, &who))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// A WebSocket upgrade at `/ws`: the 101, with an echo of every message run on
+/// the upgraded connection. `None` for any other request.
+fn websocket_echo(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let upgrade = req.headers().get(http::header::UPGRADE)?;
+    if req.uri().path() != "/ws" || !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
+    }
+    let accept = derive_accept_key(req.headers().get("sec-websocket-key")?.as_bytes());
+    let upgraded = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgraded.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        while let Some(Ok(msg)) = rx.next().await {
+            if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .ok()
 }
 
 fn answer(req: &Request<Incoming>, who: &Who) -> Response<Full<Bytes>> {

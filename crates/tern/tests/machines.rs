@@ -390,9 +390,13 @@ async fn a_lone_idle_machine_is_suspended_after_its_idle_timeout_and_resumes_on_
 
 /// `tern machine ACTION ID --admin ...`: (success, stdout, stderr).
 fn tern_machine(tern: &Tern, action: &str, id: &str) -> (bool, String, String) {
+    machine_cli(tern.ports.admin, action, id)
+}
+
+fn machine_cli(admin: u16, action: &str, id: &str) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["machine", action, id, "--admin"])
-        .arg(format!("127.0.0.1:{}", tern.ports.admin))
+        .arg(format!("127.0.0.1:{admin}"))
         .output()
         .unwrap();
     (
@@ -458,4 +462,48 @@ async fn the_cli_starts_stops_and_suspends_machines_and_refuses_external_ones() 
         "{metrics}"
     );
     assert!(metrics.contains("tern_machine_start_seconds"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_client_gets_a_close_frame_when_its_machine_is_stopped() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let ports = Ports::new();
+    let ip = Ips::new().get(1);
+    let tern = Tern::start(&config(ports, ip, &demo_machine("started"), ""), ports);
+    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
+    assert!(up);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.http))
+        .await
+        .unwrap();
+    let url = format!("ws://web.test:{}/ws", ports.http);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert_eq!(echo.unwrap().unwrap().unwrap(), Message::text("hello"));
+
+    let admin = ports.admin;
+    let began = Instant::now();
+    let stop = std::thread::spawn(move || machine_cli(admin, "stop", "m1"));
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("nothing came when the machine was stopped");
+    match got {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a Close frame (1001), got {other:?}"),
+    }
+    // The client's answer ends the tunnel, so the stop need not wait out the
+    // drain timeout (5 s here).
+    let _ = ws.close(None).await;
+    drop(ws);
+    let (ok, out, err) = stop.join().unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "the stop took {:?}",
+        began.elapsed()
+    );
+    assert_eq!(state(&tern), "stopped");
 }
