@@ -21,7 +21,7 @@ use tern_catalog::{Catalog, Fleet, StartKind};
 use tokio::sync::watch;
 
 use crate::driver::{Control, Driver};
-use crate::ready::wait_until_listening;
+use crate::ready::{wait_until_up, Readiness};
 
 /// Timing that every machine of a node shares.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,8 @@ pub enum ControlError {
 
 pub struct Controller {
     def: MachineDef,
+    /// What makes each of its services up.
+    services: Vec<Readiness>,
     ports: Vec<u16>,
     fleet: Arc<Fleet>,
     driver: Arc<dyn Driver>,
@@ -102,7 +104,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         def: MachineDef,
-        ports: Vec<u16>,
+        services: Vec<Readiness>,
         fleet: Arc<Fleet>,
         driver: Arc<dyn Driver>,
         timing: Timing,
@@ -115,8 +117,10 @@ impl Controller {
             failure: None,
             since: Instant::now(),
         });
+        let ports = services.iter().map(|s| s.port).collect();
         Arc::new(Controller {
             def,
+            services,
             ports,
             fleet,
             driver,
@@ -145,8 +149,8 @@ impl Controller {
         changed
     }
 
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
+    pub fn services(&self) -> &[Readiness] {
+        &self.services
     }
 
     pub fn id(&self) -> &str {
@@ -335,12 +339,21 @@ impl Controller {
         self.listening().await
     }
 
-    /// Up when every service port accepts a connection, within the start timeout.
+    /// Up when every service port accepts a connection and every service with
+    /// HTTP checks passes its first, within the start timeout. Being up is what
+    /// a check would have found: its services are marked healthy (a check made
+    /// before it stopped may have left them otherwise).
     async fn listening(&self) -> Result<(), StartError> {
         let limit = self.timing.start_timeout;
-        wait_until_listening(self.def.ip, &self.ports, limit)
+        wait_until_up(self.def.ip, &self.services, limit)
             .await
-            .map_err(|_| StartError::Timeout(limit))
+            .map_err(|_| StartError::Timeout(limit))?;
+        if let Some(m) = self.fleet.snapshot().machines.get(&self.def.id) {
+            for (_, slot) in m.live.slots() {
+                slot.set_healthy(true);
+            }
+        }
+        Ok(())
     }
 
     fn control(&self) -> Option<Arc<dyn Control>> {

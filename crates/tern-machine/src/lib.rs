@@ -14,3 +14,4 @@ pub use controller::{ControlError, Controller, Counts, StartError, Status, Timin
 pub use driver::{Control, Driver, DriverError, Running, StartFuture};
 pub use manager::{Machines, ManageError};
 pub use process::ProcessDriver;
+pub use ready::Readiness;

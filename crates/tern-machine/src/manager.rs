@@ -14,6 +14,8 @@ use tern_catalog::{
 use crate::autostop::{self, AutostopSettings, Usage};
 use crate::controller::{ControlError, Controller, StartError, Timing};
 use crate::driver::Driver;
+use crate::ready::Readiness;
+use tern_health::Probe;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ManageError {
@@ -134,23 +136,25 @@ impl Machines {
     /// definition changed is stopped and gets a new controller; one that is
     /// gone is stopped. A change of the declared state alone moves the machine.
     fn sync(self: &Arc<Self>, snapshot: &Snapshot) {
-        let wanted: HashMap<String, (MachineDef, Vec<u16>)> = snapshot
+        let wanted: HashMap<String, (MachineDef, Vec<Readiness>)> = snapshot
             .machines
             .values()
             .filter(|m| m.is_local() && !m.def.driver.is_external())
             .map(|m| {
-                let ports = snapshot
+                let services = snapshot
                     .apps
                     .get(&m.def.app)
-                    .map(|a| a.services.iter().map(|s| s.def.internal_port).collect())
+                    .map(|a| readiness(a, &m.def))
                     .unwrap_or_default();
-                (m.def.id.clone(), (m.def.clone(), ports))
+                (m.def.id.clone(), (m.def.clone(), services))
             })
             .collect();
         let mut controllers = self.controllers();
         let mut retired = Vec::new();
         controllers.retain(|id, c| match wanted.get(id) {
-            Some((def, ports)) if same_but_state(c.def(), def) && c.ports() == ports.as_slice() => {
+            Some((def, services))
+                if same_but_state(c.def(), def) && c.services() == services.as_slice() =>
+            {
                 true
             }
             _ => {
@@ -159,7 +163,7 @@ impl Machines {
             }
         });
         let mut moves = Vec::new();
-        for (id, (def, ports)) in wanted {
+        for (id, (def, services)) in wanted {
             match controllers.get(&id) {
                 Some(c) => {
                     if c.set_declared(def.state) {
@@ -169,7 +173,7 @@ impl Machines {
                 None => {
                     let c = Controller::new(
                         def.clone(),
-                        ports,
+                        services,
                         Arc::clone(&self.fleet),
                         Arc::clone(&self.driver),
                         self.timing,
@@ -285,6 +289,27 @@ impl Machines {
             .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
             .map(|(_, _, c)| c)
     }
+}
+
+/// What makes each service of `machine` up: its port accepts, and its first HTTP
+/// check (if it has any) passes, sent as the health checker sends it.
+fn readiness(app: &AppEntry, machine: &MachineDef) -> Vec<Readiness> {
+    let host = app.hostnames.iter().find(|h| !h.contains('*')).cloned();
+    app.services
+        .iter()
+        .map(|s| {
+            let port = s.def.internal_port;
+            let addr = std::net::SocketAddr::new(machine.ip, port);
+            let check = s.def.http_checks.first().map(|c| Probe::Http {
+                addr,
+                timeout: c.timeout,
+                method: c.method.clone(),
+                path: c.path.clone(),
+                host: host.clone().unwrap_or_else(|| addr.to_string()),
+            });
+            Readiness { port, check }
+        })
+        .collect()
 }
 
 /// Whether two definitions differ in their declared state at most.
