@@ -8,10 +8,13 @@ use tern_health::Probe;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// First pause between tries; it doubles up to `MAX_PAUSE`. A machine binary that
-/// listens within a few milliseconds is seen within a millisecond of it.
-const FIRST_PAUSE: Duration = Duration::from_millis(1);
-const MAX_PAUSE: Duration = Duration::from_millis(25);
+/// Pause between tries while a start is young: a machine binary that listens
+/// within a few milliseconds is seen within a millisecond of it (a refused
+/// connect on the machine's own address costs microseconds).
+const EAGER_PAUSE: Duration = Duration::from_millis(1);
+/// How long tries stay that eager; then they come every `SLOW_PAUSE`.
+const EAGER_FOR: Duration = Duration::from_millis(200);
+const SLOW_PAUSE: Duration = Duration::from_millis(25);
 
 /// What makes one service of a machine up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,23 +57,27 @@ pub async fn wait_until_up(
     Ok(())
 }
 
-/// Tries `attempt` until it succeeds or `deadline` passes, pausing a little
-/// longer each time.
+/// Tries `attempt` until it succeeds or `deadline` passes: every millisecond at
+/// first, then less often.
 async fn retry_until<F, Fut>(deadline: Instant, attempt: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut pause = FIRST_PAUSE;
+    let began = Instant::now();
     loop {
         if attempt().await {
             return true;
         }
+        let pause = if began.elapsed() < EAGER_FOR {
+            EAGER_PAUSE
+        } else {
+            SLOW_PAUSE
+        };
         if Instant::now() + pause >= deadline {
             return false;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
