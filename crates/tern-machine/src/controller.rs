@@ -453,13 +453,19 @@ impl Controller {
         Err(ControlError::Unkillable(self.def.id.clone()))
     }
 
+    /// Whether this stop's stopping ended (its process exited) within `limit`.
+    /// Not "is stopped now": a start that raced in after the exit may have moved
+    /// the machine on already, and must not be taken for a process that ignored
+    /// its SIGTERM.
     async fn stopped_within(&self, limit: Duration) -> bool {
         let mut status = self.status.subscribe();
-        let stopped =
-            tokio::time::timeout(limit, status.wait_for(|s| s.state == MachineState::Stopped))
-                .await
-                .is_ok();
-        stopped
+        let ended = tokio::time::timeout(
+            limit,
+            status.wait_for(|s| s.state != MachineState::Stopping),
+        )
+        .await
+        .is_ok();
+        ended
     }
 
     /// Freezes the machine (memory kept) once its requests have finished.
@@ -490,8 +496,12 @@ impl Controller {
                 reason: e.to_string(),
             });
         }
-        self.transition(&[MachineState::Suspending], MachineState::Suspended, |_| {});
-        self.count(|c| c.suspends += 1);
+        if self
+            .transition(&[MachineState::Suspending], MachineState::Suspended, |_| {})
+            .is_some()
+        {
+            self.count(|c| c.suspends += 1);
+        }
         Ok(())
     }
 

@@ -208,9 +208,13 @@ fn emit(machine: &str, stream: &str, line: &[u8]) {
 struct Group(Pid);
 
 impl Group {
+    /// A group that is gone already (its process exited, not yet seen by the
+    /// exit watcher) is not an error: the exit is on its way.
     fn send(&self, signal: Signal) -> Result<(), DriverError> {
-        rustix::process::kill_process_group(self.0, signal)
-            .map_err(|e| DriverError::Signal(e.into()))
+        match rustix::process::kill_process_group(self.0, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(DriverError::Signal(e.into())),
+        }
     }
 }
 

@@ -507,3 +507,57 @@ async fn a_websocket_client_gets_a_close_frame_when_its_machine_is_stopped() {
     );
     assert_eq!(state(&tern), "stopped");
 }
+
+/// The machine's processes: children of Tern running `demo-machine`.
+fn machine_processes(tern: &Tern) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "-P", &tern.child.id().to_string(), "demo-machine"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_and_stops_that_race_end_in_one_consistent_state() {
+    let ports = Ports::new();
+    let ip = Ips::new().get(1);
+    let tern = Tern::start(&config(ports, ip, &demo_machine("stopped"), ""), ports);
+    let admin = ports.admin;
+    for round in 0..4 {
+        let asked: Vec<_> = (0..10)
+            .map(|i| {
+                let action = if (i + round) % 2 == 0 {
+                    "start"
+                } else {
+                    "stop"
+                };
+                std::thread::spawn(move || (action, machine_cli(admin, action, "m1")))
+            })
+            .collect();
+        for a in asked {
+            let (action, (ok, out, err)) = a.join().unwrap();
+            assert!(
+                ok,
+                "round {round}: {action}: {out}{err}\n{}",
+                tern.log_text()
+            );
+        }
+        let now = state(&tern);
+        match now.as_str() {
+            "started" => {
+                assert_eq!(machine_processes(&tern), 1, "round {round}: started");
+                let resp = get(&tern);
+                assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+                assert_eq!(header(&resp, "tern-machine-start"), None);
+            }
+            "stopped" => {
+                let none =
+                    eventually(Duration::from_secs(10), || machine_processes(&tern) == 0).await;
+                assert!(none, "round {round}: stopped, yet its process runs");
+            }
+            other => panic!("round {round}: every action answered, yet the machine is {other}"),
+        }
+    }
+    let log = tern.log_text();
+    assert!(!log.contains("failed to start"), "{log}");
+}
