@@ -263,6 +263,11 @@ pub(crate) async fn serve_machine(listener: TcpListener, who: Arc<Who>) {
                     if let Some(switching) = websocket_echo(&mut req) {
                         return Ok::<_, Infallible>(switching);
                     }
+                    // `/sleep/MS`: a slow request (at most a minute), to see load.
+                    let pause = req.uri().path().strip_prefix("/sleep/");
+                    if let Some(ms) = pause.and_then(|ms| ms.parse::<u64>().ok()) {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+                    }
                     Ok::<_, Infallible>(answer(&req, &who))
                 }
             });

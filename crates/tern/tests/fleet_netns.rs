@@ -187,7 +187,24 @@ impl Machine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 (CPython is on every machine of this kind)");
-        Machine(child)
+        let machine = Machine(child);
+        // Python takes a while to start on a loaded machine: requests must not
+        // race it. The wait runs where the machine is, in the node's namespace.
+        let waited = node
+            .command("python3")
+            .args([
+                "-c",
+                "import socket, sys, time\n\
+                 for _ in range(400):\n    \
+                 try:\n        socket.create_connection((sys.argv[1], 7000), 0.2).close(); sys.exit(0)\n    \
+                 except OSError:\n        time.sleep(0.05)\n\
+                 sys.exit(1)",
+                &ip.to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(waited.success(), "machine {id} never listened on {ip}:7000");
+        machine
     }
 }
 

@@ -561,3 +561,49 @@ async fn starts_and_stops_that_race_end_in_one_consistent_state() {
     let log = tern.log_text();
     assert!(!log.contains("failed to start"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_app_gets_another_machine_started_while_its_requests_go_on() {
+    let ports = Ports::new();
+    let ips = Ips::new();
+    let mut text = format!(
+        "{head}\n[lifecycle]\nstop_timeout = \"2s\"\n{app}\n",
+        head = config_head(ports, ""),
+        app = web_app(
+            ports.http,
+            r#"concurrency = { type = "requests", soft_limit = 1, hard_limit = 25 }"#
+        ),
+    );
+    for (i, state) in [(1u8, "started"), (2, "stopped")] {
+        text.push_str(&format!(
+            "[[machine]]\nid = \"m{i}\"\napp = \"web\"\nregion = \"ams\"\nip = \"{}\"\ndriver = \"process\"\n{}\n",
+            ips.get(i),
+            demo_machine(state)
+        ));
+    }
+    let tern = Tern::start(&text, ports);
+    let up = eventually(Duration::from_secs(10), || states(&tern)["m1"] == "started").await;
+    assert!(up, "{:?}", states(&tern));
+    assert_eq!(states(&tern)["m2"], "stopped");
+
+    // One slow request puts m1 at its soft limit.
+    let port = ports.http;
+    let slow = std::thread::spawn(move || {
+        http_get_raw(("127.0.0.1", port), "/sleep/2000", "web.test").unwrap_or_default()
+    });
+    let busy = eventually(Duration::from_secs(5), || {
+        let catalog = tern.admin_get("/catalog");
+        catalog.contains("\"band\": \"over_soft\"")
+    })
+    .await;
+    assert!(busy, "{}", tern.admin_get("/catalog"));
+    // The next request is served at once by m1, and m2 starts meanwhile.
+    let resp = get(&tern);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(header(&resp, "x-machine-id"), Some("m1"));
+    assert_eq!(header(&resp, "tern-machine-start"), None, "it did not wait");
+    let started = eventually(Duration::from_secs(10), || states(&tern)["m2"] == "started").await;
+    assert!(started, "{:?}", states(&tern));
+    let slow = slow.join().unwrap();
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+}
