@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,20 +49,11 @@ fn the_demo_runs_its_machines_as_processes_and_wakes_the_sleepy_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(demo.stdout.take().unwrap());
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !printed.contains("Press Ctrl-C") {
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not come up:\n{printed}"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("the demo exited:\n{printed}");
-        }
-        printed.push_str(&line);
-    }
+    let printed = demo_welcome(&mut demo);
+    assert!(
+        printed.contains("curl -i http://sleepy.localhost:"),
+        "the demo shows how to wake the sleepy machine:\n{printed}"
+    );
     let edge = ("127.0.0.1", http);
     let resp = http_get_raw(edge, "/", "demo.localhost").unwrap();
     assert!(resp.contains("Hello from machine m-demo-"), "{resp}");

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,20 +34,7 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(demo.stdout.take().unwrap());
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !printed.contains("Press Ctrl-C") {
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not come up:\n{printed}"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("the demo exited:\n{printed}");
-        }
-        printed.push_str(&line);
-    }
+    let printed = demo_welcome(&mut demo);
     let edge = ("127.0.0.1", http);
     let resp = http_get_raw(edge, "/", "demo.localhost").unwrap();
     assert!(

@@ -79,6 +79,25 @@ fn gone(pid: u32) -> bool {
     matches!(proc_state(pid), None | Some('Z'))
 }
 
+/// Tern with `m1` declared started, once Tern has started it: Tern, its
+/// configuration, and the machine's pid (from a request it served).
+async fn with_a_started_machine() -> (Tern, String, u32) {
+    let ports = Ports::new();
+    let ip = Ips::new().get(1);
+    let text = config(ports, ip, &demo_machine("started"), "");
+    let tern = Tern::start(&text, ports);
+    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
+    assert!(
+        up,
+        "declared started, it is started at boot: {}",
+        state(&tern)
+    );
+    let first = get(&tern);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let pid = pid_of(&first);
+    (tern, text, pid)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_machine_starts_on_the_first_request_and_serves_it() {
     let ports = Ports::new();
@@ -180,18 +199,7 @@ async fn a_machine_that_never_listens_gives_the_coded_timeout_and_is_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_machine_that_exits_leaves_rotation_and_the_next_request_starts_it_again() {
-    let ports = Ports::new();
-    let ip = Ips::new().get(1);
-    let tern = Tern::start(&config(ports, ip, &demo_machine("started"), ""), ports);
-    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
-    assert!(
-        up,
-        "declared started, it is started at boot: {}",
-        state(&tern)
-    );
-    let first = get(&tern);
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let pid = pid_of(&first);
+    let (tern, _, pid) = with_a_started_machine().await;
 
     // A crash.
     let _ = std::process::Command::new("kill")
@@ -209,13 +217,7 @@ async fn a_machine_that_exits_leaves_rotation_and_the_next_request_starts_it_aga
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_suspended_machine_keeps_its_process_and_resumes_on_the_next_request() {
-    let ports = Ports::new();
-    let ip = Ips::new().get(1);
-    let text = config(ports, ip, &demo_machine("started"), "");
-    let tern = Tern::start(&text, ports);
-    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
-    assert!(up);
-    let pid = pid_of(&get(&tern));
+    let (tern, text, pid) = with_a_started_machine().await;
 
     // Declared suspended, by a reload.
     std::fs::write(
@@ -249,12 +251,7 @@ async fn a_suspended_machine_keeps_its_process_and_resumes_on_the_next_request()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_tern_leaves_no_machine_behind() {
-    let ports = Ports::new();
-    let ip = Ips::new().get(1);
-    let mut tern = Tern::start(&config(ports, ip, &demo_machine("started"), ""), ports);
-    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
-    assert!(up);
-    let pid = pid_of(&get(&tern));
+    let (mut tern, _, pid) = with_a_started_machine().await;
     assert!(!gone(pid));
     tern.child.kill().unwrap();
     let _ = tern.child.wait();
@@ -264,12 +261,7 @@ async fn sigkill_of_tern_leaves_no_machine_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_of_tern_stops_its_machines_cleanly() {
-    let ports = Ports::new();
-    let ip = Ips::new().get(1);
-    let mut tern = Tern::start(&config(ports, ip, &demo_machine("started"), ""), ports);
-    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
-    assert!(up);
-    let pid = pid_of(&get(&tern));
+    let (mut tern, _, pid) = with_a_started_machine().await;
     let status = tern.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(gone(pid));
@@ -470,11 +462,8 @@ async fn a_websocket_client_gets_a_close_frame_when_its_machine_is_stopped() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let ports = Ports::new();
-    let ip = Ips::new().get(1);
-    let tern = Tern::start(&config(ports, ip, &demo_machine("started"), ""), ports);
-    let up = eventually(Duration::from_secs(10), || state(&tern) == "started").await;
-    assert!(up);
+    let (tern, _, _) = with_a_started_machine().await;
+    let ports = tern.ports;
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.http))
         .await
         .unwrap();

@@ -658,3 +658,24 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
         .map_err(|e| format!("reading the body: {e}"))?;
     Ok((head, body))
 }
+
+/// What `tern demo` prints until it is up ("Press Ctrl-C"), read from its
+/// stdout (bounded: a minute). Panics, with what it printed, if it exits first.
+pub fn demo_welcome(demo: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(demo.stdout.take().expect("the demo's stdout, piped"));
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.contains("Press Ctrl-C") {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not come up:\n{printed}"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("the demo exited:\n{printed}");
+        }
+        printed.push_str(&line);
+    }
+    printed
+}
