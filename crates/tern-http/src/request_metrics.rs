@@ -1,14 +1,16 @@
 //! Per-request metrics with their handles cached, so the hot path does no label
-//! allocation or registry lookup once an (app, code, status) has been seen.
+//! allocation or registry lookup once an (app, code, status) has been seen. The
+//! cache is per thread: recording takes no lock and shares no cache line with
+//! another worker (a handle is the recorder's own shared counter either way).
 
 use foldhash::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::cell::RefCell;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 
-/// Most apps whose handles are kept; past it, handles are looked up each time, so
-/// a flood of apps cannot grow memory.
+/// Most apps whose handles a thread keeps; past it, handles are looked up each
+/// time, so a flood of apps cannot grow memory.
 const MAX_APPS: usize = 4096;
 /// Most (code, status) pairs kept per app, for the same reason.
 const MAX_PER_APP: usize = 64;
@@ -20,9 +22,13 @@ struct AppMetrics {
     counters: Vec<((&'static str, u16), Counter)>,
 }
 
+thread_local! {
+    /// This thread's handles by app, looked up by `&str` without allocating: one
+    /// hash per request.
+    static HANDLES: RefCell<HashMap<String, AppMetrics>> = RefCell::new(HashMap::default());
+}
+
 pub(crate) struct RequestMetrics {
-    /// By app, looked up by `&str` without allocating: one hash per request.
-    apps: Mutex<HashMap<String, AppMetrics>>,
     /// Request bodies being read by the buffer phase.
     pub(crate) buffering: Gauge,
 }
@@ -30,7 +36,6 @@ pub(crate) struct RequestMetrics {
 impl Default for RequestMetrics {
     fn default() -> Self {
         RequestMetrics {
-            apps: Mutex::default(),
             buffering: metrics::gauge!("tern_request_bodies_buffering"),
         }
     }
@@ -70,19 +75,21 @@ impl AppMetrics {
 impl RequestMetrics {
     pub(crate) fn record(&self, app: &str, code: &'static str, status: u16, took: Duration) {
         let app = if app.is_empty() { "-" } else { app };
-        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = apps.get_mut(app) {
-            m.record(app, code, status, took);
-            return;
-        }
-        if apps.len() >= MAX_APPS {
-            counter(app, code, status).increment(1);
-            latency(app).record(took.as_secs_f64());
-            return;
-        }
-        let mut fresh = AppMetrics::new(app);
-        fresh.record(app, code, status, took);
-        apps.insert(app.to_owned(), fresh);
+        HANDLES.with(|handles| {
+            let mut apps = handles.borrow_mut();
+            if let Some(m) = apps.get_mut(app) {
+                m.record(app, code, status, took);
+                return;
+            }
+            if apps.len() >= MAX_APPS {
+                counter(app, code, status).increment(1);
+                latency(app).record(took.as_secs_f64());
+                return;
+            }
+            let mut fresh = AppMetrics::new(app);
+            fresh.record(app, code, status, took);
+            apps.insert(app.to_owned(), fresh);
+        });
     }
 }
 
@@ -98,9 +105,18 @@ mod tests {
             m.record("web", "ok", 100 + status, Duration::from_millis(1));
         }
         m.record("", "no_app_for_host", 404, Duration::ZERO);
-        let apps = m.apps.lock().unwrap();
-        assert_eq!(apps.len(), 2);
-        assert_eq!(apps["web"].counters.len(), MAX_PER_APP);
-        assert_eq!(apps["-"].counters.len(), 1);
+        HANDLES.with(|h| {
+            let apps = h.borrow();
+            assert_eq!(apps.len(), 2);
+            assert_eq!(apps["web"].counters.len(), MAX_PER_APP);
+            assert_eq!(apps["-"].counters.len(), 1);
+        });
+        // Another thread has handles of its own.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                m.record("web", "ok", 200, Duration::ZERO);
+                HANDLES.with(|h| assert_eq!(h.borrow()["web"].counters.len(), 1));
+            });
+        });
     }
 }
