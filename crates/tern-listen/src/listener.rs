@@ -234,6 +234,8 @@ async fn handle<IO>(
         }
     };
     let info = tern_tls::handshake_info(&tls);
+    let kind = if info.resumed { "resumed" } else { "full" };
+    metrics::counter!("tern_tls_handshakes_total", "kind" => kind).increment(1);
     if let Some(p) = &probe {
         if let Some(sni) = &info.sni {
             p.set("sni", sni.clone());

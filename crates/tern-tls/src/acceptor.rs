@@ -155,6 +155,9 @@ pub struct HandshakeInfo {
     /// The agreed ALPN protocol, e.g. `b"h2"`; `None` if none was agreed.
     pub alpn: Option<Vec<u8>>,
     pub version: Option<ProtocolVersion>,
+    /// Whether the client resumed an earlier session (no certificate sent, no
+    /// key exchange signed) rather than making a full handshake.
+    pub resumed: bool,
 }
 
 impl HandshakeInfo {
@@ -169,5 +172,6 @@ pub fn handshake_info<IO>(stream: &TlsStream<IO>) -> HandshakeInfo {
         sni: conn.server_name().map(str::to_owned),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         version: conn.protocol_version(),
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     }
 }

@@ -20,7 +20,7 @@ async fn rust_tls_client_with_sni_gets_the_right_app() {
     let ports = Ports::new();
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["web.test", "*.web.test"]);
-    let _tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
+    let tern = Tern::start_in(dir, &web_tls_config(ports, &ips, "", "", ""), ports);
 
     let connector = tls_connector(&certs.ca_pem, &[b"http/1.1"]);
     let tcp = TcpStream::connect(("127.0.0.1", ports.https))
@@ -42,6 +42,32 @@ async fn rust_tls_client_with_sni_gets_the_right_app() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("machine=m1"), "{out}");
     assert!(out.contains("x-forwarded-proto: https"), "{out}");
+
+    // The same client again resumes its session (a TLS 1.3 ticket); the metrics
+    // tell full handshakes from resumed ones.
+    let tcp = TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    let mut again = connector
+        .connect(ServerName::try_from("shop.web.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    again
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.web.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), again.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_tls_handshakes_total{kind=\"full\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_tls_handshakes_total{kind=\"resumed\"} 1"),
+        "{metrics}"
+    );
 
     // A name no certificate covers is refused at the handshake (unknown_sni = reject).
     let tcp = TcpStream::connect(("127.0.0.1", ports.https))
