@@ -8,11 +8,13 @@
 //!   the ordinary way, for comparison.
 //! - `idle`: opens many TLS keep-alive connections, makes one request on each, then
 //!   holds them open (scenario 5).
+//! - `polls`: one future polled N times, watched or not (bench/instructions).
 
 mod backend;
 mod certs;
 mod client;
 mod idle;
+mod polls;
 mod storm;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,8 @@ enum Command {
     Storm(storm::StormArgs),
     /// Open TLS keep-alive connections, make one request on each, then hold them.
     Idle(idle::IdleArgs),
+    /// Poll one future N times, each poll moving a byte (bench/instructions).
+    Polls(polls::PollsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Backend(args) => backend::run(&args),
         Command::Storm(args) => storm::run(&args),
         Command::Idle(args) => idle::run(&args),
+        Command::Polls(args) => polls::run(&args),
     }
 }
