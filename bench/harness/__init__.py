@@ -1,0 +1,1 @@
+"""The modules of bench/run: Tern against nginx, HAProxy and the bare backend."""

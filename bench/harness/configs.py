@@ -1,0 +1,78 @@
+"""Renders the Tern, nginx and HAProxy configurations from bench/templates/."""
+
+import os
+import string
+
+from .common import HOST, PORTS, RESULTS, TEMPLATES
+
+# What Tern does to every request by default, and nginx and HAProxy are set up to
+# do too, so that all three do the same job: X-Forwarded-For, -Proto and -Port,
+# the client's address and the region in fields of their own, Via both ways, and
+# a fresh request id sent to the backend and returned to the client. The directives
+# are bench/templates/{nginx-forwarding.conf,haproxy-forwarding.cfg}, pasted in as
+# they are (they hold nginx's own $variables).
+FORWARDING = True
+# The TLS 1.3 suites in Tern's order of preference, given to nginx and HAProxy too.
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def template_text(file_name):
+    with open(os.path.join(TEMPLATES, file_name)) as f:
+        return f.read()
+
+
+def render(file_name, **values):
+    return string.Template(template_text(file_name)).substitute(values)
+
+
+def tern_config(work, name, watchdog):
+    p = PORTS[name]
+    return render("tern.toml.tmpl", name=name, admin_port=p["admin"],
+                  certs=os.path.join(work, "tern-certs"), watchdog="true" if watchdog else "false",
+                  host=HOST, backend_port=PORTS["direct"]["http"], http_port=p["http"],
+                  https_port=p["https"])
+
+
+def nginx_config(work, name, forwarding):
+    p = PORTS[name]
+    return render("nginx.conf.tmpl", dir=os.path.join(work, name), certs=os.path.join(work, "certs"),
+                  tls13_suites=TLS13_SUITES, backend_port=PORTS["direct"]["http"],
+                  http_port=p["http"], https_port=p["https"], host=HOST,
+                  forwarding=template_text("nginx-forwarding.conf") if forwarding else "")
+
+
+def haproxy_config(work, name, forwarding):
+    p = PORTS[name]
+    return render("haproxy.cfg.tmpl", tls13_suites=TLS13_SUITES, http_port=p["http"],
+                  https_port=p["https"], certs=os.path.join(work, "certs"),
+                  backend_port=PORTS["direct"]["http"],
+                  forwarding=template_text("haproxy-forwarding.cfg") if forwarding else "")
+
+
+def config_texts(work):
+    """Every configuration of a run but --baseline's, by its file name in `work`."""
+    return {
+        "tern.toml": tern_config(work, "tern", watchdog=True),
+        "tern-nowd.toml": tern_config(work, "tern-nowd", watchdog=False),
+        "nginx.conf": nginx_config(work, "nginx", FORWARDING),
+        "haproxy.cfg": haproxy_config(work, "haproxy", FORWARDING),
+        "nginx-bare.conf": nginx_config(work, "nginx-bare", forwarding=False),
+        "haproxy-bare.cfg": haproxy_config(work, "haproxy-bare", forwarding=False),
+    }
+
+
+def write_config(work, name, text):
+    with open(os.path.join(work, name), "w") as f:
+        f.write(text)
+
+
+def publish_configs(work):
+    """Copies the configurations to bench/results/configs/, the temporary directory
+    written as WORK so that they do not change from run to run."""
+    cdir = os.path.join(RESULTS, "configs")
+    os.makedirs(cdir, exist_ok=True)
+    for name in config_texts(work):
+        with open(os.path.join(work, name)) as f:
+            text = f.read().replace(work, "WORK")
+        with open(os.path.join(cdir, name), "w") as f:
+            f.write(text)
