@@ -56,7 +56,7 @@ def method_lines(cfg):
       "client leads with ChaCha20-Poly1305, as Tern does by default. nginx and HAProxy "
       "do to each request what Tern does by default: X-Forwarded-For, -Proto and -Port, the client address "
       "and the region in fields of their own, Via both ways, and a fresh request id sent to the backend and "
-      "returned to the client (`FORWARDING` in bench/run; the configurations are in "
+      "returned to the client (`FORWARDING` in bench/harness/configs.py, with bench/templates/; the configurations are in "
       "bench/results/configs/). The head-to-head section also loads them without it (nginx-bare, haproxy-bare).")
     a(f"- Pinning: the backend and every proxy run under `taskset -c {SERVER_CPU}`; wrk, h2load and the "
       f"tern-bench clients under `taskset -c {LOAD_CPU}`. All processes stay up for the whole run; the idle "
@@ -201,7 +201,7 @@ def head_to_head_lines(summary):
           "request over Tern's: below 1, the other proxy does a request with less CPU than Tern. "
           "nginx and haproxy are configured to do what Tern does to every request (X-Forwarded-For, "
           "-Proto and -Port, the client address and the region in fields of their own, Via both ways, a "
-          "request id to the backend and back: `FORWARDING` in bench/run); nginx-bare and haproxy-bare "
+          "request id to the backend and back: `FORWARDING` in bench/harness/configs.py, with bench/templates/); nginx-bare and haproxy-bare "
           "are the same proxies without it, doing less per request than Tern. Traffic https-close is "
           "scenario 3's: `Connection: close`, so every request costs a TLS handshake (resumed, as wrk "
           "resumes sessions).\n")
