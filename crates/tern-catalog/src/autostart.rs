@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use tern_balance::Band;
 
-use crate::model::MachineState;
 use crate::snapshot::{AppEntry, Pick, ServiceEntry, Snapshot};
 
 /// What a request needs of the lifecycle manager before it is admitted.
@@ -78,18 +77,23 @@ pub trait Autostart: Send + Sync + 'static {
     /// start's error); otherwise at once, the start going on. `Ok(None)` when no
     /// machine could be started. Requests that ask while a start is under way
     /// join it rather than start another.
-    fn wake<'a>(
-        &'a self,
-        snapshot: &'a Snapshot,
-        app: &'a AppEntry,
-        service: &'a ServiceEntry,
-        wait: bool,
-    ) -> WakeFuture<'a>;
+    fn wake<'a>(&'a self, snapshot: &'a Snapshot, app: &'a AppEntry, wait: bool) -> WakeFuture<'a>;
 
     /// Brings up this node's own machine `id`, which a peer chose for a request
     /// (the peer cannot start it: only its node does), and waits for it.
     /// `Ok(None)` when it was up already or is not one this node runs.
-    fn wake_machine<'a>(&'a self, service: &'a ServiceEntry, id: &'a str) -> WakeFuture<'a>;
+    fn wake_machine<'a>(&'a self, id: &'a str) -> WakeFuture<'a>;
+}
+
+impl StartNeed {
+    /// Whether to start a machine, and whether the request waits for it.
+    pub fn wait(self) -> Option<bool> {
+        match self {
+            StartNeed::None => None,
+            StartNeed::Background => Some(false),
+            StartNeed::Wait => Some(true),
+        }
+    }
 }
 
 impl Snapshot {
@@ -124,17 +128,6 @@ impl Snapshot {
     }
 }
 
-/// How soon a machine that is not up can be: a start under way, then a resume,
-/// then a cold start. `None` for a machine that cannot be started from here.
-fn wake_rank(state: MachineState) -> Option<u8> {
-    match state {
-        MachineState::Starting => Some(0),
-        MachineState::Suspended => Some(1),
-        MachineState::Stopped | MachineState::Created => Some(2),
-        _ => None,
-    }
-}
-
 impl Snapshot {
     /// Another node's machine of `app` that its node could start for a request:
     /// one its node runs (not external), not up, with a status out for it and its
@@ -150,7 +143,7 @@ impl Snapshot {
             .filter(|m| !m.is_local() && !m.def.driver.is_external() && m.live.reported())
             .filter(|m| m.node.as_ref().is_some_and(|n| n.reachable()))
             .filter_map(|m| {
-                let rank = wake_rank(m.live.state())?;
+                let rank = m.live.state().wake_rank()?;
                 let pick = Pick {
                     machine: Arc::clone(m),
                     slot: Arc::clone(m.live.slot(port)?),

@@ -223,6 +223,18 @@ impl MachineState {
         }
     }
 
+    /// How soon a machine in this state can take traffic when asked to start,
+    /// for choosing which to start: a start under way (it is joined), then a
+    /// resume, then a cold start. `None` for a state no start begins from.
+    pub fn wake_rank(self) -> Option<u8> {
+        match self {
+            MachineState::Starting => Some(0),
+            MachineState::Suspended => Some(1),
+            MachineState::Stopped | MachineState::Created => Some(2),
+            _ => None,
+        }
+    }
+
     pub(crate) fn to_u8(self) -> u8 {
         self as u8
     }

@@ -9,4 +9,5 @@ mod slot;
 mod task;
 
 pub use checker::HealthChecker;
+pub use plan::{host_header, http_probe};
 pub use probe::{Probe, ProbeError, USER_AGENT_VALUE};

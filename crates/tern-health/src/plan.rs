@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_catalog::model::MachineState;
+use tern_catalog::model::{HttpCheckDef, MachineState};
 use tern_catalog::{AppEntry, ServiceSlot, Snapshot};
 
 use crate::probe::Probe;
@@ -102,13 +102,7 @@ pub(crate) fn plan(snap: &Snapshot) -> BTreeMap<CheckKey, Planned> {
                     );
                 }
                 for (i, c) in svc.def.http_checks.iter().enumerate() {
-                    let probe = Probe::Http {
-                        addr,
-                        timeout: c.timeout,
-                        method: c.method.clone(),
-                        path: c.path.clone(),
-                        host: host.clone().unwrap_or_else(|| addr.to_string()),
-                    };
+                    let probe = http_probe(c, addr, host.as_deref());
                     out.insert(
                         key(CheckKind::Http, i),
                         planned(probe, c.interval, c.grace_period),
@@ -122,8 +116,20 @@ pub(crate) fn plan(snap: &Snapshot) -> BTreeMap<CheckKey, Planned> {
 
 /// The app's first concrete hostname: apps often route by Host, and a wildcard
 /// cannot be sent as one. `None` means "use the machine's address".
-fn host_header(app: &AppEntry) -> Option<String> {
+pub fn host_header(app: &AppEntry) -> Option<String> {
     app.hostnames.iter().find(|h| !h.contains('*')).cloned()
+}
+
+/// One HTTP check of a service against the machine at `addr`, sent with `host`
+/// (the app's, from `host_header`) or else the machine's address.
+pub fn http_probe(check: &HttpCheckDef, addr: SocketAddr, host: Option<&str>) -> Probe {
+    Probe::Http {
+        addr,
+        timeout: check.timeout,
+        method: check.method.clone(),
+        path: check.path.clone(),
+        host: host.map_or_else(|| addr.to_string(), str::to_owned),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::headers;
 use crate::rewrite::{strip_backhaul_fields, Prepared};
 use crate::send::Relayed;
 use crate::upstream::{Sender, Upstreams};
+use crate::ws_goodbye::goodbye_watch;
 
 /// How long the respond phase waits for a body's first frame before it relays
 /// the head without it. A machine that closes right after its head is found out
@@ -120,12 +121,7 @@ impl Proxy {
             };
             let machine_upgrade = hyper::upgrade::on(&mut resp);
             let machine = pick.machine.def.id.clone();
-            let websocket = resp
-                .headers()
-                .get(http::header::UPGRADE)
-                .is_some_and(crate::tunnel::is_websocket);
-            let leaving =
-                (websocket && pick.machine.is_local()).then(|| pick.machine.live.leaving());
+            let leaving = goodbye_watch(pick, resp.headers().get(http::header::UPGRADE));
             self.spawn_tunnel(
                 machine,
                 async move {

@@ -31,12 +31,7 @@ use crate::rewrite::{strip_backhaul_fields, to_peer, Prepared};
 use crate::route::{Route, Target};
 use crate::send::{backhaul_error, header_timeout, upstream_error, Relayed};
 use crate::upstream::{Sender, Want};
-use crate::ws_goodbye::splice_websocket;
-
-/// Whether an `Upgrade` value names WebSocket.
-pub(crate) fn is_websocket(protocol: &HeaderValue) -> bool {
-    protocol.as_bytes().eq_ignore_ascii_case(b"websocket")
-}
+use crate::ws_goodbye::{goodbye_watch, splice_websocket};
 
 impl Proxy {
     /// Joins two ends once both are there, and copies both ways (the machine
@@ -293,10 +288,7 @@ impl Proxy {
         let machine_side = switched.then(|| hyper::upgrade::on(&mut resp));
         let (mut head, body) = resp.into_parts();
         let protocol = head.headers.get(UPGRADE).cloned();
-        let leaving = protocol
-            .as_ref()
-            .filter(|p| is_websocket(p))
-            .map(|_| pick.machine.live.leaving());
+        let leaving = goodbye_watch(pick, protocol.as_ref());
         headers::strip_hop_by_hop(&mut head.headers, false);
         head.headers
             .insert(fields::STATUS.clone(), HeaderValue::from(status.as_u16()));

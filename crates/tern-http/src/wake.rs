@@ -6,7 +6,7 @@
 //! starts it here.
 
 use http::HeaderValue;
-use tern_catalog::{Pick, Snapshot, StartNeed, WakeError, Woken};
+use tern_catalog::{Pick, Snapshot, WakeError, Woken};
 
 use crate::context::Proxy;
 use crate::error::{ErrorCode, ProxyError};
@@ -34,17 +34,13 @@ impl Proxy {
         };
         let woken = match &route.target {
             // A peer chose this node's machine: only this node can start it.
-            Target::Machine(id) => autostart.wake_machine(&route.service, id).await,
+            Target::Machine(id) => autostart.wake_machine(id).await,
             Target::Balance => {
-                let wait = match snapshot.start_need(&route.app, &route.service) {
-                    StartNeed::None => return Ok(Wake::Nothing),
-                    StartNeed::Background => false,
-                    StartNeed::Wait => true,
+                let Some(wait) = snapshot.start_need(&route.app, &route.service).wait() else {
+                    return Ok(Wake::Nothing);
                 };
                 let woken = if route.app.startable {
-                    autostart
-                        .wake(snapshot, &route.app, &route.service, wait)
-                        .await
+                    autostart.wake(snapshot, &route.app, wait).await
                 } else {
                     Ok(None)
                 };

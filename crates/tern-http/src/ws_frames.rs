@@ -24,10 +24,7 @@ enum State {
 impl Default for FrameBoundaries {
     fn default() -> Self {
         FrameBoundaries {
-            state: State::Header {
-                have: 0,
-                head: [0; 14],
-            },
+            state: State::between_frames(),
         }
     }
 }
@@ -38,10 +35,9 @@ impl FrameBoundaries {
         matches!(self.state, State::Header { have: 0, .. })
     }
 
-    /// Reads `bytes` as the stream's next bytes. Returns how many of them end
-    /// at the first frame boundary on the way, or `None` when there is none in
-    /// them (all are consumed). A frame with no payload that ends exactly at
-    /// the start of `bytes` is not counted: the stream must move.
+    /// Reads `bytes` as the stream's next bytes, up to the first frame boundary
+    /// in them: returns how many were read to reach it, or `None` when there is
+    /// none (all were read).
     pub fn advance(&mut self, bytes: &[u8]) -> Option<usize> {
         let mut used = 0;
         while used < bytes.len() {
@@ -51,7 +47,7 @@ impl FrameBoundaries {
                     used += take;
                     *left -= take as u64;
                     if *left == 0 {
-                        self.state = State::default_header();
+                        self.state = State::between_frames();
                         return Some(used);
                     }
                 }
@@ -60,14 +56,11 @@ impl FrameBoundaries {
                     *have += 1;
                     used += 1;
                     if let Some(payload) = header_done(&head[..*have]) {
-                        self.state = if payload == 0 {
-                            State::default_header()
-                        } else {
-                            State::Payload { left: payload }
-                        };
                         if payload == 0 {
+                            self.state = State::between_frames();
                             return Some(used);
                         }
+                        self.state = State::Payload { left: payload };
                     }
                 }
             }
@@ -77,7 +70,7 @@ impl FrameBoundaries {
 }
 
 impl State {
-    fn default_header() -> State {
+    fn between_frames() -> State {
         State::Header {
             have: 0,
             head: [0; 14],

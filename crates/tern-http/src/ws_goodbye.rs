@@ -6,6 +6,8 @@
 use std::io;
 use std::time::Duration;
 
+use http::HeaderValue;
+use tern_catalog::Pick;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -14,6 +16,18 @@ use crate::ws_frames::{FrameBoundaries, GOING_AWAY};
 /// How long the machine has to reach the end of the frame it is sending, and the
 /// client to answer the Close, before Tern closes the tunnel anyway.
 const GRACE: Duration = Duration::from_secs(2);
+
+/// What a tunnel to `pick` watches to say goodbye to its client: the machine's
+/// `leaving`, for a WebSocket (`upgrade`) to a machine this node runs and so may
+/// stop or suspend. Other tunnels are copied as bytes, with no frames tracked.
+pub(crate) fn goodbye_watch(
+    pick: &Pick,
+    upgrade: Option<&HeaderValue>,
+) -> Option<watch::Receiver<u64>> {
+    let websocket = upgrade.is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let runs_it = pick.machine.is_local() && !pick.machine.def.driver.is_external();
+    (websocket && runs_it).then(|| pick.machine.live.leaving())
+}
 
 /// Copies both ways until both directions end, or until `leaving` changes:
 /// then the client gets the Close frame at the machine's next frame boundary,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Method, Request, Uri, Version};
 use tern_backhaul::{fields, Ready, Tunnel};
 use tern_catalog::model::ProxyProto;
-use tern_catalog::{AttemptError, Peer, Pick, StartNeed};
+use tern_catalog::{AttemptError, Peer, Pick};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -66,13 +66,8 @@ where
         opened
     };
     if let Some(autostart) = shared.proxy.autostart() {
-        let wait = match snap.start_need(&app, &service) {
-            StartNeed::None => None,
-            StartNeed::Background => Some(false),
-            StartNeed::Wait => Some(true),
-        };
-        if let Some(wait) = wait {
-            if let Err(e) = autostart.wake(&snap, &app, &service, wait).await {
+        if let Some(wait) = snap.start_need(&app, &service).wait() {
+            if let Err(e) = autostart.wake(&snap, &app, wait).await {
                 tracing::info!(%peer, app = %app.name, error = %e, "TCP connection refused");
                 count(&app.name, "machine_start");
                 return;

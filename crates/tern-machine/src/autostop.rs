@@ -5,7 +5,7 @@
 //! stopped once it has had no load for `idle_timeout`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tern_balance::Band;
@@ -45,9 +45,7 @@ pub(crate) struct Action {
 /// longest idle among equals) while there are more than needed; a lone machine
 /// only after `idle_timeout` without load.
 pub(crate) fn choose(started: &[Seen], min_running: u32, idle_timeout: Duration) -> Option<usize> {
-    let over = started.iter().filter(|m| m.over_soft).count();
-    let needed = (over + 1).max(min_running as usize);
-    if started.len() > needed {
+    if started.len() > needed(started, min_running) {
         return started
             .iter()
             .enumerate()
@@ -59,6 +57,13 @@ pub(crate) fn choose(started: &[Seen], min_running: u32, idle_timeout: Duration)
         return Some(0);
     }
     None
+}
+
+/// Started machines a region needs: one more than those over their soft limit,
+/// and never fewer than `min_running`.
+fn needed(started: &[Seen], min_running: u32) -> usize {
+    let over = started.iter().filter(|m| m.over_soft).count();
+    (over + 1).max(min_running as usize)
 }
 
 /// Each machine's use at the last pass: units taken, and since when it idles.
@@ -91,7 +96,7 @@ impl Usage {
         now.saturating_duration_since(entry.1)
     }
 
-    fn forget_others(&mut self, keep: &[String]) {
+    fn forget_others(&mut self, keep: &HashSet<String>) {
         self.seen.retain(|id, _| keep.contains(id));
     }
 }
@@ -106,7 +111,7 @@ pub(crate) fn pass(
     now: Instant,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let mut tracked = Vec::new();
+    let mut tracked = HashSet::new();
     for app in snapshot.apps.values().filter(|a| a.startable) {
         let Some((suspend, min_running)) = policy(app) else {
             continue;
@@ -123,7 +128,7 @@ pub(crate) fn pass(
                 over_soft |= slot.band() != Band::UnderSoft;
             }
             let idle_for = usage.idle_for(&m.def.id, taken, load, started_at, now);
-            tracked.push(m.def.id.clone());
+            tracked.insert(m.def.id.clone());
             regions.entry(&m.def.region).or_default().push(Seen {
                 id: m.def.id.clone(),
                 load,
@@ -133,12 +138,11 @@ pub(crate) fn pass(
         }
         for started in regions.values() {
             if let Some(i) = choose(started, min_running, idle_timeout) {
-                let over = started.iter().filter(|m| m.over_soft).count();
                 actions.push(Action {
                     machine: started[i].id.clone(),
                     suspend,
                     started: started.len(),
-                    needed: (over + 1).max(min_running as usize),
+                    needed: needed(started, min_running),
                 });
             }
         }

@@ -86,7 +86,6 @@ pub struct Controller {
     def: MachineDef,
     /// What makes each of its services up.
     services: Vec<Readiness>,
-    ports: Vec<u16>,
     fleet: Arc<Fleet>,
     driver: Arc<dyn Driver>,
     timing: Timing,
@@ -117,11 +116,9 @@ impl Controller {
             failure: None,
             since: Instant::now(),
         });
-        let ports = services.iter().map(|s| s.port).collect();
         Arc::new(Controller {
             def,
             services,
-            ports,
             fleet,
             driver,
             timing,
@@ -226,7 +223,7 @@ impl Controller {
                             return Err(failure.clone());
                         }
                     }
-                    self.begin_start();
+                    self.start_in_background();
                     continue;
                 }
                 MachineState::Stopping | MachineState::Suspending => {}
@@ -239,29 +236,27 @@ impl Controller {
         }
     }
 
-    /// Starts the machine in a task of its own, unless a start is under way.
-    fn begin_start(self: &Arc<Self>) {
+    /// Starts the machine in a task of its own, unless a start is under way or it
+    /// is up; returns at once. The requests queued for its app are woken when it
+    /// is up.
+    pub fn start_in_background(self: &Arc<Self>) {
         let startable = [
             MachineState::Stopped,
             MachineState::Created,
             MachineState::Suspended,
         ];
+        let kind_from = |state| match state {
+            MachineState::Suspended => StartKind::Resume,
+            _ => StartKind::Cold,
+        };
         let Some(before) = self.transition(&startable, MachineState::Starting, |s| {
             s.attempt += 1;
             s.failure = None;
-            s.kind = if s.state == MachineState::Suspended {
-                StartKind::Resume
-            } else {
-                StartKind::Cold
-            };
+            s.kind = kind_from(s.state);
         }) else {
             return;
         };
-        let kind = if before.state == MachineState::Suspended {
-            StartKind::Resume
-        } else {
-            StartKind::Cold
-        };
+        let kind = kind_from(before.state);
         let me = Arc::clone(self);
         tokio::spawn(async move { me.run_start(kind).await });
     }
@@ -286,6 +281,7 @@ impl Controller {
                         StartKind::Resume => c.resumes += 1,
                     });
                     tracing::info!(machine = %self.def.id, kind = kind.as_str(), took_ms = took.as_secs_f64() * 1e3, "machine started");
+                    self.wake_queued();
                 }
             }
             Err(reason) => {
@@ -304,10 +300,22 @@ impl Controller {
         }
     }
 
+    /// Requests waiting in the queues of the machine's app (every machine at its
+    /// hard limit) try again: this one has room now.
+    fn wake_queued(&self) {
+        let snapshot = self.fleet.snapshot();
+        if let Some(app) = snapshot.apps.get(&self.def.app) {
+            for service in &app.services {
+                service.queue.notifier().notify_waiters();
+            }
+        }
+    }
+
     async fn cold_start(self: &Arc<Self>) -> Result<(), StartError> {
+        let ports: Vec<u16> = self.services.iter().map(|s| s.port).collect();
         let running = self
             .driver
-            .start(&self.def, &self.ports)
+            .start(&self.def, &ports)
             .await
             .map_err(|e| StartError::Failed(e.to_string()))?;
         let control: Arc<dyn Control> = Arc::from(running.control);
@@ -345,9 +353,10 @@ impl Controller {
     /// before it stopped may have left them otherwise).
     async fn listening(&self) -> Result<(), StartError> {
         let limit = self.timing.start_timeout;
-        wait_until_up(self.def.ip, &self.services, limit)
-            .await
-            .map_err(|_| StartError::Timeout(limit))?;
+        if let Err(why) = wait_until_up(self.def.ip, &self.services, limit).await {
+            tracing::info!(machine = %self.def.id, %why, "machine not up");
+            return Err(StartError::Timeout(limit));
+        }
         if let Some(m) = self.fleet.snapshot().machines.get(&self.def.id) {
             for (_, slot) in m.live.slots() {
                 slot.set_healthy(true);

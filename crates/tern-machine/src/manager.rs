@@ -7,15 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tern_catalog::model::{MachineDef, MachineState};
-use tern_catalog::{
-    AppEntry, Autostart, Catalog, Fleet, ServiceEntry, Snapshot, WakeError, WakeFuture, Woken,
-};
+use tern_catalog::{AppEntry, Autostart, Catalog, Fleet, Snapshot, WakeError, WakeFuture, Woken};
 
 use crate::autostop::{self, AutostopSettings, Usage};
 use crate::controller::{ControlError, Controller, StartError, Timing};
 use crate::driver::Driver;
 use crate::ready::Readiness;
-use tern_health::Probe;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ManageError {
@@ -133,8 +130,10 @@ impl Machines {
 
     /// Makes the controllers match this node's machines in `snapshot`: new ones
     /// get a controller and go to their declared state; a machine whose
-    /// definition changed is stopped and gets a new controller; one that is
-    /// gone is stopped. A change of the declared state alone moves the machine.
+    /// definition changed is stopped and gets a new controller, which moves
+    /// only once the old process is gone (it holds the machine's ports); one
+    /// that is gone is stopped. A change of the declared state alone moves the
+    /// machine.
     fn sync(self: &Arc<Self>, snapshot: &Snapshot) {
         let wanted: HashMap<String, (MachineDef, Vec<Readiness>)> = snapshot
             .machines
@@ -150,7 +149,7 @@ impl Machines {
             })
             .collect();
         let mut controllers = self.controllers();
-        let mut retired = Vec::new();
+        let mut retired = HashMap::new();
         controllers.retain(|id, c| match wanted.get(id) {
             Some((def, services))
                 if same_but_state(c.def(), def) && c.services() == services.as_slice() =>
@@ -158,7 +157,7 @@ impl Machines {
                 true
             }
             _ => {
-                retired.push(Arc::clone(c));
+                retired.insert(id.clone(), Arc::clone(c));
                 false
             }
         });
@@ -184,16 +183,13 @@ impl Machines {
             }
         }
         drop(controllers);
-        for c in retired {
-            tokio::spawn(async move {
-                if let Err(e) = c.stop().await {
-                    tracing::warn!(machine = %c.id(), error = %e, "stopping a machine that left the catalog");
-                }
-            });
-        }
         let start_timeout = self.timing.start_timeout;
         for (c, declared) in moves {
+            let replaced = retired.remove(c.id());
             tokio::spawn(async move {
+                if let Some(old) = replaced {
+                    stop_retired(&old).await;
+                }
                 let result = match declared {
                     MachineState::Started => c
                         .start(start_timeout)
@@ -208,6 +204,9 @@ impl Machines {
                     tracing::warn!(machine = %c.id(), declared = declared.as_str(), error = %e, "machine not moved to its declared state");
                 }
             });
+        }
+        for old in retired.into_values() {
+            tokio::spawn(async move { stop_retired(&old).await });
         }
     }
 
@@ -278,12 +277,7 @@ impl Machines {
             .iter()
             .filter_map(|m| {
                 let c = controllers.get(&m.def.id)?;
-                let rank = match c.state() {
-                    MachineState::Starting => 0,
-                    MachineState::Suspended => 1,
-                    MachineState::Stopped | MachineState::Created => 2,
-                    _ => return None,
-                };
+                let rank = c.state().wake_rank()?;
                 Some((rank, snapshot.distance(m), Arc::clone(c)))
             })
             .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
@@ -291,23 +285,27 @@ impl Machines {
     }
 }
 
+/// Stops the machine of a controller that no longer matches the catalog.
+async fn stop_retired(old: &Controller) {
+    if let Err(e) = old.stop().await {
+        tracing::warn!(machine = %old.id(), error = %e, "stopping a machine whose definition changed or left the catalog");
+    }
+}
+
 /// What makes each service of `machine` up: its port accepts, and its first HTTP
 /// check (if it has any) passes, sent as the health checker sends it.
 fn readiness(app: &AppEntry, machine: &MachineDef) -> Vec<Readiness> {
-    let host = app.hostnames.iter().find(|h| !h.contains('*')).cloned();
+    let host = tern_health::host_header(app);
     app.services
         .iter()
         .map(|s| {
             let port = s.def.internal_port;
             let addr = std::net::SocketAddr::new(machine.ip, port);
-            let check = s.def.http_checks.first().map(|c| Probe::Http {
-                addr,
-                timeout: c.timeout,
-                method: c.method.clone(),
-                path: c.path.clone(),
-                host: host.clone().unwrap_or_else(|| addr.to_string()),
-            });
-            Readiness { port, check }
+            let check = s.def.http_checks.first();
+            Readiness {
+                port,
+                check: check.map(|c| tern_health::http_probe(c, addr, host.as_deref())),
+            }
         })
         .collect()
 }
@@ -320,32 +318,20 @@ fn same_but_state(a: &MachineDef, b: &MachineDef) -> bool {
 }
 
 impl Autostart for Machines {
-    fn wake<'a>(
-        &'a self,
-        snapshot: &'a Snapshot,
-        app: &'a AppEntry,
-        service: &'a ServiceEntry,
-        wait: bool,
-    ) -> WakeFuture<'a> {
+    fn wake<'a>(&'a self, snapshot: &'a Snapshot, app: &'a AppEntry, wait: bool) -> WakeFuture<'a> {
         Box::pin(async move {
             let Some(c) = self.candidate(snapshot, app) else {
                 return Ok(None);
             };
-            let timeout = self.timing.start_timeout;
-            let queue = service.queue.notifier();
             if !wait {
-                tokio::spawn(async move {
-                    if c.start(timeout).await.is_ok() {
-                        queue.notify_waiters();
-                    }
-                });
+                c.start_in_background();
                 return Ok(None);
             }
-            start_and_wait(&c, timeout, &queue).await
+            start_and_wait(&c, self.timing.start_timeout).await
         })
     }
 
-    fn wake_machine<'a>(&'a self, service: &'a ServiceEntry, id: &'a str) -> WakeFuture<'a> {
+    fn wake_machine<'a>(&'a self, id: &'a str) -> WakeFuture<'a> {
         Box::pin(async move {
             let Some(c) = self.controller(id) else {
                 return Ok(None);
@@ -353,29 +339,24 @@ impl Autostart for Machines {
             if c.state() == MachineState::Started {
                 return Ok(None);
             }
-            start_and_wait(&c, self.timing.start_timeout, &service.queue.notifier()).await
+            start_and_wait(&c, self.timing.start_timeout).await
         })
     }
 }
 
-/// Starts `c` (or joins its start) and waits; wakes the requests queued for
-/// the service once it is up.
+/// Starts `c` (or joins its start) and waits for it.
 async fn start_and_wait(
     c: &Arc<Controller>,
     timeout: std::time::Duration,
-    queue: &tokio::sync::Notify,
 ) -> Result<Option<Woken>, WakeError> {
     let asked = Instant::now();
     let app = c.def().app.clone();
     match c.start(timeout).await {
-        Ok(kind) => {
-            queue.notify_waiters();
-            Ok(kind.map(|kind| Woken {
-                machine: c.id().to_owned(),
-                kind,
-                waited: asked.elapsed(),
-            }))
-        }
+        Ok(kind) => Ok(kind.map(|kind| Woken {
+            machine: c.id().to_owned(),
+            kind,
+            waited: asked.elapsed(),
+        })),
         Err(StartError::Timeout(waited)) => Err(WakeError::Timeout {
             app,
             machine: c.id().to_owned(),

@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tern_health::Probe;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Pause between tries while a start is young: a machine binary that listens
@@ -24,7 +23,8 @@ pub struct Readiness {
     pub check: Option<Probe>,
 }
 
-/// Waits until every service in `services` on `ip` is up, up to `limit`.
+/// Waits until every service in `services` on `ip` is up, up to `limit`; else
+/// says which check did not pass.
 pub async fn wait_until_up(
     ip: IpAddr,
     services: &[Readiness],
@@ -33,23 +33,20 @@ pub async fn wait_until_up(
     let deadline = Instant::now() + limit;
     for service in services {
         let addr = SocketAddr::new(ip, service.port);
-        let listening = || async move {
-            tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-                .await
-                .is_ok_and(|c| c.is_ok())
+        let listening = Probe::Tcp {
+            addr,
+            timeout: limit,
         };
-        if !retry_until(deadline, listening).await {
-            return Err(format!("it did not listen on {addr} within {limit:?}"));
-        }
-        if let Some(check) = &service.check {
+        for probe in std::iter::once(&listening).chain(&service.check) {
             let passes = || async move {
-                tokio::time::timeout_at(deadline, check.run())
+                tokio::time::timeout_at(deadline, probe.run())
                     .await
                     .is_ok_and(|r| r.is_ok())
             };
             if !retry_until(deadline, passes).await {
                 return Err(format!(
-                    "its HTTP check on {addr} did not pass within {limit:?}"
+                    "its {} check on {addr} did not pass within {limit:?}",
+                    probe.kind()
                 ));
             }
         }
@@ -101,7 +98,7 @@ mod tests {
         let err = wait_until_up(ip, &port_only(open), Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert!(err.contains("did not listen"), "{err}");
+        assert!(err.contains("its tcp check on"), "{err}");
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -74,14 +74,7 @@ fn the_demo_runs_its_machines_as_processes_and_wakes_the_sleepy_one() {
     let again = http_get_raw(edge, "/", "sleepy.localhost").unwrap();
     assert!(header(&again, "tern-machine-start").is_some(), "{again}");
 
-    let _ = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while demo.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the demo did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    interrupt_demo(&mut demo, Duration::from_secs(30));
     let gone = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         ["127.0.0.11", "127.0.0.14"]

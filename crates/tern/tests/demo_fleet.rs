@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -64,14 +64,7 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
     assert!(resp.contains("edge region: ams"), "{resp}");
 
     // Ctrl-C stops everything it started.
-    let _ = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while demo.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the demo did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    interrupt_demo(&mut demo, Duration::from_secs(20));
     let gone = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         std::net::TcpStream::connect(("127.0.0.1", admin)).is_err()

@@ -659,6 +659,18 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
     Ok((head, body))
 }
 
+/// Ctrl-C to `tern demo`, and its exit, which must come within `within`.
+pub fn interrupt_demo(demo: &mut Child, within: Duration) {
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let deadline = Instant::now() + within;
+    while demo.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What `tern demo` prints until it is up ("Press Ctrl-C"), read from its
 /// stdout (bounded: a minute). Panics, with what it printed, if it exits first.
 pub fn demo_welcome(demo: &mut Child) -> String {
