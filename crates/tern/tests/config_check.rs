@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -252,8 +251,48 @@ fn missing_file_is_an_error() {
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
 }
 
+/// The local ports on which process `pid` holds a listening TCP socket, read from
+/// /proc: its socket inodes matched against the LISTEN rows of the TCP tables.
+/// Unlike a connection probe, this cannot be fooled by another process that
+/// happens to listen on a port this test was given.
+fn ports_listened_by(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // Columns: sl local_address rem_address st ... inode (the tenth).
+            let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            if !inodes.iter().any(|i| i == inode) {
+                continue;
+            }
+            if let Some(port) = local.rsplit(':').next() {
+                ports.extend(u16::from_str_radix(port, 16).ok());
+            }
+        }
+    }
+    ports
+}
+
 /// Starts `tern run --config PATH`, waits (bounded) for it to exit, and meanwhile
-/// watches whether `admin` or any of `public` ever accepted a connection.
+/// watches whether it ever listened on `admin` or any of `public`.
 fn run_expecting_refusal(path: &Path, admin: u16, public: &[u16]) -> (Output, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["run", "--config"])
@@ -265,12 +304,10 @@ fn run_expecting_refusal(path: &Path, admin: u16, public: &[u16]) -> (Output, bo
         .expect("start tern");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut ever_listened = false;
-    let probe = |port: u16| {
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(100))
-            .is_ok()
-    };
     loop {
-        ever_listened |= probe(admin) || public.iter().any(|&p| probe(p));
+        ever_listened |= ports_listened_by(child.id())
+            .iter()
+            .any(|p| *p == admin || public.contains(p));
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -282,9 +319,8 @@ fn run_expecting_refusal(path: &Path, admin: u16, public: &[u16]) -> (Output, bo
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    ever_listened |= probe(admin) || public.iter().any(|&p| probe(p));
     (child.wait_with_output().unwrap(), ever_listened)
 }
 
@@ -322,6 +358,10 @@ fn run_refuses_a_port_already_in_use_without_serving_admin() {
     let ports = Ports::new();
     // Another process holds the public port.
     let holder = std::net::TcpListener::bind(("127.0.0.1", ports.http)).unwrap();
+    assert!(
+        ports_listened_by(std::process::id()).contains(&ports.http),
+        "the /proc reading must see a listener, or it proves nothing"
+    );
     let src = format!(
         r#"{head}
 [[app]]

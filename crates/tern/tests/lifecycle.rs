@@ -76,7 +76,9 @@ fn spawn_get(port: u16, path: &str) -> std::thread::JoinHandle<Result<String, St
 fn connect_refused(port: u16) -> bool {
     match TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) {
         Err(e) => e.kind() == ErrorKind::ConnectionRefused,
-        Ok(_) => false,
+        // A self-connection (simultaneous open on an unbound ephemeral port) is
+        // nothing listening.
+        Ok(s) => s.local_addr().ok() == s.peer_addr().ok(),
     }
 }
 

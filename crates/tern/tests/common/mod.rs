@@ -67,6 +67,18 @@ pub fn free_port() -> u16 {
     panic!("no port not given before in 100 tries");
 }
 
+/// Whether something accepts connections on `ip:port`. A connection to an
+/// unbound port in the ephemeral range can succeed by connecting to itself (TCP
+/// simultaneous open when the kernel picks that same port as the source), so such
+/// a connection counts as nothing listening.
+pub fn listening(ip: IpAddr, port: u16) -> bool {
+    let addr = SocketAddr::new(ip, port);
+    match StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(s) => s.local_addr().map_or(true, |local| local != addr),
+        Err(_) => false,
+    }
+}
+
 /// Ports one Tern instance uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
