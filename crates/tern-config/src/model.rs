@@ -104,6 +104,8 @@ pub struct Node {
     pub region: String,
     /// Tokio worker threads.
     pub workers: usize,
+    /// How connections are spread over the workers.
+    pub scheduler: Scheduler,
     /// Address every public port binds on.
     pub bind: IpAddr,
     /// The Unix socket on which this process hands its listening sockets to
@@ -222,6 +224,18 @@ pub struct Watchdog {
     /// A ping unanswered for this long means the runtime has stalled.
     pub runtime_deadline: Duration,
     pub runtime_action: RuntimeAction,
+}
+
+/// How a node's workers share its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// One tokio multi-thread runtime: every worker accepts from every port,
+    /// and an idle worker steals tasks from a busy one.
+    WorkStealing,
+    /// One current-thread runtime per worker, each with its own `SO_REUSEPORT`
+    /// socket on every public port: the kernel spreads connections over the
+    /// workers, and a connection stays on the worker that accepted it.
+    PerCore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,6 +37,7 @@ pub(crate) struct RawNode {
     pub id: Spanned<String>,
     pub region: Spanned<String>,
     pub workers: Opt<i64>,
+    pub scheduler: Opt<String>,
     pub bind: Opt<String>,
     pub upgrade_socket: Opt<String>,
 }

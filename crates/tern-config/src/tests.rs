@@ -41,6 +41,7 @@ const FULL: &str = r#"[node]
 id = "ams-1"
 region = "ams"
 workers = 4
+scheduler = "per-core"
 bind = "127.0.0.1"
 upgrade_socket = "run/tern.sock"
 
@@ -133,6 +134,7 @@ fn full_config_round_trips() {
             id: "ams-1".into(),
             region: "ams".into(),
             workers: 4,
+            scheduler: Scheduler::PerCore,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             upgrade_socket: Some(PathBuf::from("/etc/tern/run/tern.sock")),
         }
@@ -436,10 +438,22 @@ fn syntax_error() {
 }
 
 #[test]
+fn unknown_scheduler_is_located_and_named() {
+    let e = error("[node]\nid = \"n\"\nregion = \"ams\"\nscheduler = \"fifo\"\n");
+    assert!(
+        e.starts_with("t.toml:4:13: unknown node.scheduler \"fifo\"")
+            && e.contains("\"work-stealing\" or \"per-core\""),
+        "{e}"
+    );
+    let default = ok("[node]\nid = \"n\"\nregion = \"ams\"\n");
+    assert_eq!(default.node.scheduler, Scheduler::WorkStealing);
+}
+
+#[test]
 fn unknown_key() {
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\nname = \"x\"\n"),
-        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `bind`, `upgrade_socket`"
+        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `scheduler`, `bind`, `upgrade_socket`"
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),

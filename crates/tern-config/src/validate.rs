@@ -603,6 +603,20 @@ impl Validator<'_> {
         }
         let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = self.count(&raw.workers, "node.workers", default_workers, 1);
+        let scheduler = match &raw.scheduler {
+            None => Scheduler::WorkStealing,
+            Some(s) => match s.get_ref().as_str() {
+                "work-stealing" => Scheduler::WorkStealing,
+                "per-core" => Scheduler::PerCore,
+                other => {
+                    self.error(
+                        &s.span(),
+                        format!("unknown node.scheduler \"{other}\"; expected \"work-stealing\" or \"per-core\""),
+                    );
+                    Scheduler::WorkStealing
+                }
+            },
+        };
         let bind = match &raw.bind {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Some(b) => self.ip(b, "node.bind"),
@@ -618,6 +632,7 @@ impl Validator<'_> {
             id: raw.id.into_inner(),
             region: raw.region.into_inner(),
             workers,
+            scheduler,
             bind,
             upgrade_socket,
         }

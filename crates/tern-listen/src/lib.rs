@@ -3,12 +3,14 @@
 //! and the backhaul's, where peers' connections arrive.
 #![forbid(unsafe_code)]
 
+mod acceptors;
 mod backhaul;
 mod listener;
 mod plan;
 mod ports;
 mod tcp;
 
+pub use acceptors::Acceptors;
 pub use backhaul::{bind_backhaul, run_backhaul};
 pub use listener::{bind, run, ConnLimits, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};

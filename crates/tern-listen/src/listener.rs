@@ -59,31 +59,46 @@ pub struct ConnLimits {
     pub queue_timeout: Duration,
 }
 
-/// A bound public port.
+/// A bound public port's socket, not yet registered with any runtime: its
+/// accept loop registers it with the runtime it runs on.
 pub struct Listener {
     pub plan: PortPlan,
-    tcp: TcpListener,
+    socket: std::net::TcpListener,
 }
 
 impl Listener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.socket.local_addr()
     }
 
     /// Another descriptor of the listening socket, to hand over in an upgrade.
     pub fn dup(&self) -> io::Result<OwnedFd> {
-        self.tcp.as_fd().try_clone_to_owned()
+        self.socket.as_fd().try_clone_to_owned()
+    }
+
+    /// Another accept loop's handle on the same socket (and accept queue).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(Listener {
+            plan: self.plan,
+            socket: self.socket.try_clone()?,
+        })
     }
 }
 
-/// Binds a public port. Fails early, before anything is served, if the port's TLS
-/// has no certificates.
-pub fn bind(ip: IpAddr, plan: PortPlan, shared: &Shared) -> Result<Listener, ListenError> {
+/// Binds a public port; with `reuse_port`, so that other sockets of this
+/// process may bind it too, one per worker. Fails early, before anything is
+/// served, if the port's TLS has no certificates.
+pub fn bind(
+    ip: IpAddr,
+    plan: PortPlan,
+    shared: &Shared,
+    reuse_port: bool,
+) -> Result<Listener, ListenError> {
     if plan.tls && shared.http_tls.is_none() {
         return Err(ListenError::NoCertificates(plan.port));
     }
     let addr = SocketAddr::new(ip, plan.port);
-    let bind = || -> io::Result<TcpListener> {
+    let bind = || -> io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -91,13 +106,16 @@ pub fn bind(ip: IpAddr, plan: PortPlan, shared: &Shared) -> Result<Listener, Lis
         )?;
         // A restarted Tern must rebind at once despite old connections in TIME_WAIT.
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket.into())
     };
-    let tcp = bind().map_err(|source| ListenError::Bind { addr, source })?;
-    Ok(Listener { plan, tcp })
+    let socket = bind().map_err(|source| ListenError::Bind { addr, source })?;
+    Ok(Listener { plan, socket })
 }
 
 /// Takes a listening socket handed over by the process this one replaces (an
@@ -107,24 +125,34 @@ pub fn adopt(plan: PortPlan, socket: OwnedFd, shared: &Shared) -> Result<Listene
     if plan.tls && shared.http_tls.is_none() {
         return Err(ListenError::NoCertificates(plan.port));
     }
-    let std = std::net::TcpListener::from(socket);
-    let addr = std
+    let socket = std::net::TcpListener::from(socket);
+    let addr = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], plan.port)));
-    let adopt = || -> io::Result<TcpListener> {
-        std.set_nonblocking(true)?;
-        TcpListener::from_std(std)
-    };
-    let tcp = adopt().map_err(|source| ListenError::Bind { addr, source })?;
-    Ok(Listener { plan, tcp })
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| ListenError::Bind { addr, source })?;
+    Ok(Listener { plan, socket })
 }
 
-/// Accepts until `shutdown` turns true. Past `max_connections` open connections,
-/// new ones wait in the kernel's backlog.
-pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(shared.max_connections));
+/// Accepts until `shutdown` turns true, on the runtime it runs on. Past the
+/// port's `limit` of open connections (shared by all its accept loops), new
+/// ones wait in the kernel's backlog.
+pub async fn run(
+    listener: Listener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let plan = listener.plan;
     let port = plan.port.to_string();
+    let tcp = match TcpListener::from_std(listener.socket) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::error!(port = plan.port, error = %e, "cannot watch this port's socket; not accepting on it");
+            return;
+        }
+    };
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&limit).acquire_owned() => match p {
@@ -134,7 +162,7 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.tcp.accept() => match accepted {
+            accepted = tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
@@ -154,29 +182,50 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
                 continue;
             }
         };
-        let shared2 = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        shared.tracker.spawn(async move {
-            let _permits = (permit, overload_permit);
-            let _ = stream.set_nodelay(true);
-            let local = stream
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(peer.ip(), plan.port));
-            match shared2.watchdog.as_ref().map(Watchdog::register) {
-                Some(probe) => {
-                    probe.set("peer", peer.to_string());
-                    probe.set("listener", plan.port.to_string());
-                    probe.set("state", if plan.tls { "tls-handshake" } else { "accepted" });
-                    let io = probe.io(stream);
-                    let conn = handle(io, peer, local, plan, &shared2, shutdown, Some(probe.clone()));
-                    if let Err(spun) = probe.watch(conn).await {
-                        tracing::debug!(%peer, port = plan.port, %spun, "connection cut by the spin watchdog");
-                    }
-                }
-                None => handle(stream, peer, local, plan, &shared2, shutdown, None).await,
-            }
-        });
+        serve_accepted(
+            stream,
+            peer,
+            plan,
+            (permit, overload_permit),
+            &shared,
+            &shutdown,
+        );
     }
+}
+
+/// Spawns the task that serves one accepted connection, on the current runtime,
+/// under the spin watchdog; it holds `permits` for its life.
+fn serve_accepted<P: Send + 'static>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    plan: PortPlan,
+    permits: P,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let tracker = shared.tracker.clone();
+    let shared = Arc::clone(shared);
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let _permits = permits;
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(peer.ip(), plan.port));
+        match shared.watchdog.as_ref().map(Watchdog::register) {
+            Some(probe) => {
+                probe.set("peer", peer.to_string());
+                probe.set("listener", plan.port.to_string());
+                probe.set("state", if plan.tls { "tls-handshake" } else { "accepted" });
+                let io = probe.io(stream);
+                let conn = handle(io, peer, local, plan, &shared, shutdown, Some(probe.clone()));
+                if let Err(spun) = probe.watch(conn).await {
+                    tracing::debug!(%peer, port = plan.port, %spun, "connection cut by the spin watchdog");
+                }
+            }
+            None => handle(stream, peer, local, plan, &shared, shutdown, None).await,
+        }
+    });
 }
 
 /// Sheds a connection the process has no budget for: closed at once, with a

@@ -9,34 +9,36 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tern_catalog::Catalog;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::listener::{adopt, bind, run, ListenError, Shared};
+use crate::acceptors::Acceptors;
+use crate::listener::{adopt, bind, run, ListenError, Listener, Shared};
 use crate::plan::{plan, PortPlan};
 
 /// Every public port this node serves.
 pub struct Ports {
     ip: IpAddr,
     shared: Arc<Shared>,
+    acceptors: Acceptors,
     open: BTreeMap<u16, Open>,
     /// Sockets handed over by the process this one replaces, by port: used
     /// instead of binding, then dropped once the first catalog is served.
-    inherited: BTreeMap<u16, OwnedFd>,
+    inherited: BTreeMap<u16, Vec<OwnedFd>>,
     sockets: Sockets,
 }
 
-/// A descriptor of every open port's listening socket, to hand over in an
-/// upgrade; shared with whoever serves the upgrade socket.
-pub type Sockets = Arc<Mutex<BTreeMap<u16, OwnedFd>>>;
+/// A descriptor of each open port's listening sockets (one, or one per worker),
+/// to hand over in an upgrade; shared with whoever serves the upgrade socket.
+pub type Sockets = Arc<Mutex<BTreeMap<u16, Vec<OwnedFd>>>>;
 
 struct Open {
     plan: PortPlan,
     addr: SocketAddr,
     /// Turned true to close the port and drain its connections.
     stop: watch::Sender<bool>,
-    /// The accept loop; the port is free again once it has returned.
-    accepting: JoinHandle<()>,
+    /// The accept loops; the port is free again once they have returned.
+    accepting: Vec<JoinHandle<()>>,
 }
 
 /// How long a closing port's accept loop may take to let go of its socket.
@@ -45,10 +47,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Ports {
-    pub fn new(ip: IpAddr, shared: Arc<Shared>) -> Self {
+    pub fn new(ip: IpAddr, shared: Arc<Shared>, acceptors: Acceptors) -> Self {
         Ports {
             ip,
             shared,
+            acceptors,
             open: BTreeMap::new(),
             inherited: BTreeMap::new(),
             sockets: Sockets::default(),
@@ -57,7 +60,9 @@ impl Ports {
 
     /// Serves these ports on the sockets of the process this one replaces.
     pub fn inherit(&mut self, sockets: impl IntoIterator<Item = (u16, OwnedFd)>) {
-        self.inherited.extend(sockets);
+        for (port, fd) in sockets {
+            self.inherited.entry(port).or_default().push(fd);
+        }
     }
 
     /// The open ports' sockets, kept up to date as ports open and close.
@@ -83,42 +88,18 @@ impl Ports {
             tracing::info!(port, "no app uses this port as it is any more: closing it");
             self.sockets_mut().remove(&port);
             let _ = open.stop.send(true);
-            // Its socket must be closed before the port can be bound again.
-            let _ = tokio::time::timeout(CLOSE_WAIT, open.accepting).await;
+            // Its sockets must be closed before the port can be bound again.
+            let all = futures_util::future::join_all(open.accepting);
+            let _ = tokio::time::timeout(CLOSE_WAIT, all).await;
         }
         let mut failed = Vec::new();
         for (port, p) in wanted {
             if self.open.contains_key(&port) {
                 continue;
             }
-            let listener = match self.inherited.remove(&port) {
-                Some(socket) => adopt(p, socket, &self.shared),
-                None => bind(self.ip, p, &self.shared),
-            };
-            match listener {
-                Ok(listener) => {
-                    match listener.dup() {
-                        Ok(fd) => {
-                            self.sockets_mut().insert(port, fd);
-                        }
-                        Err(e) => {
-                            tracing::warn!(port, error = %e, "cannot keep this port's socket for upgrades")
-                        }
-                    }
-                    let addr = listener
-                        .local_addr()
-                        .unwrap_or(SocketAddr::new(self.ip, port));
-                    let (stop, stopped) = watch::channel(false);
-                    let accepting = tokio::spawn(run(listener, Arc::clone(&self.shared), stopped));
-                    self.open.insert(
-                        port,
-                        Open {
-                            plan: p,
-                            addr,
-                            stop,
-                            accepting,
-                        },
-                    );
+            match self.open_port(p) {
+                Ok(open) => {
+                    self.open.insert(port, open);
                 }
                 Err(e) => failed.push(e),
             }
@@ -128,7 +109,75 @@ impl Ports {
         failed
     }
 
-    fn sockets_mut(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, OwnedFd>> {
+    /// Opens one port: its inherited sockets, or new ones, and an accept loop
+    /// per acceptor. Every inherited socket gets a loop, so that the
+    /// connections in its queue are served.
+    fn open_port(&mut self, p: PortPlan) -> Result<Open, ListenError> {
+        let sockets = self.sockets_for(p)?;
+        let fds: Vec<OwnedFd> = sockets
+            .iter()
+            .filter_map(|l| match l.dup() {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(port = p.port, error = %e, "cannot keep this port's socket for upgrades");
+                    None
+                }
+            })
+            .collect();
+        self.sockets_mut().insert(p.port, fds);
+        let addr = sockets[0]
+            .local_addr()
+            .unwrap_or(SocketAddr::new(self.ip, p.port));
+        let loops = self.acceptors.loops().max(sockets.len());
+        let limit = Arc::new(Semaphore::new(self.shared.max_connections));
+        let (stop, stopped) = watch::channel(false);
+        let mut accepting = Vec::with_capacity(loops);
+        for i in 0..loops {
+            let listener = sockets[i % sockets.len()]
+                .try_clone()
+                .map_err(|source| ListenError::Bind { addr, source })?;
+            let accept = run(
+                listener,
+                Arc::clone(&self.shared),
+                Arc::clone(&limit),
+                stopped.clone(),
+            );
+            accepting.push(self.acceptors.spawn(i, accept));
+        }
+        Ok(Open {
+            plan: p,
+            addr,
+            stop,
+            accepting,
+        })
+    }
+
+    /// A port's listening sockets: those inherited for it, else one new one;
+    /// then, per core, new ones up to one per worker. A socket that cannot join
+    /// the port (an inherited one bound without `SO_REUSEPORT`) is not an
+    /// error: the workers without a socket of their own share the others'.
+    fn sockets_for(&mut self, p: PortPlan) -> Result<Vec<Listener>, ListenError> {
+        let reuse_port = self.acceptors.reuse_port();
+        let mut sockets = Vec::new();
+        for fd in self.inherited.remove(&p.port).unwrap_or_default() {
+            sockets.push(adopt(p, fd, &self.shared)?);
+        }
+        if sockets.is_empty() {
+            sockets.push(bind(self.ip, p, &self.shared, reuse_port)?);
+        }
+        while reuse_port && sockets.len() < self.acceptors.loops() {
+            match bind(self.ip, p, &self.shared, true) {
+                Ok(l) => sockets.push(l),
+                Err(e) => {
+                    tracing::info!(port = p.port, error = %e, "workers share this port's socket");
+                    break;
+                }
+            }
+        }
+        Ok(sockets)
+    }
+
+    fn sockets_mut(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Vec<OwnedFd>>> {
         self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -10,6 +10,7 @@ mod limits;
 mod logging;
 mod machine_admin;
 mod machine_cmd;
+mod per_core;
 mod reload;
 mod serve;
 mod upgrade;

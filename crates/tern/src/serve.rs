@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tern_admin::AdminState;
 use tern_backhaul::{Backhaul, FleetTls};
 use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
-use tern_config::{CatalogSource, Config};
+use tern_config::{CatalogSource, Config, Scheduler};
 use tern_health::HealthChecker;
 use tern_http::{Proxy, Upstreams};
 use tern_machine::{AutostopSettings, Machines, ProcessDriver, Timing};
@@ -18,7 +18,7 @@ use tern_machine::{AutostopSettings, Machines, ProcessDriver, Timing};
 use crate::reload::{Reloadable, Reloader};
 use crate::upgrade::{serve_upgrades, Handing, Inherited};
 use std::os::fd::AsFd;
-use tern_listen::{Ports, Shared};
+use tern_listen::{Acceptors, Ports, Shared};
 use tern_tls::{CertStore, TlsAcceptor};
 use tern_upgrade::Role;
 use tokio::sync::{oneshot, watch};
@@ -63,33 +63,35 @@ fn test_hooks() -> bool {
 pub const EXIT_RUNTIME_STALLED: i32 = 70;
 
 /// The runtime watchdog: a thread outside the runtime that pings it.
-fn stall_watchdog(w: &tern_config::Watchdog) -> anyhow::Result<pollwatch::StallWatchdog> {
+fn stall_watchdog(
+    w: &tern_config::Watchdog,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<pollwatch::StallWatchdog> {
     let action = w.runtime_action;
     let config = pollwatch::StallConfig {
         interval: w.runtime_interval,
         deadline: w.runtime_deadline,
     };
-    let dog =
-        pollwatch::StallWatchdog::spawn(tokio::runtime::Handle::current(), config, move |r| {
-            tracing::error!(
-                waited = ?r.waited,
-                runtime = %r.runtime,
-                "runtime stalled: a ping went unanswered; threads:\n{}",
-                r.threads
+    let dog = pollwatch::StallWatchdog::spawn(runtime, config, move |r| {
+        tracing::error!(
+            waited = ?r.waited,
+            runtime = %r.runtime,
+            "runtime stalled: a ping went unanswered; threads:\n{}",
+            r.threads
+        );
+        tracing::error!(
+            "stacks of the stalled process:\n{}",
+            pollwatch::debugger_stacks()
+        );
+        if action == tern_config::RuntimeAction::Exit {
+            eprintln!(
+                "tern: runtime stalled for {:?}; exiting with status {EXIT_RUNTIME_STALLED}",
+                r.waited
             );
-            tracing::error!(
-                "stacks of the stalled process:\n{}",
-                pollwatch::debugger_stacks()
-            );
-            if action == tern_config::RuntimeAction::Exit {
-                eprintln!(
-                    "tern: runtime stalled for {:?}; exiting with status {EXIT_RUNTIME_STALLED}",
-                    r.waited
-                );
-                std::process::exit(EXIT_RUNTIME_STALLED);
-            }
-        })
-        .context("starting the runtime watchdog")?;
+            std::process::exit(EXIT_RUNTIME_STALLED);
+        }
+    })
+    .context("starting the runtime watchdog")?;
     Ok(dog)
 }
 
@@ -120,15 +122,18 @@ pub fn run(
     start: Start,
     ready: Option<oneshot::Sender<Bound>>,
 ) -> anyhow::Result<()> {
-    let runtime = build_runtime(config.node.workers)?;
+    let runtime = build_runtime(&config.node)?;
     runtime.block_on(serve(config, start, ready, shutdown_signal()))
 }
 
-/// The runtime: with one worker, tokio's current-thread scheduler, which skips the
-/// work-stealing machinery that a single worker cannot use; otherwise the
-/// multi-thread scheduler with `workers` threads.
-pub fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = if workers <= 1 {
+/// The main runtime: with one worker, tokio's current-thread scheduler, which
+/// skips the work-stealing machinery that a single worker cannot use; likewise
+/// per core, where it runs only what is not a client's connection (the
+/// workers run those); otherwise the multi-thread scheduler with `workers`
+/// threads.
+pub fn build_runtime(node: &tern_config::Node) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = node.workers;
+    let mut builder = if workers <= 1 || node.scheduler == Scheduler::PerCore {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -176,7 +181,15 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
-    let _stall = stall_watchdog(&config.watchdog)?;
+    let _stall = stall_watchdog(&config.watchdog, tokio::runtime::Handle::current())?;
+    let workers = match config.node.scheduler {
+        Scheduler::PerCore => Some(crate::per_core::Workers::start(config.node.workers)?),
+        Scheduler::WorkStealing => None,
+    };
+    let acceptors = workers
+        .as_ref()
+        .map_or(Acceptors::Shared, |w| Acceptors::PerCore(w.handles()));
+    let _worker_stalls = acceptors_stall_watchdogs(&config.watchdog, &acceptors)?;
     let mut inherited =
         Inherited::take(config.node.upgrade_socket.as_deref(), start.upgrade).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -199,6 +212,7 @@ pub async fn serve(
     let (listening, handing) = listen(
         &config,
         &shared,
+        acceptors,
         &mut inherited,
         fleet_tls.as_ref(),
         &shutdown_rx,
@@ -257,9 +271,27 @@ pub async fn serve(
     on_hup.abort();
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
-    // The machines stop last: the drain's requests were still on them.
+    // The machines stop after the drain: its requests were still on them.
     machines.stop().await;
+    // The workers last: what a request started on one (a machine's start) ran there.
+    if let Some(workers) = workers {
+        workers.stop().await;
+    }
     Ok(())
+}
+
+/// A runtime watchdog for each per-core worker (the main runtime has its own).
+fn acceptors_stall_watchdogs(
+    w: &tern_config::Watchdog,
+    acceptors: &Acceptors,
+) -> anyhow::Result<Vec<pollwatch::StallWatchdog>> {
+    match acceptors {
+        Acceptors::PerCore(handles) => handles
+            .iter()
+            .map(|h| stall_watchdog(w, h.clone()))
+            .collect(),
+        Acceptors::Shared => Ok(Vec::new()),
+    }
 }
 
 /// The lifecycle manager of this node's machines, following the catalog, and
@@ -329,11 +361,12 @@ struct Listening {
 async fn listen(
     config: &Config,
     shared: &Arc<Shared>,
+    acceptors: Acceptors,
     inherited: &mut Inherited,
     fleet_tls: Option<&FleetTls>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<(Listening, Handing)> {
-    let mut ports = Ports::new(config.node.bind, Arc::clone(shared));
+    let mut ports = Ports::new(config.node.bind, Arc::clone(shared), acceptors);
     ports.inherit(inherited.public());
     let snapshot = shared.catalog.snapshot();
     if let Some(e) = ports.reconcile(&snapshot).await.into_iter().next() {
@@ -507,13 +540,13 @@ fn shared(
 
 /// The TLS acceptors of HTTP and of raw TCP ports, and their certificates, when
 /// certificates are set.
-type Acceptors = (
+type TlsAcceptors = (
     Option<Arc<CertStore>>,
     Option<TlsAcceptor>,
     Option<TlsAcceptor>,
 );
 
-fn tls_acceptors(config: &Config) -> anyhow::Result<Acceptors> {
+fn tls_acceptors(config: &Config) -> anyhow::Result<TlsAcceptors> {
     let Some(store) = check_certificates(config)? else {
         return Ok((None, None, None));
     };

@@ -103,7 +103,7 @@ pub async fn serve_upgrades(
             let ports = handing.ports.lock().unwrap_or_else(PoisonError::into_inner);
             let mut sockets: Vec<(Role, std::os::fd::BorrowedFd<'_>)> = ports
                 .iter()
-                .map(|(port, fd)| (Role::Public(*port), fd.as_fd()))
+                .flat_map(|(port, fds)| fds.iter().map(|fd| (Role::Public(*port), fd.as_fd())))
                 .collect();
             sockets.push((Role::Admin, handing.admin.as_fd()));
             if let Some(b) = &handing.backhaul {

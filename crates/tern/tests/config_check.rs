@@ -251,46 +251,6 @@ fn missing_file_is_an_error() {
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
 }
 
-/// The local ports on which process `pid` holds a listening TCP socket, read from
-/// /proc: its socket inodes matched against the LISTEN rows of the TCP tables.
-/// Unlike a connection probe, this cannot be fooled by another process that
-/// happens to listen on a port this test was given.
-fn ports_listened_by(pid: u32) -> Vec<u16> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    let inodes: Vec<String> = fds
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(inode.to_owned())
-        })
-        .collect();
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for row in text.lines().skip(1) {
-            let cols: Vec<&str> = row.split_whitespace().collect();
-            // Columns: sl local_address rem_address st ... inode (the tenth).
-            let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
-            else {
-                continue;
-            };
-            if !inodes.iter().any(|i| i == inode) {
-                continue;
-            }
-            if let Some(port) = local.rsplit(':').next() {
-                ports.extend(u16::from_str_radix(port, 16).ok());
-            }
-        }
-    }
-    ports
-}
-
 /// Starts `tern run --config PATH`, waits (bounded) for it to exit, and meanwhile
 /// watches whether it ever listened on `admin` or any of `public`.
 fn run_expecting_refusal(path: &Path, admin: u16, public: &[u16]) -> (Output, bool) {

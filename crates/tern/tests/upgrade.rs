@@ -203,10 +203,12 @@ async fn ws_session(port: u16) -> Result<(), String> {
     Ok(())
 }
 
-fn config(ports: Ports, ips: &Ips) -> String {
+fn config(ports: Ports, ips: &Ips, scheduler: &str) -> String {
     let mut c = config_head(ports, "").replace(
         "bind = \"127.0.0.1\"",
-        "bind = \"127.0.0.1\"\nupgrade_socket = \"tern.sock\"",
+        &format!(
+            "bind = \"127.0.0.1\"\nupgrade_socket = \"tern.sock\"\nscheduler = \"{scheduler}\""
+        ),
     );
     c.push_str(&web_app(ports.http, ""));
     c.push_str(&machine("m1", "web", "ams", ips.get(1)));
@@ -269,11 +271,26 @@ async fn progress(seen: &Seen, n: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
+    upgrades_under_load(&["work-stealing"; 6]).await;
+}
+
+/// Per core, each worker has a socket of its own on a port, and all of them
+/// change hands; a per-core successor of a work-stealing node shares the one
+/// socket it inherits among its workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_between_the_schedulers_under_load_fail_nothing() {
+    upgrades_under_load(&["per-core", "per-core", "work-stealing", "per-core"]).await;
+}
+
+/// Starts Tern with `schedulers[0]`, loads it with HTTP/1.1, HTTP/2 and
+/// WebSocket clients, and upgrades it once for each further entry, to that
+/// scheduler: no request may fail.
+async fn upgrades_under_load(schedulers: &[&str]) {
     let ips = Ips::new();
     let _m1 = Backend::start("m1", ips.get(1), 7000).await;
     let _m2 = ws_machine(ips.get(2)).await;
     let ports = Ports::new();
-    let mut tern = Tern::start(&config(ports, &ips), ports);
+    let mut tern = Tern::start(&config(ports, &ips, schedulers[0]), ports);
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -299,7 +316,12 @@ async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
     progress(&seen, 20).await;
 
     let mut current: Option<Successor> = None;
-    for n in 1..=5 {
+    for (n, scheduler) in schedulers.iter().enumerate().skip(1) {
+        std::fs::write(
+            tern.dir.path().join("tern.toml"),
+            config(ports, &ips, scheduler),
+        )
+        .unwrap();
         let next = successor(&tern, n);
         let old = match current.as_mut() {
             Some(s) => &mut s.0,
@@ -321,6 +343,11 @@ async fn five_upgrades_under_http1_http2_and_websocket_load_fail_nothing() {
             log(n)
         );
         assert!(log(n - 1).contains("draining"), "{}", log(n - 1));
+        // Sockets change hands as they are: as many as the first process bound.
+        let sockets = ports_listened_by(next.0.id());
+        let held = sockets.iter().filter(|p| **p == ports.http).count();
+        let bound = if schedulers[0] == "per-core" { 2 } else { 1 };
+        assert_eq!(held, bound, "upgrade {n}: sockets on the port: {sockets:?}");
         // The old one has exited; dropping it reaps it.
         drop(current.replace(next));
         progress(&seen, 20).await;

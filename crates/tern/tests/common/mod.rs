@@ -79,6 +79,47 @@ pub fn listening(ip: IpAddr, port: u16) -> bool {
     }
 }
 
+/// The local port of each listening TCP socket process `pid` holds (a port
+/// twice if it holds two sockets on it), read from
+/// /proc: its socket inodes matched against the LISTEN rows of the TCP tables.
+/// Unlike a connection probe, this cannot be fooled by another process that
+/// happens to listen on a port this test was given.
+pub fn ports_listened_by(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // Columns: sl local_address rem_address st ... inode (the tenth).
+            let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            if !inodes.iter().any(|i| i == inode) {
+                continue;
+            }
+            if let Some(port) = local.rsplit(':').next() {
+                ports.extend(u16::from_str_radix(port, 16).ok());
+            }
+        }
+    }
+    ports
+}
+
 /// Ports one Tern instance uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
