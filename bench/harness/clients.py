@@ -3,7 +3,7 @@
 import os
 import re
 
-from .common import LOAD_CPU, sh
+from .common import LOAD_CPU, on_cpu, sh
 
 
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -15,7 +15,7 @@ def parse_ms(s):
 
 
 def run_wrk(url, conns, secs, extra=()):
-    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency",
+    cmd = on_cpu(LOAD_CPU) + ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency",
            "--timeout", "5s"] + list(extra) + [url]
     out = sh(cmd, timeout=secs + 30).stdout
     res = {"cmd": " ".join(cmd)}
@@ -44,7 +44,7 @@ def run_h2load(url, conns, streams, secs, work):
     logf = os.path.join(work, "h2load.log")
     if os.path.exists(logf):
         os.unlink(logf)
-    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{conns}", f"-m{streams}", "-D", str(secs),
+    cmd = on_cpu(LOAD_CPU) + ["h2load", "-t1", f"-c{conns}", f"-m{streams}", "-D", str(secs),
            "--log-file", logf, url]
     out = sh(cmd, timeout=secs + 30).stdout
     res = {"cmd": " ".join(cmd)}
@@ -78,7 +78,7 @@ def run_h2load(url, conns, streams, secs, work):
 def run_s_time(port, secs):
     """Full TLS handshakes one after another, never resumed (`openssl s_time -new`), no
     request: the handshake's own cost."""
-    cmd = ["taskset", "-c", LOAD_CPU, "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+    cmd = on_cpu(LOAD_CPU) + ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
            "-time", str(secs)]
     out = sh(cmd, timeout=secs + 30, check=False).stdout
     res = {"cmd": " ".join(cmd)}

@@ -20,6 +20,8 @@ PORTS = {
     "direct": {"http": 18080, "https": 18443},
     "tern": {"http": 18100, "https": 18101, "admin": 18109},
     "tern-nowd": {"http": 18200, "https": 18201, "admin": 18209},
+    # Per-core scheduler, in the unpinned layout (bench/layouts).
+    "tern-pc": {"http": 18800, "https": 18801, "admin": 18809},
     # An earlier build of Tern (--baseline), for the cost of a change.
     "tern-base": {"http": 18700, "https": 18701, "admin": 18709},
     "nginx": {"http": 18300, "https": 18301},
@@ -29,6 +31,27 @@ PORTS = {
     "nginx-bare": {"http": 18500, "https": 18501},
     "haproxy-bare": {"http": 18600, "https": 18601},
 }
+
+# The process shape of each server. "pinned" (bench/run): one worker each, every
+# server on SERVER_CPU and every client on LOAD_CPU. "unpinned" (bench/layouts):
+# nothing pinned, and each server as it runs by default: Tern a worker per CPU,
+# nginx `worker_processes auto`, HAProxy its default threads.
+LAYOUT = {"name": "pinned"}
+
+
+def pinned():
+    return LAYOUT["name"] == "pinned"
+
+
+def on_cpu(cpu):
+    """The command prefix that pins a process to `cpu` in the pinned layout."""
+    return ["taskset", "-c", cpu] if pinned() else []
+
+
+def load_pin_text():
+    """How the clients' pinning reads in a recorded command line."""
+    return f"taskset -c {LOAD_CPU} " if pinned() else ""
+
 
 COMMANDS = []  # (label, command line) as run, for the report
 

@@ -3,7 +3,7 @@
 import os
 import string
 
-from .common import HOST, PORTS, RESULTS, TEMPLATES
+from .common import HOST, PORTS, RESULTS, TEMPLATES, pinned
 
 # What Tern does to every request by default, and nginx and HAProxy are set up to
 # do too, so that all three do the same job: X-Forwarded-For, -Proto and -Port,
@@ -25,9 +25,12 @@ def render(file_name, **values):
     return string.Template(template_text(file_name)).substitute(values)
 
 
-def tern_config(work, name, watchdog):
+def tern_config(work, name, watchdog, scheduler=None):
     p = PORTS[name]
-    return render("tern.toml.tmpl", name=name, admin_port=p["admin"],
+    workers = "workers = 1\n" if pinned() else ""
+    if scheduler:
+        workers += f'scheduler = "{scheduler}"\n'
+    return render("tern.toml.tmpl", name=name, admin_port=p["admin"], workers=workers,
                   certs=os.path.join(work, "tern-certs"), watchdog="true" if watchdog else "false",
                   host=HOST, backend_port=PORTS["direct"]["http"], http_port=p["http"],
                   https_port=p["https"])
@@ -35,7 +38,8 @@ def tern_config(work, name, watchdog):
 
 def nginx_config(work, name, forwarding):
     p = PORTS[name]
-    return render("nginx.conf.tmpl", dir=os.path.join(work, name), certs=os.path.join(work, "certs"),
+    return render("nginx.conf.tmpl", dir=os.path.join(work, name),
+                  nginx_workers="1" if pinned() else "auto", certs=os.path.join(work, "certs"),
                   tls13_suites=TLS13_SUITES, backend_port=PORTS["direct"]["http"],
                   http_port=p["http"], https_port=p["https"], host=HOST,
                   forwarding=template_text("nginx-forwarding.conf") if forwarding else "")
@@ -43,7 +47,8 @@ def nginx_config(work, name, forwarding):
 
 def haproxy_config(work, name, forwarding):
     p = PORTS[name]
-    return render("haproxy.cfg.tmpl", tls13_suites=TLS13_SUITES, http_port=p["http"],
+    return render("haproxy.cfg.tmpl", haproxy_threads="  nbthread 1\n" if pinned() else "",
+                  tls13_suites=TLS13_SUITES, http_port=p["http"],
                   https_port=p["https"], certs=os.path.join(work, "certs"),
                   backend_port=PORTS["direct"]["http"],
                   forwarding=template_text("haproxy-forwarding.cfg") if forwarding else "")

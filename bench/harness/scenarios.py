@@ -8,7 +8,7 @@ import time
 import urllib.request
 
 from .clients import run_h2load, run_s_time, run_wrk
-from .common import BENCH, HELPER, HOST, LOAD_CPU, PORTS, ROOT, fmt, log, record
+from .common import BENCH, HELPER, HOST, LOAD_CPU, PORTS, ROOT, fmt, load_pin_text, log, record
 from .paired import scenario_head_to_head, scenario_watchdog_pair
 from .servers import cpu_seconds, rss_kib
 
@@ -77,7 +77,7 @@ def scenario_keepalive(cfg, servers, scheme, targets):
 
     def fn(t, warm):
         url = f"{scheme}://{HOST}:{PORTS[t][scheme]}/"
-        record(f"s{1 if scheme == 'http' else 2} {t}", f"taskset -c {LOAD_CPU} wrk -t1 -c{conns} -d{secs}s "
+        record(f"s{1 if scheme == 'http' else 2} {t}", f"{load_pin_text()}wrk -t1 -c{conns} -d{secs}s "
                f"--latency --timeout 5s {url}")
         return run_wrk(url, conns, warm or secs)
     return alternate(f"s{1 if scheme == 'http' else 2}", targets, cfg.rounds, fn, servers, cfg.warmup)
@@ -88,7 +88,7 @@ def scenario_handshakes(cfg, servers, targets):
 
     def fn(t, warm):
         url = f"https://{HOST}:{PORTS[t]['https']}/"
-        record(f"s3 {t}", f"taskset -c {LOAD_CPU} wrk -t1 -c{conns} -d{secs}s --latency --timeout 5s "
+        record(f"s3 {t}", f"{load_pin_text()}wrk -t1 -c{conns} -d{secs}s --latency --timeout 5s "
                f"-H 'Connection: close' {url}")
         return with_handshake_counts(
             t, lambda: run_wrk(url, conns, warm or secs, extra=["-H", "Connection: close"]))
@@ -98,7 +98,7 @@ def scenario_handshakes(cfg, servers, targets):
 def tern_handshakes(name):
     """Tern's count of full and resumed TLS handshakes (tern_tls_handshakes_total)."""
     counts = {"full": 0, "resumed": 0}
-    if name not in ("tern", "tern-nowd"):
+    if name not in ("tern", "tern-nowd", "tern-pc"):
         return None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{PORTS[name]['admin']}/metrics", timeout=5) as r:
@@ -127,7 +127,7 @@ def scenario_full_handshakes(cfg, servers, targets):
 
     def fn(t, warm):
         port = PORTS[t]["https"]
-        record(f"s8 {t}", f"taskset -c {LOAD_CPU} openssl s_time -connect 127.0.0.1:{port} -new -time {secs}")
+        record(f"s8 {t}", f"{load_pin_text()}openssl s_time -connect 127.0.0.1:{port} -new -time {secs}")
         return with_handshake_counts(t, lambda: run_s_time(port, warm or secs))
     return alternate("s8", targets, cfg.rounds, fn, servers, cfg.warmup)
 
@@ -137,7 +137,7 @@ def scenario_h2(cfg, servers, work, targets):
 
     def fn(t, warm):
         url = f"https://{HOST}:{PORTS[t]['https']}/"
-        record(f"s4 {t}", f"taskset -c {LOAD_CPU} h2load -t1 -c{conns} -m{streams} -D {secs} "
+        record(f"s4 {t}", f"{load_pin_text()}h2load -t1 -c{conns} -m{streams} -D {secs} "
                f"--log-file LOG {url}")
         return run_h2load(url, conns, streams, warm or secs, work)
     return alternate("s4", targets, cfg.rounds, fn, servers, cfg.warmup)

@@ -170,6 +170,34 @@ def start_all(work, servers, baseline=None):
     wait_answering(servers, os.path.join(c, "ca.pem"))
 
 
+def start_unpinned(work, servers):
+    """The unpinned layout (bench/layouts): the backend, Tern with each scheduler,
+    nginx and HAProxy, nothing pinned and each with its default workers."""
+    c = os.path.join(work, "certs")
+    make_certs(work)
+    os.makedirs(os.path.join(work, "nginx"), exist_ok=True)
+    write_config(work, "tern.toml", tern_config(work, "tern", True, "work-stealing"))
+    write_config(work, "tern-pc.toml", tern_config(work, "tern-pc", True, "per-core"))
+    texts = config_texts(work)
+    write_config(work, "nginx.conf", texts["nginx.conf"])
+    write_config(work, "haproxy.cfg", texts["haproxy.cfg"])
+    require_ports_free()
+    servers["direct"] = Server("backend", [
+        HELPER, "backend", "--listen", f"127.0.0.1:{PORTS['direct']['http']}",
+        "--tls-listen", f"127.0.0.1:{PORTS['direct']['https']}",
+        "--cert", f"{c}/site.crt", "--key", f"{c}/site.key"],
+        os.path.join(work, "backend.log"), PORTS["direct"].values())
+    for name in ("tern", "tern-pc"):
+        servers[name] = Server(name, [TERN, "run", "--config", os.path.join(work, f"{name}.toml")],
+                               os.path.join(work, f"{name}.log"), PORTS[name].values())
+    servers["nginx"] = Server("nginx", ["nginx", "-p", os.path.join(work, "nginx"), "-c",
+                                        os.path.join(work, "nginx.conf")],
+                              os.path.join(work, "nginx.log"), PORTS["nginx"].values())
+    servers["haproxy"] = Server("haproxy", ["haproxy", "-db", "-f", os.path.join(work, "haproxy.cfg")],
+                                os.path.join(work, "haproxy.log"), PORTS["haproxy"].values())
+    wait_answering(servers, os.path.join(c, "ca.pem"))
+
+
 def wait_answering(servers, ca):
     """Every target must answer 200 over HTTP and HTTPS before we measure it."""
     ctx = ssl.create_default_context(cafile=ca)
