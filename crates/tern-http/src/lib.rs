@@ -13,6 +13,7 @@ mod context;
 mod error;
 mod header_deadline;
 mod headers;
+mod idle_pool;
 mod in_task;
 mod live_settings;
 mod noted;

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::live_settings::nanos;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
+use crate::idle_pool::{Idle, IdlePool};
 use pollwatch::{Probe, Watchdog, WatchedIo};
 use tern_h1::Connection;
 use tokio_util::either::Either;
@@ -79,27 +80,21 @@ pub(crate) enum Want<'a> {
 /// connection's for an in-task socket, so that relaying counts as its progress.
 pub(crate) type MachineIo = Either<WatchedIo<TcpStream>, TcpStream>;
 
-struct Idle<T> {
-    conn: T,
-    since: Instant,
-}
-
-/// Pooled connections by machine address.
-type IdleMap<T> = Mutex<HashMap<SocketAddr, Vec<Idle<T>>>>;
+/// Idle connections kept per machine, in each shard of a pool.
+const MAX_IDLE_PER_MACHINE: usize = 256;
 
 /// How often pooled in-task sockets are checked for a close by the machine.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Upstream connections of the whole process.
 pub struct Upstreams {
-    idle: IdleMap<http1::SendRequest<Body>>,
-    in_task_idle: IdleMap<Connection<TcpStream>>,
+    idle: IdlePool<http1::SendRequest<Body>>,
+    in_task_idle: IdlePool<Connection<TcpStream>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
     /// Both timeouts in nanoseconds, changed by a reload.
     connect_timeout: AtomicU64,
     /// A pooled connection unused for this long is closed rather than reused.
     idle_timeout: AtomicU64,
-    max_idle_per_machine: usize,
     /// Upstream connections run under the spin watchdog too.
     watchdog: Option<Watchdog>,
 }
@@ -111,12 +106,11 @@ impl Upstreams {
         watchdog: Option<Watchdog>,
     ) -> Self {
         Upstreams {
-            idle: Mutex::new(HashMap::new()),
-            in_task_idle: Mutex::new(HashMap::new()),
+            idle: IdlePool::new(MAX_IDLE_PER_MACHINE),
+            in_task_idle: IdlePool::new(MAX_IDLE_PER_MACHINE),
             h2: Mutex::new(HashMap::new()),
             connect_timeout: AtomicU64::new(nanos(connect_timeout)),
             idle_timeout: AtomicU64::new(nanos(idle_timeout)),
-            max_idle_per_machine: 256,
             watchdog,
         }
     }
@@ -156,7 +150,7 @@ impl Upstreams {
             }
             Want::H1 { upgrade } => {
                 if !upgrade {
-                    while let Some(mut idle) = pop(&self.idle, addr) {
+                    while let Some(mut idle) = self.idle.pop(addr) {
                         if idle.since.elapsed() > self.idle_timeout() || idle.conn.is_closed() {
                             continue;
                         }
@@ -171,7 +165,7 @@ impl Upstreams {
                 Box::pin(self.connect_h1(addr)).await
             }
             Want::InTask { probe } => {
-                while let Some(idle) = pop(&self.in_task_idle, addr) {
+                while let Some(idle) = self.in_task_idle.pop(addr) {
                     if self.reusable(&idle) {
                         return Ok(Sender::InTask {
                             conn: idle.conn.map(|s| watched_by(probe, s)),
@@ -218,20 +212,7 @@ impl Upstreams {
     /// Closes the pooled in-task sockets that may not be used again; returns how
     /// many.
     fn sweep_in_task(&self) -> usize {
-        let mut closed = 0;
-        let mut map = self
-            .in_task_idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, list| {
-            list.retain(|idle| {
-                let keep = self.reusable(idle);
-                closed += usize::from(!keep);
-                keep
-            });
-            !list.is_empty()
-        });
-        closed
+        self.in_task_idle.retain(|idle| self.reusable(idle))
     }
 
     /// Whether a pooled in-task socket may carry another request: not idle past
@@ -251,7 +232,7 @@ impl Upstreams {
             Either::Left(watched) => watched.into_inner(),
             Either::Right(s) => s,
         });
-        push(&self.in_task_idle, addr, conn, self.max_idle_per_machine);
+        self.in_task_idle.push(addr, conn);
     }
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
@@ -274,7 +255,7 @@ impl Upstreams {
         if tx.is_closed() {
             return;
         }
-        push(&self.idle, addr, tx, self.max_idle_per_machine);
+        self.idle.push(addr, tx);
     }
 
     /// The machine's shared h2c connection, while it is open.
@@ -336,24 +317,6 @@ fn watched_by(probe: Option<&Probe>, stream: TcpStream) -> MachineIo {
     }
 }
 
-fn pop<T>(map: &IdleMap<T>, addr: SocketAddr) -> Option<Idle<T>> {
-    map.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_mut(&addr)?
-        .pop()
-}
-
-fn push<T>(map: &IdleMap<T>, addr: SocketAddr, conn: T, max: usize) {
-    let mut idle = map.lock().unwrap_or_else(PoisonError::into_inner);
-    let list = idle.entry(addr).or_default();
-    if list.len() < max {
-        list.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
-    }
-}
-
 /// Drives an upstream connection, under the watchdog when there is one.
 async fn watched<F, E>(probe: Option<Probe>, addr: SocketAddr, conn: F)
 where
@@ -382,11 +345,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn pooled(up: &Upstreams, addr: SocketAddr) -> usize {
-        up.in_task_idle
-            .lock()
-            .unwrap()
-            .get(&addr)
-            .map_or(0, Vec::len)
+        up.in_task_idle.len(addr)
     }
 
     #[tokio::test]
