@@ -190,6 +190,9 @@ pub async fn run(
             &shared,
             &shutdown,
         );
+        // One connection per turn, as nginx's `multi_accept off`: the requests of
+        // connections already open run before the next handshake starts.
+        tokio::task::yield_now().await;
     }
 }
 
