@@ -40,6 +40,7 @@ async fn per_core_workers_each_listen_and_each_serve_connections() {
     config.push_str(&web_app(ports.http, ""));
     config.push_str(&machine("m1", "web", "ams", ips.get(1)));
     let tern = Tern::start(&config, ports);
+    let base_config = config;
     let pid = tern.child.id();
 
     let sockets = ports_listened_by(pid);
@@ -80,4 +81,32 @@ async fn per_core_workers_each_listen_and_each_serve_connections() {
         used.iter().all(|ns| *ns * 10 >= total),
         "each worker should carry at least a tenth of the load: {used:?} ns"
     );
+
+    // A port that a reload adds gets a socket per worker too, and serves.
+    let added = free_port();
+    let mut config = base_config;
+    config.push_str(&plain_app("more", added, ""));
+    config.push_str(&machine("m2", "more", "ams", ips.get(1)));
+    std::fs::write(tern.dir.path().join("tern.toml"), config).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let opened = eventually(Duration::from_secs(20), || {
+        ports_listened_by(pid)
+            .iter()
+            .filter(|p| **p == added)
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        opened,
+        "two sockets on the added port: {:?}\n{}",
+        ports_listened_by(pid),
+        tern.log_text()
+    );
+    let resp = http_get_raw(("127.0.0.1", added), "/", "more.test").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
