@@ -182,14 +182,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
     let _stall = stall_watchdog(&config.watchdog, tokio::runtime::Handle::current())?;
-    let workers = match config.node.scheduler {
-        Scheduler::PerCore => Some(crate::per_core::Workers::start(config.node.workers)?),
-        Scheduler::WorkStealing => None,
-    };
-    let acceptors = workers
-        .as_ref()
-        .map_or(Acceptors::Shared, |w| Acceptors::PerCore(w.handles()));
-    let _worker_stalls = acceptors_stall_watchdogs(&config.watchdog, &acceptors)?;
+    let (workers, acceptors, _worker_stalls) = start_workers(&config)?;
     let mut inherited =
         Inherited::take(config.node.upgrade_socket.as_deref(), start.upgrade).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -280,18 +273,26 @@ pub async fn serve(
     Ok(())
 }
 
-/// A runtime watchdog for each per-core worker (the main runtime has its own).
-fn acceptors_stall_watchdogs(
-    w: &tern_config::Watchdog,
-    acceptors: &Acceptors,
-) -> anyhow::Result<Vec<pollwatch::StallWatchdog>> {
-    match acceptors {
-        Acceptors::PerCore(handles) => handles
-            .iter()
-            .map(|h| stall_watchdog(w, h.clone()))
-            .collect(),
-        Acceptors::Shared => Ok(Vec::new()),
+/// Per core, the workers (each watched by a runtime watchdog of its own) and
+/// accept loops on each; with work stealing, none, and accept loops on the
+/// main runtime.
+fn start_workers(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<crate::per_core::Workers>,
+    Acceptors,
+    Vec<pollwatch::StallWatchdog>,
+)> {
+    if config.node.scheduler == Scheduler::WorkStealing {
+        return Ok((None, Acceptors::Shared, Vec::new()));
     }
+    let workers = crate::per_core::Workers::start(config.node.workers)?;
+    let handles = workers.handles();
+    let stalls = handles
+        .iter()
+        .map(|h| stall_watchdog(&config.watchdog, h.clone()))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((Some(workers), Acceptors::PerCore(handles), stalls))
 }
 
 /// The lifecycle manager of this node's machines, following the catalog, and
