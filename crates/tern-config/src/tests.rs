@@ -447,6 +447,11 @@ fn unknown_scheduler_is_located_and_named() {
     );
     let default = ok("[node]\nid = \"n\"\nregion = \"ams\"\n");
     assert_eq!(default.node.scheduler, Scheduler::WorkStealing);
+    let e = error("[node]\nid = \"n\"\nregion = \"ams\"\nworkers = 4\nscheduler = \"per-core\"\n[limits]\nmax_connections_per_listener = 2\n");
+    assert!(
+        e.starts_with("t.toml:5:13: node.scheduler \"per-core\" needs limits.max_connections_per_listener (2) to be at least node.workers (4)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -102,10 +102,14 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let node_id_span = raw.node.id.span();
         let node_region_span = raw.node.region.span();
+        let scheduler_span = raw.node.scheduler.as_ref().map(|s| s.span());
         let node = self.node(raw.node);
         let (admin, admin_span) = self.admin(raw.admin);
         let tls = self.tls(raw.tls);
         let limits = self.limits(raw.limits);
+        if let Some(span) = &scheduler_span {
+            self.check_per_core_limit(&node, &limits, span);
+        }
         let overload = self.overload(raw.overload.unwrap_or_default());
         let lifecycle = self.lifecycle(raw.lifecycle.unwrap_or_default());
         let log = self.log(raw.log);
@@ -160,6 +164,23 @@ impl Validator<'_> {
         };
         self.error(&inline, message);
         config
+    }
+
+    /// Per core, every worker's accept loop waits for a connection with a
+    /// permit of the port's limit in hand: with fewer permits than workers,
+    /// connections the kernel gave to the other workers' sockets would wait.
+    fn check_per_core_limit(&mut self, node: &Node, limits: &Limits, span: &Range<usize>) {
+        if node.scheduler == Scheduler::PerCore
+            && limits.max_connections_per_listener < node.workers
+        {
+            self.error(
+                span,
+                format!(
+                    "node.scheduler \"per-core\" needs limits.max_connections_per_listener ({}) to be at least node.workers ({})",
+                    limits.max_connections_per_listener, node.workers
+                ),
+            );
+        }
     }
 
     /// Reads the catalog file that `[catalog] file` names into `config`.

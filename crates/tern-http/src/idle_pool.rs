@@ -23,7 +23,8 @@ type Shard<T> = HashMap<SocketAddr, Vec<Idle<T>>>;
 
 pub(crate) struct IdlePool<T> {
     shards: Box<[Mutex<Shard<T>>]>,
-    /// At most this many idle connections per machine in one shard.
+    /// At most this many idle connections per machine in one shard: the
+    /// pool's limit divided among the shards.
     max_per_machine: usize,
 }
 
@@ -49,13 +50,18 @@ fn this_threads_shard() -> usize {
 }
 
 impl<T> IdlePool<T> {
+    /// A pool holding at most `max_per_machine` idle connections per machine
+    /// in all, spread over a shard per CPU.
     pub fn new(max_per_machine: usize) -> Self {
-        let shards = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, SHARDS);
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_shards(max_per_machine, shards)
+    }
+
+    fn with_shards(max_per_machine: usize, shards: usize) -> Self {
+        let shards = shards.clamp(1, SHARDS);
         IdlePool {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
-            max_per_machine,
+            max_per_machine: max_per_machine.div_ceil(shards),
         }
     }
 
@@ -121,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_connection_pooled_by_one_thread_is_found_by_another() {
-        let pool = std::sync::Arc::new(IdlePool::<u32>::new(4));
+        let pool = std::sync::Arc::new(IdlePool::<u32>::with_shards(8, 2));
         let p = std::sync::Arc::clone(&pool);
         std::thread::spawn(move || p.push(addr(1), 7))
             .join()
@@ -133,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_thread_gets_back_its_own_connections_first() {
-        let pool = std::sync::Arc::new(IdlePool::<u32>::new(4));
+        let pool = std::sync::Arc::new(IdlePool::<u32>::with_shards(8, SHARDS));
         pool.push(addr(1), 2);
         let p = std::sync::Arc::clone(&pool);
         let theirs = std::thread::spawn(move || {
@@ -142,17 +148,18 @@ mod tests {
         })
         .join()
         .unwrap();
+        // Shards are given to threads in turn, and there are 64 of them: two
+        // threads share one only after 64 others have taken theirs.
         let shards = pool.shards.len();
-        if theirs % shards != this_threads_shard() % shards {
-            // The other thread's is the more recent, but this thread's comes first.
-            assert_eq!(pool.pop(addr(1)).map(|i| i.conn), Some(2));
-            assert_eq!(pool.len(addr(1)), 1);
-        }
+        assert_ne!(theirs % shards, this_threads_shard() % shards);
+        // The other thread's is the more recent, but this thread's comes first.
+        assert_eq!(pool.pop(addr(1)).map(|i| i.conn), Some(2));
+        assert_eq!(pool.len(addr(1)), 1);
     }
 
     #[test]
-    fn each_shard_holds_at_most_the_limit_per_machine() {
-        let pool = IdlePool::<u32>::new(2);
+    fn each_shard_holds_its_part_of_the_limit_per_machine() {
+        let pool = IdlePool::<u32>::with_shards(4, 2);
         for n in 0..5 {
             pool.push(addr(1), n);
         }

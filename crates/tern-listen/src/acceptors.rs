@@ -33,6 +33,18 @@ impl Acceptors {
         matches!(self, Acceptors::PerCore(_))
     }
 
+    /// Enters the runtime of accept loop `i`, so that its socket is registered
+    /// with that runtime's I/O driver; `None` with work stealing, whose loops
+    /// run on the runtime the caller is in already.
+    pub fn enter(&self, i: usize) -> Option<tokio::runtime::EnterGuard<'_>> {
+        match self {
+            Acceptors::PerCore(workers) if !workers.is_empty() => {
+                Some(workers[i % workers.len()].enter())
+            }
+            _ => None,
+        }
+    }
+
     /// Spawns accept loop `i` (of [`Acceptors::loops`]) where it belongs.
     pub fn spawn<F>(&self, i: usize, accept: F) -> JoinHandle<()>
     where

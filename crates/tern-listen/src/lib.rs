@@ -12,6 +12,6 @@ mod tcp;
 
 pub use acceptors::Acceptors;
 pub use backhaul::{bind_backhaul, run_backhaul};
-pub use listener::{bind, run, ConnLimits, ListenError, Listener, Shared};
+pub use listener::{bind, run, AcceptLoopSocket, ConnLimits, ListenError, Listener, Shared};
 pub use plan::{plan, PortPlan};
 pub use ports::{Ports, Sockets};

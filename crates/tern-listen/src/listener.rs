@@ -76,13 +76,21 @@ impl Listener {
         self.socket.as_fd().try_clone_to_owned()
     }
 
-    /// Another accept loop's handle on the same socket (and accept queue).
-    pub fn try_clone(&self) -> io::Result<Listener> {
-        Ok(Listener {
+    /// A handle on the same socket (and accept queue) for one accept loop,
+    /// registered with the runtime the caller is in: the loop must run there.
+    pub fn for_accept_loop(&self) -> io::Result<AcceptLoopSocket> {
+        let tcp = TcpListener::from_std(self.socket.try_clone()?)?;
+        Ok(AcceptLoopSocket {
             plan: self.plan,
-            socket: self.socket.try_clone()?,
+            tcp,
         })
     }
+}
+
+/// One accept loop's handle on a port's socket.
+pub struct AcceptLoopSocket {
+    plan: PortPlan,
+    tcp: TcpListener,
 }
 
 /// Binds a public port; with `reuse_port`, so that other sockets of this
@@ -135,33 +143,34 @@ pub fn adopt(plan: PortPlan, socket: OwnedFd, shared: &Shared) -> Result<Listene
     Ok(Listener { plan, socket })
 }
 
-/// Accepts until `shutdown` turns true, on the runtime it runs on. Past the
-/// port's `limit` of open connections (shared by all its accept loops), new
-/// ones wait in the kernel's backlog.
+/// Accepted connections between two yields of an accept loop.
+const ACCEPTS_PER_TURN: u32 = 4;
+
+/// Accepts until `shutdown` turns true, on the runtime `socket` was registered
+/// with. Past the port's `limit` of open connections (shared by all its accept
+/// loops), new ones wait in the kernel's backlog.
 pub async fn run(
-    listener: Listener,
+    socket: AcceptLoopSocket,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let plan = listener.plan;
+    let AcceptLoopSocket { plan, tcp } = socket;
     let port = plan.port.to_string();
-    let tcp = match TcpListener::from_std(listener.socket) {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            tracing::error!(port = plan.port, error = %e, "cannot watch this port's socket; not accepting on it");
-            return;
-        }
-    };
+    let mut accepted_this_turn = 0;
     loop {
+        // Shutdown first: once told to stop, a loop accepts nothing more.
         let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
             p = Arc::clone(&limit).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = shutdown.changed() => return,
         };
         let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
             accepted = tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -172,7 +181,6 @@ pub async fn run(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
         };
         metrics::counter!("tern_connections_total", "port" => port.clone()).increment(1);
         let overload_permit = match shared.overload.admit_connection() {
@@ -190,9 +198,14 @@ pub async fn run(
             &shared,
             &shutdown,
         );
-        // One connection per turn, as nginx's `multi_accept off`: the requests of
-        // connections already open run before the next handshake starts.
-        tokio::task::yield_now().await;
+        // A few connections per turn, as nginx's `multi_accept off` takes one:
+        // the requests of connections already open run before more handshakes
+        // start, and a burst still leaves the backlog quickly.
+        accepted_this_turn += 1;
+        if accepted_this_turn == ACCEPTS_PER_TURN {
+            accepted_this_turn = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 

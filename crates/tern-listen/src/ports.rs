@@ -114,6 +114,20 @@ impl Ports {
     /// connections in its queue are served.
     fn open_port(&mut self, p: PortPlan) -> Result<Open, ListenError> {
         let sockets = self.sockets_for(p)?;
+        let addr = sockets[0]
+            .local_addr()
+            .unwrap_or(SocketAddr::new(self.ip, p.port));
+        // Every loop's socket is registered with its runtime before anything is
+        // kept or spawned: a failure leaves nothing listening for this port.
+        let loops = self.acceptors.loops().max(sockets.len());
+        let mut loop_sockets = Vec::with_capacity(loops);
+        for i in 0..loops {
+            let _runtime = self.acceptors.enter(i);
+            let socket = sockets[i % sockets.len()]
+                .for_accept_loop()
+                .map_err(|source| ListenError::Bind { addr, source })?;
+            loop_sockets.push(socket);
+        }
         let fds: Vec<OwnedFd> = sockets
             .iter()
             .filter_map(|l| match l.dup() {
@@ -125,19 +139,12 @@ impl Ports {
             })
             .collect();
         self.sockets_mut().insert(p.port, fds);
-        let addr = sockets[0]
-            .local_addr()
-            .unwrap_or(SocketAddr::new(self.ip, p.port));
-        let loops = self.acceptors.loops().max(sockets.len());
         let limit = Arc::new(Semaphore::new(self.shared.max_connections));
         let (stop, stopped) = watch::channel(false);
         let mut accepting = Vec::with_capacity(loops);
-        for i in 0..loops {
-            let listener = sockets[i % sockets.len()]
-                .try_clone()
-                .map_err(|source| ListenError::Bind { addr, source })?;
+        for (i, socket) in loop_sockets.into_iter().enumerate() {
             let accept = run(
-                listener,
+                socket,
                 Arc::clone(&self.shared),
                 Arc::clone(&limit),
                 stopped.clone(),
@@ -152,19 +159,22 @@ impl Ports {
         })
     }
 
-    /// A port's listening sockets: those inherited for it, else one new one;
-    /// then, per core, new ones up to one per worker. A socket that cannot join
-    /// the port (an inherited one bound without `SO_REUSEPORT`) is not an
-    /// error: the workers without a socket of their own share the others'.
+    /// A port's listening sockets: those inherited for it, as they are; else
+    /// one new one and, per core, more up to one per worker. Inherited sockets
+    /// get no new ones beside them: one bound now would join the port while the
+    /// process this one replaces still serves it, and if this one then failed
+    /// before serving, the connections queued on it would be lost. Workers
+    /// without a socket of their own share the others'.
     fn sockets_for(&mut self, p: PortPlan) -> Result<Vec<Listener>, ListenError> {
         let reuse_port = self.acceptors.reuse_port();
         let mut sockets = Vec::new();
         for fd in self.inherited.remove(&p.port).unwrap_or_default() {
             sockets.push(adopt(p, fd, &self.shared)?);
         }
-        if sockets.is_empty() {
-            sockets.push(bind(self.ip, p, &self.shared, reuse_port)?);
+        if !sockets.is_empty() {
+            return Ok(sockets);
         }
+        sockets.push(bind(self.ip, p, &self.shared, reuse_port)?);
         while reuse_port && sockets.len() < self.acceptors.loops() {
             match bind(self.ip, p, &self.shared, true) {
                 Ok(l) => sockets.push(l),
@@ -187,8 +197,9 @@ impl Ports {
     }
 
     /// Follows the catalog until `shutdown` turns true, then closes every port
-    /// (their connections drain). A port that cannot be opened is tried again
-    /// every second.
+    /// (their connections drain) and ends once their accept loops have (within
+    /// a bound), so that nothing is accepted after it. A port that cannot be
+    /// opened is tried again every second.
     pub fn follow(
         mut self,
         catalog: Arc<dyn Catalog>,
@@ -229,6 +240,9 @@ impl Ports {
             for open in self.open.values() {
                 let _ = open.stop.send(true);
             }
+            let loops = self.open.into_values().flat_map(|open| open.accepting);
+            let all = futures_util::future::join_all(loops);
+            let _ = tokio::time::timeout(CLOSE_WAIT, all).await;
         })
     }
 }

@@ -33,8 +33,9 @@ const HELLO: &str = "tern-upgrade 1\n";
 const READY: &str = "ready\n";
 const RELEASED: &str = "released\n";
 const END: &str = "end";
-/// More sockets than any node listens on; the exchange refuses more.
-pub const MAX_SOCKETS: usize = 64;
+/// The most descriptors one message carries (the kernel's `SCM_MAX_FD`); the
+/// exchange refuses more.
+pub const MAX_SOCKETS: usize = 253;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {

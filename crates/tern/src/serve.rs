@@ -262,6 +262,9 @@ pub async fn serve(
     }
     let _ = shutdown_tx.send(true);
     on_hup.abort();
+    // Nothing is accepted once the drain has begun: a connection accepted after
+    // the tracker emptied would be cut when the workers stop.
+    let _ = listening.ports_closed.await;
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
     // The machines stop after the drain: its requests were still on them.
@@ -353,11 +356,14 @@ fn start_overload(
 struct Listening {
     admin: tokio::net::TcpListener,
     bound: Bound,
+    /// Ends once shutdown has closed every public port's accept loops.
+    ports_closed: tokio::task::JoinHandle<()>,
 }
 
 /// Binds everything the catalog asks for before serving anything (a port in
-/// use is a startup error; ports that apps ask for later are opened as they
-/// come), or takes the sockets inherited from the Tern this one replaces. Also
+/// use is a startup error, unless per core another per-core Tern holds it:
+/// `SO_REUSEPORT` lets them share; ports that apps ask for later are opened as
+/// they come), or takes the sockets inherited from the Tern this one replaces. Also
 /// returns what this process would hand to its own successor.
 async fn listen(
     config: &Config,
@@ -387,7 +393,7 @@ async fn listen(
         admin: admin.as_fd().try_clone_to_owned()?,
         backhaul: None,
     };
-    ports.follow(Arc::clone(&shared.catalog), shutdown.clone());
+    let ports_closed = ports.follow(Arc::clone(&shared.catalog), shutdown.clone());
     if let (Some(b), Some(tls)) = (&config.backhaul, fleet_tls) {
         let listener = inherited
             .listener(Role::Backhaul, b.listen)
@@ -406,7 +412,14 @@ async fn listen(
             tern_listen::run_backhaul(listener, acceptor, Arc::clone(shared), shutdown.clone());
         tokio::spawn(run);
     }
-    Ok((Listening { admin, bound }, handing))
+    Ok((
+        Listening {
+            admin,
+            bound,
+            ports_closed,
+        },
+        handing,
+    ))
 }
 
 /// Completes once a successor has taken this node's sockets (never without

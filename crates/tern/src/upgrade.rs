@@ -82,6 +82,35 @@ pub struct Handing {
     pub backhaul: Option<OwnedFd>,
 }
 
+/// The public ports' sockets to hand over, at most `budget`: every port's first
+/// one, then the others (per core, one per worker) while they fit. A socket
+/// left out closes with this process, and the connections queued on it are
+/// lost; a warning says so.
+fn public_sockets(
+    ports: &std::collections::BTreeMap<u16, Vec<OwnedFd>>,
+    budget: usize,
+) -> Vec<(Role, std::os::fd::BorrowedFd<'_>)> {
+    let mut sockets: Vec<_> = ports
+        .iter()
+        .filter_map(|(port, fds)| Some((Role::Public(*port), fds.first()?.as_fd())))
+        .collect();
+    let extra = ports.iter().flat_map(|(port, fds)| {
+        fds.iter()
+            .skip(1)
+            .map(|fd| (Role::Public(*port), fd.as_fd()))
+    });
+    let room = budget.saturating_sub(sockets.len());
+    let total_extra = extra.clone().count();
+    sockets.extend(extra.take(room));
+    if total_extra > room {
+        tracing::warn!(
+            left_out = total_extra - room,
+            "too many sockets to hand over in one message: some workers' sockets close with this process, with what is queued on them"
+        );
+    }
+    sockets
+}
+
 /// Serves the upgrade socket until a successor takes over, then marks the
 /// coming drain as a hand-over and returns; the caller drains. A successor that
 /// fails before it serves leaves this process as it was.
@@ -101,10 +130,7 @@ pub async fn serve_upgrades(
         let exchange = tokio::task::spawn_blocking(move || -> anyhow::Result<Handover> {
             let mut handover = Handover::accept(stream, STEP)?;
             let ports = handing.ports.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut sockets: Vec<(Role, std::os::fd::BorrowedFd<'_>)> = ports
-                .iter()
-                .flat_map(|(port, fds)| fds.iter().map(|fd| (Role::Public(*port), fd.as_fd())))
-                .collect();
+            let mut sockets = public_sockets(&ports, tern_upgrade::MAX_SOCKETS - 2);
             sockets.push((Role::Admin, handing.admin.as_fd()));
             if let Some(b) = &handing.backhaul {
                 sockets.push((Role::Backhaul, b.as_fd()));
@@ -125,5 +151,45 @@ pub async fn serve_upgrades(
             }
             Err(e) => tracing::warn!(error = %e, "an upgrade failed; still serving"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sockets(ports: &[(u16, usize)]) -> std::collections::BTreeMap<u16, Vec<OwnedFd>> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ports
+            .iter()
+            .map(|&(port, n)| {
+                let fds = (0..n)
+                    .map(|_| listener.as_fd().try_clone_to_owned().unwrap())
+                    .collect();
+                (port, fds)
+            })
+            .collect()
+    }
+
+    fn per_port(handed: &[(Role, std::os::fd::BorrowedFd<'_>)], port: u16) -> usize {
+        handed
+            .iter()
+            .filter(|(r, _)| *r == Role::Public(port))
+            .count()
+    }
+
+    #[test]
+    fn every_socket_is_handed_over_when_they_fit() {
+        let ports = sockets(&[(80, 4), (443, 4)]);
+        let handed = public_sockets(&ports, 8);
+        assert_eq!((per_port(&handed, 80), per_port(&handed, 443)), (4, 4));
+    }
+
+    #[test]
+    fn past_the_budget_every_port_keeps_its_first_socket() {
+        let ports = sockets(&[(80, 4), (443, 4), (8080, 4)]);
+        let handed = public_sockets(&ports, 5);
+        assert_eq!(handed.len(), 5);
+        assert!([80, 443, 8080].iter().all(|p| per_port(&handed, *p) >= 1));
     }
 }
