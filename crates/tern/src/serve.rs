@@ -256,15 +256,19 @@ pub async fn serve(
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
-    tokio::select! {
-        () = stop => {}
-        () = handed_over => {}
-    }
+    let handover = tokio::select! {
+        () = stop => None,
+        h = handed_over => Some(h),
+    };
     let _ = shutdown_tx.send(true);
     on_hup.abort();
     // Nothing is accepted once the drain has begun: a connection accepted after
-    // the tracker emptied would be cut when the workers stop.
+    // the tracker emptied would be cut when the workers stop. A successor
+    // learns that this process has stopped accepting only then.
     let _ = listening.ports_closed.await;
+    if let Some(handover) = handover {
+        crate::upgrade::released(handover);
+    }
     drain(&tracker, config.limits.drain_timeout).await;
     health.abort();
     // The machines stop after the drain: its requests were still on them.
@@ -424,14 +428,21 @@ async fn listen(
 
 /// Completes once a successor has taken this node's sockets (never without
 /// `[node] upgrade_socket`, or when that socket cannot be served).
-async fn hand_over_when_asked(config: &Config, handing: Handing, shared: &Arc<Shared>) {
+async fn hand_over_when_asked(
+    config: &Config,
+    handing: Handing,
+    shared: &Arc<Shared>,
+) -> tern_upgrade::Handover {
     let Some(path) = config.node.upgrade_socket.clone() else {
         return std::future::pending().await;
     };
     let proxy = Arc::clone(&shared.proxy);
-    if let Err(e) = serve_upgrades(path, handing, proxy).await {
-        tracing::error!(error = %e, "cannot serve the upgrade socket: upgrades are off");
-        std::future::pending::<()>().await;
+    match serve_upgrades(path, handing, proxy).await {
+        Ok(handover) => handover,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the upgrade socket: upgrades are off");
+            std::future::pending().await
+        }
     }
 }
 

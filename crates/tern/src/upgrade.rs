@@ -82,6 +82,13 @@ pub struct Handing {
     pub backhaul: Option<OwnedFd>,
 }
 
+/// Tells the successor that this process has stopped accepting.
+pub fn released(handover: Handover) {
+    if let Err(e) = handover.release() {
+        tracing::warn!(error = %e, "could not confirm the hand-over to the new Tern");
+    }
+}
+
 /// The public ports' sockets to hand over, at most `budget`: every port's first
 /// one, then the others (per core, one per worker) while they fit. A socket
 /// left out closes with this process, and the connections queued on it are
@@ -112,13 +119,14 @@ fn public_sockets(
 }
 
 /// Serves the upgrade socket until a successor takes over, then marks the
-/// coming drain as a hand-over and returns; the caller drains. A successor that
-/// fails before it serves leaves this process as it was.
+/// coming drain as a hand-over and returns the exchange; the caller stops
+/// accepting, then [`released`], then drains. A successor that fails before it
+/// serves leaves this process as it was.
 pub async fn serve_upgrades(
     path: PathBuf,
     handing: Handing,
     proxy: Arc<Proxy>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Handover> {
     let listener = tern_upgrade::listen(&path)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     tracing::info!(socket = %path.display(), "upgrades: a new Tern may take over here");
@@ -144,10 +152,7 @@ pub async fn serve_upgrades(
             Ok(handover) => {
                 proxy.begin_handover_drain();
                 tracing::info!("a new Tern serves on this one's sockets: draining");
-                if let Err(e) = handover.release() {
-                    tracing::warn!(error = %e, "could not confirm the hand-over to the new Tern");
-                }
-                return Ok(());
+                return Ok(handover);
             }
             Err(e) => tracing::warn!(error = %e, "an upgrade failed; still serving"),
         }
