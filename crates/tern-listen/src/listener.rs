@@ -26,6 +26,8 @@ pub enum ListenError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("port {0} terminates TLS but no certificates are configured ([tls] certs_dir)")]
     NoCertificates(u16),
+    #[error("port {0} is still closing: its accept loops have not ended yet")]
+    StillClosing(u16),
 }
 
 /// What every listener shares.

@@ -26,6 +26,10 @@ pub struct Ports {
     /// instead of binding, then dropped once the first catalog is served.
     inherited: BTreeMap<u16, Vec<OwnedFd>>,
     sockets: Sockets,
+    /// Closed ports whose accept loops outlived the close wait: not opened
+    /// again until they end, since a new `SO_REUSEPORT` socket would join the
+    /// old ones, and the connections queued on those would be lost.
+    closing: BTreeMap<u16, Vec<JoinHandle<()>>>,
 }
 
 /// A descriptor of each open port's listening sockets (one, or one per worker),
@@ -55,6 +59,7 @@ impl Ports {
             open: BTreeMap::new(),
             inherited: BTreeMap::new(),
             sockets: Sockets::default(),
+            closing: BTreeMap::new(),
         }
     }
 
@@ -89,12 +94,23 @@ impl Ports {
             self.sockets_mut().remove(&port);
             let _ = open.stop.send(true);
             // Its sockets must be closed before the port can be bound again.
-            let all = futures_util::future::join_all(open.accepting);
+            let mut accepting = open.accepting;
+            let all = futures_util::future::join_all(accepting.iter_mut());
             let _ = tokio::time::timeout(CLOSE_WAIT, all).await;
+            accepting.retain(|loop_| !loop_.is_finished());
+            if !accepting.is_empty() {
+                self.closing.insert(port, accepting);
+            }
         }
+        self.closing
+            .retain(|_, loops| loops.iter().any(|l| !l.is_finished()));
         let mut failed = Vec::new();
         for (port, p) in wanted {
             if self.open.contains_key(&port) {
+                continue;
+            }
+            if self.closing.contains_key(&port) {
+                failed.push(ListenError::StillClosing(port));
                 continue;
             }
             match self.open_port(p) {
