@@ -57,7 +57,9 @@ impl<T> IdlePool<T> {
         Self::with_shards(max_per_machine, shards)
     }
 
-    fn with_shards(max_per_machine: usize, shards: usize) -> Self {
+    /// The same with `shards` shards: one per thread that pools connections
+    /// gives each its own.
+    pub fn with_shards(max_per_machine: usize, shards: usize) -> Self {
         let shards = shards.clamp(1, SHARDS);
         IdlePool {
             shards: (0..shards).map(|_| Mutex::default()).collect(),

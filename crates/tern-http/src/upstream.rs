@@ -115,6 +115,17 @@ impl Upstreams {
         }
     }
 
+    /// Pools with a shard for each of `threads` threads (the workers, and the
+    /// main thread that serves the backhaul per core), so that no two of them
+    /// share one; without it, a shard per CPU.
+    pub fn with_threads(self, threads: usize) -> Self {
+        Upstreams {
+            idle: IdlePool::with_shards(MAX_IDLE_PER_MACHINE, threads),
+            in_task_idle: IdlePool::with_shards(MAX_IDLE_PER_MACHINE, threads),
+            ..self
+        }
+    }
+
     /// New timeouts (a configuration reload), for the connections made and
     /// checked out from now on.
     pub fn set_timeouts(&self, connect_timeout: Duration, idle_timeout: Duration) {

@@ -523,11 +523,14 @@ fn shared(
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
     let (certs, http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
-    let upstreams = Arc::new(Upstreams::new(
-        limits.connect_timeout,
-        limits.idle_timeout,
-        watchdog.clone(),
-    ));
+    let upstreams = Arc::new(
+        Upstreams::new(
+            limits.connect_timeout,
+            limits.idle_timeout,
+            watchdog.clone(),
+        )
+        .with_threads(config.node.workers + 1),
+    );
     upstreams.spawn_sweeper();
     let proxy = Arc::new(
         Proxy::new(
