@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.request
 
-from .common import CLK_TCK, HELPER, HOST, PORTS, SERVER_CPU, TERN, record, sh
+from .common import CLK_TCK, HELPER, HOST, PORTS, SERVER_CPU, TERN, on_cpu, record, sh
 from .configs import config_texts, tern_config, write_config
 
 
@@ -136,44 +136,47 @@ def require_ports_free():
                 pass
 
 
+def launch(work, servers, name, binary=TERN):
+    """Starts server `name` of PORTS into `servers`, from its configuration in `work`
+    (`binary` is the Tern to run), pinned to SERVER_CPU in the pinned layout."""
+    if name == "direct":
+        c = os.path.join(work, "certs")
+        label, cmd = "backend", [
+            HELPER, "backend", "--listen", f"127.0.0.1:{PORTS['direct']['http']}",
+            "--tls-listen", f"127.0.0.1:{PORTS['direct']['https']}",
+            "--cert", f"{c}/site.crt", "--key", f"{c}/site.key"]
+    elif name.startswith("tern"):
+        label, cmd = name, [binary, "run", "--config", os.path.join(work, f"{name}.toml")]
+    elif name.startswith("nginx"):
+        label, cmd = name, ["nginx", "-p", os.path.join(work, name), "-c", os.path.join(work, f"{name}.conf")]
+    else:
+        label, cmd = name, ["haproxy", "-db", "-f", os.path.join(work, f"{name}.cfg")]
+    servers[name] = Server(label, on_cpu(SERVER_CPU) + cmd, os.path.join(work, f"{label}.log"),
+                           PORTS[name].values())
+
+
 def start_all(work, servers, baseline=None):
     """Starts every server into `servers` (so the caller can stop them even if one fails);
     with `baseline`, that build of Tern too, as tern-base."""
-    c = os.path.join(work, "certs")
     make_certs(work)
     os.makedirs(os.path.join(work, "nginx"), exist_ok=True)
     os.makedirs(os.path.join(work, "nginx-bare"), exist_ok=True)
     for name, text in config_texts(work).items():
         write_config(work, name, text)
-    pin = ["taskset", "-c", SERVER_CPU]
     require_ports_free()
-    servers["direct"] = Server("backend", pin + [
-        HELPER, "backend", "--listen", f"127.0.0.1:{PORTS['direct']['http']}",
-        "--tls-listen", f"127.0.0.1:{PORTS['direct']['https']}",
-        "--cert", f"{c}/site.crt", "--key", f"{c}/site.key"],
-        os.path.join(work, "backend.log"), PORTS["direct"].values())
-    for name in ("tern", "tern-nowd"):
-        servers[name] = Server(name, pin + [TERN, "run", "--config", os.path.join(work, f"{name}.toml")],
-                               os.path.join(work, f"{name}.log"), PORTS[name].values())
+    for name in ("direct", "tern", "tern-nowd"):
+        launch(work, servers, name)
     if baseline:
         write_config(work, "tern-base.toml", tern_config(work, "tern-base", True))
-        servers["tern-base"] = Server("tern-base", pin + [baseline, "run", "--config",
-                                                          os.path.join(work, "tern-base.toml")],
-                                      os.path.join(work, "tern-base.log"), PORTS["tern-base"].values())
-    for name in ("nginx", "nginx-bare"):
-        servers[name] = Server(name, pin + ["nginx", "-p", os.path.join(work, name), "-c",
-                                            os.path.join(work, f"{name}.conf")],
-                               os.path.join(work, f"{name}.log"), PORTS[name].values())
-    for name in ("haproxy", "haproxy-bare"):
-        servers[name] = Server(name, pin + ["haproxy", "-db", "-f", os.path.join(work, f"{name}.cfg")],
-                               os.path.join(work, f"{name}.log"), PORTS[name].values())
-    wait_answering(servers, os.path.join(c, "ca.pem"))
+        launch(work, servers, "tern-base", baseline)
+    for name in ("nginx", "nginx-bare", "haproxy", "haproxy-bare"):
+        launch(work, servers, name)
+    wait_answering(servers, os.path.join(work, "certs", "ca.pem"))
 
 
 def start_unpinned(work, servers):
     """The unpinned layout (bench/layouts): the backend, Tern with each scheduler,
     nginx and HAProxy, nothing pinned and each with its default workers."""
-    c = os.path.join(work, "certs")
     make_certs(work)
     os.makedirs(os.path.join(work, "nginx"), exist_ok=True)
     write_config(work, "tern.toml", tern_config(work, "tern", True, "work-stealing"))
@@ -182,20 +185,9 @@ def start_unpinned(work, servers):
     write_config(work, "nginx.conf", texts["nginx.conf"])
     write_config(work, "haproxy.cfg", texts["haproxy.cfg"])
     require_ports_free()
-    servers["direct"] = Server("backend", [
-        HELPER, "backend", "--listen", f"127.0.0.1:{PORTS['direct']['http']}",
-        "--tls-listen", f"127.0.0.1:{PORTS['direct']['https']}",
-        "--cert", f"{c}/site.crt", "--key", f"{c}/site.key"],
-        os.path.join(work, "backend.log"), PORTS["direct"].values())
-    for name in ("tern", "tern-pc"):
-        servers[name] = Server(name, [TERN, "run", "--config", os.path.join(work, f"{name}.toml")],
-                               os.path.join(work, f"{name}.log"), PORTS[name].values())
-    servers["nginx"] = Server("nginx", ["nginx", "-p", os.path.join(work, "nginx"), "-c",
-                                        os.path.join(work, "nginx.conf")],
-                              os.path.join(work, "nginx.log"), PORTS["nginx"].values())
-    servers["haproxy"] = Server("haproxy", ["haproxy", "-db", "-f", os.path.join(work, "haproxy.cfg")],
-                                os.path.join(work, "haproxy.log"), PORTS["haproxy"].values())
-    wait_answering(servers, os.path.join(c, "ca.pem"))
+    for name in ("direct", "tern", "tern-pc", "nginx", "haproxy"):
+        launch(work, servers, name)
+    wait_answering(servers, os.path.join(work, "certs", "ca.pem"))
 
 
 def wait_answering(servers, ca):

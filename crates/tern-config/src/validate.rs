@@ -524,37 +524,49 @@ impl Validator<'_> {
         }
     }
 
+    /// One of a key's named values; the first is the default, and what is
+    /// unset or unknown (an error) gets it.
+    fn one_of<T: Copy>(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> T {
+        let default = choices[0].1;
+        let Some(v) = raw else { return default };
+        if let Some((_, value)) = choices.iter().find(|(name, _)| name == v.get_ref()) {
+            return *value;
+        }
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        let message = format!("unknown {key} \"{}\"; expected {expected}", v.get_ref());
+        self.error(&v.span(), message);
+        default
+    }
+
     fn watchdog(&mut self, raw: RawWatchdog) -> Watchdog {
         let ms = Duration::from_millis;
-        let action = match &raw.action {
-            None => SpinAction::Close,
-            Some(a) => match a.get_ref().as_str() {
-                "close" => SpinAction::Close,
-                "backoff" => SpinAction::Backoff,
-                "log" => SpinAction::Log,
-                other => {
-                    self.error(
-                        &a.span(),
-                        format!("unknown watchdog.action \"{other}\"; expected \"close\", \"backoff\" or \"log\""),
-                    );
-                    SpinAction::Close
-                }
-            },
-        };
-        let runtime_action = match &raw.runtime_action {
-            None => RuntimeAction::Exit,
-            Some(a) => match a.get_ref().as_str() {
-                "exit" => RuntimeAction::Exit,
-                "log" => RuntimeAction::Log,
-                other => {
-                    self.error(
-                        &a.span(),
-                        format!("unknown watchdog.runtime_action \"{other}\"; expected \"exit\" or \"log\""),
-                    );
-                    RuntimeAction::Exit
-                }
-            },
-        };
+        let action = self.one_of(
+            &raw.action,
+            "watchdog.action",
+            &[
+                ("close", SpinAction::Close),
+                ("backoff", SpinAction::Backoff),
+                ("log", SpinAction::Log),
+            ],
+        );
+        let runtime_action = self.one_of(
+            &raw.runtime_action,
+            "watchdog.runtime_action",
+            &[("exit", RuntimeAction::Exit), ("log", RuntimeAction::Log)],
+        );
         let spin_polls = self.int(
             &raw.spin_polls,
             "watchdog.spin_polls",
@@ -624,20 +636,14 @@ impl Validator<'_> {
         }
         let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = self.count(&raw.workers, "node.workers", default_workers, 1);
-        let scheduler = match &raw.scheduler {
-            None => Scheduler::WorkStealing,
-            Some(s) => match s.get_ref().as_str() {
-                "work-stealing" => Scheduler::WorkStealing,
-                "per-core" => Scheduler::PerCore,
-                other => {
-                    self.error(
-                        &s.span(),
-                        format!("unknown node.scheduler \"{other}\"; expected \"work-stealing\" or \"per-core\""),
-                    );
-                    Scheduler::WorkStealing
-                }
-            },
-        };
+        let scheduler = self.one_of(
+            &raw.scheduler,
+            "node.scheduler",
+            &[
+                ("work-stealing", Scheduler::WorkStealing),
+                ("per-core", Scheduler::PerCore),
+            ],
+        );
         let bind = match &raw.bind {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Some(b) => self.ip(b, "node.bind"),
@@ -896,20 +902,11 @@ impl Validator<'_> {
             format: None,
             level: None,
         });
-        let format = match &raw.format {
-            None => LogFormat::Text,
-            Some(f) => match f.get_ref().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    self.error(
-                        &f.span(),
-                        format!("unknown log.format \"{other}\"; expected \"text\" or \"json\""),
-                    );
-                    LogFormat::Text
-                }
-            },
-        };
+        let format = self.one_of(
+            &raw.format,
+            "log.format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        );
         let level = match raw.level {
             None => "info".to_owned(),
             Some(l) => {
@@ -1149,21 +1146,15 @@ impl Validator<'_> {
             });
         }
 
-        let autostop = match &raw.auto_stop_machines {
-            None => AutoStop::Off,
-            Some(v) => match v.get_ref().as_str() {
-                "off" => AutoStop::Off,
-                "stop" => AutoStop::Stop,
-                "suspend" => AutoStop::Suspend,
-                other => {
-                    self.error(
-                        &v.span(),
-                        format!("unknown auto_stop_machines \"{other}\"; expected \"off\", \"stop\" or \"suspend\""),
-                    );
-                    AutoStop::Off
-                }
-            },
-        };
+        let autostop = self.one_of(
+            &raw.auto_stop_machines,
+            "auto_stop_machines",
+            &[
+                ("off", AutoStop::Off),
+                ("stop", AutoStop::Stop),
+                ("suspend", AutoStop::Suspend),
+            ],
+        );
         let min_machines_running = self.int(
             &raw.min_machines_running,
             "min_machines_running",

@@ -51,15 +51,9 @@ fn this_threads_shard() -> usize {
 
 impl<T> IdlePool<T> {
     /// A pool holding at most `max_per_machine` idle connections per machine
-    /// in all, spread over a shard per CPU.
-    pub fn new(max_per_machine: usize) -> Self {
-        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_shards(max_per_machine, shards)
-    }
-
-    /// The same with `shards` shards: one per thread that pools connections
+    /// in all, over `shards` shards: one per thread that pools connections
     /// gives each its own.
-    pub fn with_shards(max_per_machine: usize, shards: usize) -> Self {
+    pub fn new(max_per_machine: usize, shards: usize) -> Self {
         let shards = shards.clamp(1, SHARDS);
         IdlePool {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
@@ -129,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_connection_pooled_by_one_thread_is_found_by_another() {
-        let pool = std::sync::Arc::new(IdlePool::<u32>::with_shards(8, 2));
+        let pool = std::sync::Arc::new(IdlePool::<u32>::new(8, 2));
         let p = std::sync::Arc::clone(&pool);
         std::thread::spawn(move || p.push(addr(1), 7))
             .join()
@@ -141,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_thread_gets_back_its_own_connections_first() {
-        let pool = std::sync::Arc::new(IdlePool::<u32>::with_shards(8, SHARDS));
+        let pool = std::sync::Arc::new(IdlePool::<u32>::new(8, SHARDS));
         pool.push(addr(1), 2);
         let p = std::sync::Arc::clone(&pool);
         let theirs = std::thread::spawn(move || {
@@ -161,7 +155,7 @@ mod tests {
 
     #[test]
     fn each_shard_holds_its_part_of_the_limit_per_machine() {
-        let pool = IdlePool::<u32>::with_shards(4, 2);
+        let pool = IdlePool::<u32>::new(4, 2);
         for n in 0..5 {
             pool.push(addr(1), n);
         }

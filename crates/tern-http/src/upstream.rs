@@ -100,29 +100,21 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// `threads`: how many threads use the pools (the workers, and the main
+    /// thread that serves the backhaul per core), each given a shard of its own.
     pub fn new(
         connect_timeout: Duration,
         idle_timeout: Duration,
         watchdog: Option<Watchdog>,
+        threads: usize,
     ) -> Self {
         Upstreams {
-            idle: IdlePool::new(MAX_IDLE_PER_MACHINE),
-            in_task_idle: IdlePool::new(MAX_IDLE_PER_MACHINE),
+            idle: IdlePool::new(MAX_IDLE_PER_MACHINE, threads),
+            in_task_idle: IdlePool::new(MAX_IDLE_PER_MACHINE, threads),
             h2: Mutex::new(HashMap::new()),
             connect_timeout: AtomicU64::new(nanos(connect_timeout)),
             idle_timeout: AtomicU64::new(nanos(idle_timeout)),
             watchdog,
-        }
-    }
-
-    /// Pools with a shard for each of `threads` threads (the workers, and the
-    /// main thread that serves the backhaul per core), so that no two of them
-    /// share one; without it, a shard per CPU.
-    pub fn with_threads(self, threads: usize) -> Self {
-        Upstreams {
-            idle: IdlePool::with_shards(MAX_IDLE_PER_MACHINE, threads),
-            in_task_idle: IdlePool::with_shards(MAX_IDLE_PER_MACHINE, threads),
-            ..self
         }
     }
 
@@ -363,7 +355,7 @@ mod tests {
     async fn the_sweep_closes_pooled_sockets_the_machine_closed_and_keeps_the_rest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(60), None);
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(60), None, 1);
         let want = Want::InTask { probe: None };
         let mut accepted = Vec::new();
         let mut conns = Vec::new();
@@ -402,7 +394,7 @@ mod tests {
     async fn the_sweep_closes_sockets_idle_past_the_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = Upstreams::new(Duration::from_secs(1), Duration::from_millis(50), None);
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_millis(50), None, 1);
         let want = Want::InTask { probe: None };
         let Sender::InTask { conn, .. } = up.checkout(addr, want).await.unwrap() else {
             panic!("an in-task socket");

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 #[derive(Clone, Default)]
 pub enum Acceptors {
-    /// One accept loop per port, spawned on the current runtime.
+    /// One accept loop per port socket, spawned on the current runtime.
     #[default]
     Shared,
     /// One accept loop per port on each of these current-thread runtimes.
@@ -19,7 +19,8 @@ pub enum Acceptors {
 }
 
 impl Acceptors {
-    /// How many accept loops, and sockets, each port gets.
+    /// How many accept loops, and sockets, a newly bound port gets (a port
+    /// with more inherited sockets gets a loop for each).
     pub fn loops(&self) -> usize {
         match self {
             Acceptors::Shared => 1,
@@ -33,16 +34,19 @@ impl Acceptors {
         matches!(self, Acceptors::PerCore(_))
     }
 
-    /// Enters the runtime of accept loop `i`, so that its socket is registered
-    /// with that runtime's I/O driver; `None` with work stealing, whose loops
-    /// run on the runtime the caller is in already.
-    pub fn enter(&self, i: usize) -> Option<tokio::runtime::EnterGuard<'_>> {
+    /// The runtime of accept loop `i`; `None` with work stealing, whose loops
+    /// run on the runtime that opens the port.
+    fn runtime(&self, i: usize) -> Option<&Handle> {
         match self {
-            Acceptors::PerCore(workers) if !workers.is_empty() => {
-                Some(workers[i % workers.len()].enter())
-            }
+            Acceptors::PerCore(workers) if !workers.is_empty() => Some(&workers[i % workers.len()]),
             _ => None,
         }
+    }
+
+    /// Enters the runtime of accept loop `i`, so that its socket is registered
+    /// with that runtime's I/O driver.
+    pub fn enter(&self, i: usize) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.runtime(i).map(Handle::enter)
     }
 
     /// Spawns accept loop `i` (of [`Acceptors::loops`]) where it belongs.
@@ -50,11 +54,9 @@ impl Acceptors {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        match self {
-            Acceptors::PerCore(workers) if !workers.is_empty() => {
-                workers[i % workers.len()].spawn(accept)
-            }
-            _ => tokio::spawn(accept),
+        match self.runtime(i) {
+            Some(runtime) => runtime.spawn(accept),
+            None => tokio::spawn(accept),
         }
     }
 }

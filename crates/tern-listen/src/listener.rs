@@ -221,10 +221,10 @@ fn serve_accepted<P: Send + 'static>(
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    let tracker = shared.tracker.clone();
-    let shared = Arc::clone(shared);
+    let conn_shared = Arc::clone(shared);
     let shutdown = shutdown.clone();
-    tracker.spawn(async move {
+    shared.tracker.spawn(async move {
+        let shared = conn_shared;
         let _permits = permits;
         let _ = stream.set_nodelay(true);
         let local = stream

@@ -22,33 +22,7 @@ impl Workers {
         let mut stops = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for i in 0..count {
-            let (stop, stopped) = oneshot::channel::<()>();
-            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-            // The runtime is built and dropped on its own thread: never in the
-            // caller's async context, where dropping one panics.
-            let thread = std::thread::Builder::new()
-                .name(format!("tern-worker-{i}"))
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build();
-                    let runtime = match runtime {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = handle_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                })
-                .context("starting a worker thread")?;
-            let handle = handle_rx
-                .recv()
-                .context("a worker thread ended at once")?
-                .context("starting a worker's runtime")?;
+            let (handle, stop, thread) = start_one(i)?;
             handles.push(handle);
             stops.push(stop);
             threads.push(thread);
@@ -78,4 +52,36 @@ impl Workers {
         });
         let _ = joined.await;
     }
+}
+
+/// Worker `i`: its runtime's handle, what stops it, and its thread. The runtime
+/// is built and dropped on its own thread, never in the caller's async
+/// context, where dropping one panics.
+fn start_one(i: usize) -> anyhow::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("tern-worker-{i}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = handle_tx.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })
+        .context("starting a worker thread")?;
+    let handle = handle_rx
+        .recv()
+        .context("a worker thread ended at once")?
+        .context("starting a worker's runtime")?;
+    Ok((handle, stop, thread))
 }

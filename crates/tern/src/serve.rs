@@ -523,14 +523,12 @@ fn shared(
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
     let (certs, http_tls, raw_tls) = tls_acceptors(config)?;
     let limits = &config.limits;
-    let upstreams = Arc::new(
-        Upstreams::new(
-            limits.connect_timeout,
-            limits.idle_timeout,
-            watchdog.clone(),
-        )
-        .with_threads(config.node.workers + 1),
-    );
+    let upstreams = Arc::new(Upstreams::new(
+        limits.connect_timeout,
+        limits.idle_timeout,
+        watchdog.clone(),
+        config.node.workers + 1,
+    ));
     upstreams.spawn_sweeper();
     let proxy = Arc::new(
         Proxy::new(

@@ -107,7 +107,7 @@ fn public_sockets(
             .map(|fd| (Role::Public(*port), fd.as_fd()))
     });
     let room = budget.saturating_sub(sockets.len());
-    let total_extra = extra.clone().count();
+    let total_extra: usize = ports.values().map(|fds| fds.len().saturating_sub(1)).sum();
     sockets.extend(extra.take(room));
     if total_extra > room {
         tracing::warn!(
@@ -138,6 +138,7 @@ pub async fn serve_upgrades(
         let exchange = tokio::task::spawn_blocking(move || -> anyhow::Result<Handover> {
             let mut handover = Handover::accept(stream, STEP)?;
             let ports = handing.ports.lock().unwrap_or_else(PoisonError::into_inner);
+            // Room is kept for the admin and backhaul sockets.
             let mut sockets = public_sockets(&ports, tern_upgrade::MAX_SOCKETS - 2);
             sockets.push((Role::Admin, handing.admin.as_fd()));
             if let Some(b) = &handing.backhaul {
