@@ -106,6 +106,9 @@ pub struct Node {
     pub workers: usize,
     /// How connections are spread over the workers.
     pub scheduler: Scheduler,
+    /// A worker thread offers its CPU to the kernel (`sched_yield`) after this
+    /// many polls of client connections; 0: never.
+    pub yield_every_polls: u32,
     /// Address every public port binds on.
     pub bind: IpAddr,
     /// The Unix socket on which this process hands its listening sockets to

@@ -38,6 +38,7 @@ pub(crate) struct RawNode {
     pub region: Spanned<String>,
     pub workers: Opt<i64>,
     pub scheduler: Opt<String>,
+    pub yield_every_polls: Opt<i64>,
     pub bind: Opt<String>,
     pub upgrade_socket: Opt<String>,
 }

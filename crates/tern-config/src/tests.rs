@@ -42,6 +42,7 @@ id = "ams-1"
 region = "ams"
 workers = 4
 scheduler = "per-core"
+yield_every_polls = 128
 bind = "127.0.0.1"
 upgrade_socket = "run/tern.sock"
 
@@ -135,6 +136,7 @@ fn full_config_round_trips() {
             region: "ams".into(),
             workers: 4,
             scheduler: Scheduler::PerCore,
+            yield_every_polls: 128,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             upgrade_socket: Some(PathBuf::from("/etc/tern/run/tern.sock")),
         }
@@ -338,6 +340,7 @@ region = "ams"
 ip = "127.0.0.11"
 "#);
     assert!(c.node.workers >= 1);
+    assert_eq!(c.node.yield_every_polls, 64);
     assert_eq!(c.node.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(
         c.admin.listen,
@@ -438,6 +441,19 @@ fn syntax_error() {
 }
 
 #[test]
+fn yield_every_polls_takes_zero_for_never_and_refuses_negatives() {
+    let never = ok("[node]\nid = \"n\"\nregion = \"ams\"\nyield_every_polls = 0\n");
+    assert_eq!(never.node.yield_every_polls, 0);
+    let e = error("[node]\nid = \"n\"\nregion = \"ams\"\nyield_every_polls = -1\n");
+    assert!(
+        e.starts_with(
+            "t.toml:4:21: node.yield_every_polls must be between 0 and 4294967295, got -1"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_scheduler_is_located_and_named() {
     let e = error("[node]\nid = \"n\"\nregion = \"ams\"\nscheduler = \"fifo\"\n");
     assert!(
@@ -458,7 +474,7 @@ fn unknown_scheduler_is_located_and_named() {
 fn unknown_key() {
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\nname = \"x\"\n"),
-        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `scheduler`, `bind`, `upgrade_socket`"
+        "t.toml:4:1: unknown field `name`, expected one of `id`, `region`, `workers`, `scheduler`, `yield_every_polls`, `bind`, `upgrade_socket`"
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),

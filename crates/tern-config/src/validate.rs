@@ -19,6 +19,10 @@ const MIN_MEMORY_BUDGET: u64 = 16 << 20;
 
 /// The largest `limits.request_buffer`: it is memory per request in flight.
 const MAX_REQUEST_BUFFER: u64 = 1 << 20;
+/// Polls after which a worker offers its CPU to the kernel: about a millisecond
+/// of keep-alive requests, far below the kernel's 4 ms tick (docs/operations.md,
+/// "Sharing the CPUs").
+const DEFAULT_YIELD_EVERY_POLLS: u32 = 64;
 
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9090);
@@ -644,6 +648,13 @@ impl Validator<'_> {
                 ("per-core", Scheduler::PerCore),
             ],
         );
+        let yield_every_polls = self.int(
+            &raw.yield_every_polls,
+            "node.yield_every_polls",
+            u64::from(DEFAULT_YIELD_EVERY_POLLS),
+            0,
+            u64::from(u32::MAX),
+        );
         let bind = match &raw.bind {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Some(b) => self.ip(b, "node.bind"),
@@ -660,6 +671,7 @@ impl Validator<'_> {
             region: raw.region.into_inner(),
             workers,
             scheduler,
+            yield_every_polls: u32::try_from(yield_every_polls).unwrap_or(u32::MAX),
             bind,
             upgrade_socket,
         }

@@ -9,6 +9,7 @@ mod listener;
 mod plan;
 mod ports;
 mod tcp;
+mod thread_yield;
 
 pub use acceptors::Acceptors;
 pub use backhaul::{bind_backhaul, run_backhaul};

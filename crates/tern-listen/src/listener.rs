@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::plan::PortPlan;
 use crate::tcp;
+use crate::thread_yield::ThreadYield;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -49,6 +50,8 @@ pub struct Shared {
     pub watchdog: Option<Watchdog>,
     /// The process's budgets: past one, accepted connections are closed at once.
     pub overload: Arc<Overload>,
+    /// Polls of connections after which a worker yields its CPU (`ThreadYield`); 0: never.
+    pub yield_every_polls: u32,
 }
 
 /// The limits of a client connection and of what it opens: the HTTP server's
@@ -223,7 +226,8 @@ fn serve_accepted<P: Send + 'static>(
 ) {
     let conn_shared = Arc::clone(shared);
     let shutdown = shutdown.clone();
-    shared.tracker.spawn(async move {
+    let every = shared.yield_every_polls;
+    shared.tracker.spawn(ThreadYield::new(async move {
         let shared = conn_shared;
         let _permits = permits;
         let _ = stream.set_nodelay(true);
@@ -243,7 +247,7 @@ fn serve_accepted<P: Send + 'static>(
             }
             None => handle(stream, peer, local, plan, &shared, shutdown, None).await,
         }
-    });
+    }, every));
 }
 
 /// Sheds a connection the process has no budget for: closed at once, with a

@@ -553,6 +553,7 @@ fn shared(
         tracker,
         watchdog,
         overload,
+        yield_every_polls: config.node.yield_every_polls,
     });
     Ok((
         shared.clone(),
