@@ -67,6 +67,7 @@ fn app(a: &cfg::App) -> AppDef {
         name: a.name.clone(),
         hostnames: a.hostnames.clone(),
         max_request_body: a.max_request_body,
+        acme_hostnames: a.acme_hostnames.clone(),
         services: a.services.iter().map(service).collect(),
     }
 }

@@ -501,6 +501,7 @@ impl State {
             remote_startable: runs(false),
             name: name.to_owned(),
             hostnames: def.hostnames.clone(),
+            acme_hostnames: def.acme_hostnames.clone(),
             max_request_body: def
                 .max_request_body
                 .unwrap_or(self.settings.max_request_body),
@@ -700,6 +701,7 @@ pub(crate) mod fixtures {
             name: name.into(),
             hostnames: vec![format!("{name}.test")],
             max_request_body: None,
+            acme_hostnames: Vec::new(),
             services: vec![ServiceDef {
                 internal_port: 7000,
                 h2_backend: false,

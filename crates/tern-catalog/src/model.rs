@@ -17,6 +17,9 @@ pub struct AppDef {
     /// Overrides the node's `limits.max_request_body` for this app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<u64>,
+    /// The hostnames whose certificates nodes obtain by ACME.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme_hostnames: Vec<String>,
     pub services: Vec<ServiceDef>,
 }
 

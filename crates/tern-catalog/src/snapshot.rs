@@ -42,6 +42,8 @@ pub struct NodeEntry {
 pub struct AppEntry {
     pub name: String,
     pub hostnames: Vec<String>,
+    /// The hostnames whose certificates nodes obtain by ACME.
+    pub acme_hostnames: Vec<String>,
     pub max_request_body: u64,
     pub services: Vec<Arc<ServiceEntry>>,
     pub machines: Vec<Arc<MachineEntry>>,

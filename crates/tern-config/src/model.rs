@@ -20,6 +20,8 @@ pub struct Config {
     pub backhaul: Option<Backhaul>,
     /// Where the fleet's definitions come from.
     pub catalog: CatalogSource,
+    /// Certificates by ACME; `None`: only the files in `tls.certs_dir`.
+    pub acme: Option<Acme>,
     /// Round-trip times between regions, symmetric, as the operator gave them: the
     /// seed for peers whose RTT is not measured yet. Same region is zero.
     pub regions: RegionDistances,
@@ -129,6 +131,33 @@ pub struct Tls {
     pub handshake_timeout: Duration,
     /// How often the certificate directory is re-read for changes.
     pub reload_interval: Duration,
+}
+
+/// Obtaining certificates from an ACME server (`[acme]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The directory URL, e.g. Let's Encrypt's
+    /// `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// `mailto:` addresses given to the ACME server with the account.
+    pub contact: Vec<String>,
+    /// PEM root that the directory's HTTPS certificate chains to, for test
+    /// servers; `None`: the system's roots.
+    pub ca_root: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// Where the account's key is kept (owner-only).
+    pub state_dir: PathBuf,
+    /// Orders any one hostname may start in an hour.
+    pub orders_per_hour: u32,
+}
+
+/// How the ACME server checks that this node answers for a hostname.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: a handshake on the TLS port with ALPN `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 8.3: `GET /.well-known/acme-challenge/TOKEN` on the plain HTTP port.
+    Http01,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +327,9 @@ pub struct App {
     pub hostnames: Vec<String>,
     /// Overrides `limits.max_request_body` for this app.
     pub max_request_body: Option<u64>,
+    /// The hostnames this node obtains certificates for by ACME (`[app.certificates]`):
+    /// exact names only, each one of `hostnames`.
+    pub acme_hostnames: Vec<String>,
     pub services: Vec<Service>,
 }
 

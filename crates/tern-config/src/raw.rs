@@ -23,12 +23,32 @@ pub(crate) struct RawConfig {
     pub watchdog: Option<RawWatchdog>,
     pub backhaul: Option<RawBackhaul>,
     pub catalog: Option<RawCatalogSource>,
+    pub acme: Option<Spanned<RawAcme>>,
     #[serde(default)]
     pub region: Vec<RawRegion>,
     #[serde(default)]
     pub app: Vec<RawApp>,
     #[serde(default)]
     pub machine: Vec<Spanned<RawMachine>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub directory: Spanned<String>,
+    #[serde(default)]
+    pub contact: Vec<Spanned<String>>,
+    pub ca_root: Opt<String>,
+    pub challenge: Opt<String>,
+    pub state_dir: Opt<String>,
+    pub orders_per_hour: Opt<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificates {
+    pub acme: Spanned<bool>,
+    pub hostnames: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +195,7 @@ pub(crate) struct RawApp {
     #[serde(default)]
     pub hostnames: Vec<Spanned<String>>,
     pub max_request_body: Opt<SizeValue>,
+    pub certificates: Option<RawCertificates>,
     #[serde(default)]
     pub service: Vec<RawService>,
 }

@@ -212,6 +212,7 @@ fn full_config_round_trips() {
                 name: "demo".into(),
                 hostnames: vec!["demo.localhost".into(), "*.demo.localhost".into()],
                 max_request_body: Some(1_000_000),
+                acme_hostnames: Vec::new(),
                 services: vec![Service {
                     internal_port: 8080,
                     h2_backend: true,
@@ -281,6 +282,7 @@ fn full_config_round_trips() {
                 name: "other".into(),
                 hostnames: vec!["other.localhost".into()],
                 max_request_body: None,
+                acme_hostnames: Vec::new(),
                 services: vec![Service {
                     internal_port: 9000,
                     h2_backend: false,
@@ -478,7 +480,7 @@ fn unknown_key() {
     );
     assert_eq!(
         error("[node]\nid = \"n\"\nregion = \"ams\"\n[nodes]\n"),
-        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `overload`, `lifecycle`, `log`, `watchdog`, `backhaul`, `catalog`, `region`, `app`, `machine`"
+        "t.toml:4:2: unknown field `nodes`, expected one of `node`, `admin`, `tls`, `limits`, `overload`, `lifecycle`, `log`, `watchdog`, `backhaul`, `catalog`, `acme`, `region`, `app`, `machine`"
     );
 }
 
@@ -1160,4 +1162,88 @@ fn process_machine_settings_that_cannot_work_are_refused() {
         "{LIFECYCLE_APP}[lifecycle]\nstart_timeout = \"0s\"\n"
     ));
     assert!(e.contains("lifecycle.start_timeout"), "{e}");
+}
+
+const ACME_NODE: &str = "[node]\nid = \"n\"\nregion = \"ams\"\n[tls]\ncerts_dir = \"certs\"\n";
+
+#[test]
+fn acme_settings_parse_with_paths_beside_the_file() {
+    let c = ok(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"mailto:ops@example.com\"]\nca_root = \"pebble.pem\"\nchallenge = \"http-01\"\norders_per_hour = 2\n[[app]]\nname = \"a\"\nhostnames = [\"a.test\", \"b.test\", \"*.c.test\"]\n[app.certificates]\nacme = true\nhostnames = [\"B.test\"]\n"
+    ));
+    assert_eq!(
+        c.acme,
+        Some(Acme {
+            directory: "https://127.0.0.1:14000/dir".into(),
+            contact: vec!["mailto:ops@example.com".into()],
+            ca_root: Some(PathBuf::from("/etc/tern/pebble.pem")),
+            challenge: AcmeChallenge::Http01,
+            state_dir: PathBuf::from("/etc/tern/acme"),
+            orders_per_hour: 2,
+        })
+    );
+    assert_eq!(c.apps[0].acme_hostnames, vec!["b.test".to_string()]);
+    let all = ok(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n[[app]]\nname = \"a\"\nhostnames = [\"a.test\", \"b.test\"]\n[app.certificates]\nacme = true\n"
+    ));
+    let acme = all.acme.expect("[acme] is set");
+    assert_eq!(
+        acme.challenge,
+        AcmeChallenge::TlsAlpn01,
+        "TLS-ALPN-01 is preferred"
+    );
+    assert_eq!(acme.orders_per_hour, 5);
+    assert_eq!(
+        all.apps[0].acme_hostnames,
+        vec!["a.test".to_string(), "b.test".to_string()]
+    );
+}
+
+#[test]
+fn acme_refuses_wildcards_strangers_and_a_missing_section() {
+    let e = error(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n[[app]]\nname = \"a\"\nhostnames = [\"a.test\", \"*.b.test\"]\n[app.certificates]\nacme = true\n"
+    ));
+    assert!(
+        e.starts_with("t.toml:10:24: hostname \"*.b.test\" cannot get an ACME certificate: a wildcard needs the DNS-01 challenge"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n[[app]]\nname = \"a\"\nhostnames = [\"a.test\"]\n[app.certificates]\nacme = true\nhostnames = [\"z.test\"]\n"
+    ));
+    assert!(
+        e.starts_with(
+            "t.toml:13:14: certificates.hostnames \"z.test\" is not one of the app's hostnames"
+        ),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{ACME_NODE}[[app]]\nname = \"a\"\nhostnames = [\"a.test\"]\n[app.certificates]\nacme = true\n"
+    ));
+    assert!(
+        e.starts_with("t.toml:10:8: certificates.acme needs an [acme] section"),
+        "{e}"
+    );
+}
+
+#[test]
+fn acme_section_is_checked() {
+    let errs = errors("[node]\nid = \"n\"\nregion = \"ams\"\n[acme]\ndirectory = \"http://acme.example/dir\"\ncontact = [\"ops@example.com\"]\nchallenge = \"dns-01\"\n");
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("t.toml:4:1: [acme] needs tls.certs_dir"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "t.toml:5:13: acme.directory \"http://acme.example/dir\" must be an https:// URL"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[2]
+            .starts_with("t.toml:6:12: acme.contact \"ops@example.com\" must be a mailto: address"),
+        "{errs:#?}"
+    );
+    assert!(errs[3].starts_with("t.toml:7:13: unknown acme.challenge \"dns-01\"; expected \"tls-alpn-01\" or \"http-01\""), "{errs:#?}");
 }

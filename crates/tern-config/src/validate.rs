@@ -132,6 +132,21 @@ impl Validator<'_> {
             admin: &admin,
             admin_span: admin_span.as_ref(),
         };
+        let acme_span = raw.acme.as_ref().map(|a| a.span());
+        let acme = raw
+            .acme
+            .map(|a| self.acme(a.into_inner(), &tls, acme_span.as_ref()));
+        let asks_acme = raw
+            .app
+            .iter()
+            .find_map(|a| a.certificates.as_ref().filter(|c| *c.acme.get_ref()))
+            .map(|c| c.acme.span());
+        if let (None, Some(span)) = (&acme, asks_acme) {
+            self.error(
+                &span,
+                "certificates.acme needs an [acme] section: the ACME directory to order from",
+            );
+        }
         let regions = self.regions(raw.region);
         let apps = self.apps(raw.app, Some(&ports));
         let machines = self.machines(raw.machine, &apps, Nodes::Inline(&node.id));
@@ -146,6 +161,7 @@ impl Validator<'_> {
             watchdog,
             backhaul,
             catalog,
+            acme,
             regions,
             nodes: Vec::new(),
             apps,
@@ -1043,6 +1059,10 @@ impl Validator<'_> {
                 None => None,
                 some => self.size(some, "app.max_request_body", 0),
             };
+            let acme_hostnames = match &app.certificates {
+                Some(c) => self.acme_hostnames(c, &app.hostnames, &app_hostnames),
+                None => Vec::new(),
+            };
 
             // Public port -> where this app first uses it, to reject reuse across services.
             let mut app_ports: BTreeMap<u16, (usize, Range<usize>)> = BTreeMap::new();
@@ -1067,10 +1087,134 @@ impl Validator<'_> {
                 name,
                 hostnames: app_hostnames,
                 max_request_body,
+                acme_hostnames,
                 services,
             });
         }
         apps
+    }
+
+    /// `[acme]`: where certificates are ordered, and how this node proves it
+    /// answers for a name.
+    fn acme(&mut self, raw: RawAcme, tls: &Tls, span: Option<&Range<usize>>) -> Acme {
+        let directory = raw.directory.get_ref().trim().to_owned();
+        if !directory.starts_with("https://") || directory.len() <= "https://".len() {
+            self.error(
+                &raw.directory.span(),
+                format!("acme.directory \"{directory}\" must be an https:// URL, such as https://acme-v02.api.letsencrypt.org/directory"),
+            );
+        }
+        let mut contact = Vec::new();
+        for c in &raw.contact {
+            match c.get_ref().strip_prefix("mailto:") {
+                Some(addr) if addr.contains('@') && !addr.contains(char::is_whitespace) => {
+                    contact.push(c.get_ref().clone())
+                }
+                _ => self.error(
+                    &c.span(),
+                    format!("acme.contact \"{}\" must be a mailto: address, such as \"mailto:ops@example.com\"", c.get_ref()),
+                ),
+            }
+        }
+        let ca_root = raw.ca_root.as_ref().and_then(|p| {
+            if p.get_ref().is_empty() {
+                self.error(&p.span(), "acme.ca_root must not be empty");
+                return None;
+            }
+            Some(self.relative_to_file(p.get_ref()))
+        });
+        let challenge = self.one_of(
+            &raw.challenge,
+            "acme.challenge",
+            &[
+                ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+                ("http-01", AcmeChallenge::Http01),
+            ],
+        );
+        let state_dir = match &raw.state_dir {
+            Some(p) if p.get_ref().is_empty() => {
+                self.error(&p.span(), "acme.state_dir must not be empty");
+                PathBuf::new()
+            }
+            Some(p) => self.relative_to_file(p.get_ref()),
+            None => self.relative_to_file("acme"),
+        };
+        let orders_per_hour = self.limit(&raw.orders_per_hour, "acme.orders_per_hour", 5);
+        if tls.certs_dir.is_none() {
+            if let Some(span) = span {
+                self.error(
+                    span,
+                    "[acme] needs tls.certs_dir: issued certificates are written there and served from there",
+                );
+            }
+        }
+        Acme {
+            directory,
+            contact,
+            ca_root,
+            challenge,
+            state_dir,
+            orders_per_hour,
+        }
+    }
+
+    /// The names an app's `[app.certificates]` asks ACME for: all its hostnames,
+    /// or the listed ones; never a wildcard (that needs DNS-01).
+    fn acme_hostnames(
+        &mut self,
+        raw: &RawCertificates,
+        spans: &[Spanned<String>],
+        hostnames: &[String],
+    ) -> Vec<String> {
+        if !*raw.acme.get_ref() {
+            if let Some(first) = raw.hostnames.as_ref().and_then(|h| h.first()) {
+                self.error(
+                    &first.span(),
+                    "certificates.hostnames is given but certificates.acme is false",
+                );
+            }
+            return Vec::new();
+        }
+        let wildcard = "cannot get an ACME certificate: a wildcard needs the DNS-01 challenge, which Tern does not support; list exact names in certificates.hostnames, or put a certificate file in tls.certs_dir";
+        let Some(listed) = &raw.hostnames else {
+            // Every hostname of the app (as validated); located at the app's own list.
+            for host in spans {
+                if let Ok(name) = values::hostname(host.get_ref()) {
+                    if name.starts_with("*.") {
+                        self.error(&host.span(), format!("hostname \"{name}\" {wildcard}"));
+                    }
+                }
+            }
+            return hostnames
+                .iter()
+                .filter(|h| !h.starts_with("*."))
+                .cloned()
+                .collect();
+        };
+        let mut names = Vec::new();
+        for host in listed {
+            let name = match values::hostname(host.get_ref()) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.error(&host.span(), e);
+                    continue;
+                }
+            };
+            if name.starts_with("*.") {
+                self.error(
+                    &host.span(),
+                    format!("certificates.hostnames \"{name}\" {wildcard}"),
+                );
+            } else if !hostnames.contains(&name) {
+                self.error(
+                    &host.span(),
+                    format!("certificates.hostnames \"{name}\" is not one of the app's hostnames"),
+                );
+            } else if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     fn service(

@@ -141,6 +141,7 @@ mod tests {
             name: "demo".into(),
             hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
             max_request_body: 0,
+            acme_hostnames: Vec::new(),
             services: Vec::new(),
             machines: Vec::new(),
             startable: false,

@@ -45,6 +45,7 @@ fn app(port: u16, tcp_checks: Vec<TcpCheck>, http_checks: Vec<HttpCheck>) -> App
         name: "demo".into(),
         hostnames: vec!["*.demo.localhost".into(), "demo.localhost".into()],
         max_request_body: None,
+        acme_hostnames: Vec::new(),
         services: vec![Service {
             internal_port: port,
             h2_backend: false,

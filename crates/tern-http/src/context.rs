@@ -111,6 +111,8 @@ pub struct Proxy {
     pub(crate) handover_drain: AtomicBool,
     /// Starts this node's machines on demand; `None` when it runs none.
     pub(crate) autostart: Option<Arc<dyn Autostart>>,
+    /// HTTP-01 answers, for a node that orders certificates by ACME.
+    pub(crate) acme_challenges: Option<Arc<tern_challenges::Challenges>>,
 }
 
 impl Proxy {
@@ -135,6 +137,7 @@ impl Proxy {
             overload: Overload::unlimited(),
             handover_drain: AtomicBool::new(false),
             autostart: None,
+            acme_challenges: None,
         }
     }
 
@@ -162,6 +165,12 @@ impl Proxy {
     /// Call it before the shutdown signal.
     pub fn begin_handover_drain(&self) {
         self.handover_drain.store(true, Ordering::Release);
+    }
+
+    /// Answers ACME HTTP-01 validations from `challenges` (the challenge phase).
+    pub fn with_acme_challenges(mut self, challenges: Arc<tern_challenges::Challenges>) -> Self {
+        self.acme_challenges = Some(challenges);
+        self
     }
 
     /// Sheds new requests while `overload` is past its memory budget.

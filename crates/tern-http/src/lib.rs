@@ -2,6 +2,7 @@
 //! to a machine through the phases in LIFECYCLE.md, and relaying the answer.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod activity;
 mod binding;
 mod body;

@@ -1,5 +1,5 @@
 //! One request's way through Tern, in the named phases of LIFECYCLE.md:
-//! shed → route → redirect → admit → rewrite → buffer → wake → choose → connect →
+//! shed → challenge → route → redirect → admit → rewrite → buffer → wake → choose → connect →
 //! send → respond, with the retry step deciding, in one place, whether a failed attempt
 //! may go to the next machine. The phases live in their own modules (`route`,
 //! `rewrite`, `buffer`, `connect`, `send`, `respond`, `tunnel`); this one runs
@@ -13,6 +13,7 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tern_catalog::{AppEntry, Pick, Snapshot, Woken};
 
+use crate::acme;
 use crate::body::{Body, Guarded, OnEnd, RequestBody};
 use crate::buffer;
 use crate::connect::REFUSED_BY_PEER;
@@ -142,6 +143,14 @@ impl Proxy {
         if let Err(shed) = self.overload.admit_request() {
             tern_overload::count_shed(shed, "request");
             return Err(ProxyError::new(ErrorCode::Overloaded, shed.to_string()));
+        }
+        // challenge: an ACME server validating a name this node is ordering.
+        if let Some(answer) = self
+            .acme_challenges
+            .as_deref()
+            .and_then(|c| acme::http01_answer(&req, conn, c))
+        {
+            return Ok(Answer::Local(answer));
         }
         let snapshot = self.catalog.snapshot();
         // route: the client's host names the app (at the edge), or a peer names

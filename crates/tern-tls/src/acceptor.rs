@@ -4,11 +4,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::Acceptor;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
+use tern_challenges::{Challenges, ALPN_ACME_TLS};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::server::{StartHandshake, TlsStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::error::TlsError;
@@ -59,14 +61,7 @@ impl std::fmt::Debug for ServerConfigs {
 /// Server configs picking certificates from `store`, TLS 1.2 and 1.3 only, offering
 /// `alpn` (empty for raw TLS listeners).
 pub fn server_configs(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfigs {
-    let mut provider = rustls::crypto::ring::default_provider();
-    suites::aes128_first(&mut provider);
-    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&TLS13, &TLS12])
-        // Only fails if the provider lacks suites for both versions, which ring's
-        // default provider never does; the tests exercise this path.
-        .expect("ring's default provider supports TLS 1.2 and 1.3");
-    let mut config = builder.with_no_client_auth().with_cert_resolver(store);
+    let mut config = config_with(store);
     config.alpn_protocols = alpn;
     let clients = Arc::new(config.clone());
     config.ignore_client_order = true;
@@ -76,11 +71,36 @@ pub fn server_configs(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfig
     }
 }
 
+/// TLS 1.2 and 1.3 on ring, AES-128-GCM first, certificates from `resolver`.
+fn config_with(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfig {
+    let mut provider = rustls::crypto::ring::default_provider();
+    suites::aes128_first(&mut provider);
+    ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        // Only fails if the provider lacks suites for both versions, which ring's
+        // default provider never does; the tests exercise this path.
+        .expect("ring's default provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver)
+}
+
+/// The one certificate of a TLS-ALPN-01 answer.
+#[derive(Debug)]
+struct ChallengeCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for ChallengeCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
 /// Accepts TLS on any stream, giving up after `handshake_timeout`.
 #[derive(Clone)]
 pub struct TlsAcceptor {
     configs: ServerConfigs,
     handshake_timeout: Duration,
+    /// TLS-ALPN-01 answers, for a node that orders certificates by ACME.
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -96,7 +116,16 @@ impl TlsAcceptor {
         TlsAcceptor {
             configs,
             handshake_timeout,
+            challenges: None,
         }
+    }
+
+    /// Answers ACME TLS-ALPN-01 validations from `challenges` (RFC 8737): a
+    /// ClientHello offering `acme-tls/1` gets the challenge's certificate for its
+    /// SNI, and nothing else; every other handshake is unchanged.
+    pub fn with_acme_challenges(mut self, challenges: Arc<Challenges>) -> Self {
+        self.challenges = Some(challenges);
+        self
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -112,16 +141,24 @@ impl TlsAcceptor {
         // The ClientHello is read first, so that its cipher suites can pick the config.
         let accepting = async {
             let start = LazyConfigAcceptor::new(Acceptor::default(), Unvectored::new(io)).await?;
+            if let Some(challenges) = &self.challenges {
+                if offers_acme_tls(&start.client_hello()) {
+                    // An ACME validation's handshake ends there, answered or refused.
+                    return answer_tls_alpn01(start, challenges).await.map(Err);
+                }
+            }
             let config = self.configs.for_offer(start.client_hello().cipher_suites());
-            start.into_stream(Arc::clone(config)).await
+            start.into_stream(Arc::clone(config)).await.map(Ok)
         };
         let result = match tokio::time::timeout(self.handshake_timeout, accepting).await {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(accepted)) => accepted,
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
         };
         match &result {
             Ok(_) => metrics::counter!("tern_tls_handshakes_total").increment(1),
+            // Counted as tern_acme_challenges_answered_total instead.
+            Err(TlsError::AcmeChallenge { answered: true }) => {}
             Err(e) => {
                 let reason = e.handshake_reason().unwrap_or("io");
                 metrics::counter!("tern_tls_handshake_errors_total", "reason" => reason)
@@ -131,6 +168,38 @@ impl TlsAcceptor {
         }
         result
     }
+}
+
+fn offers_acme_tls(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS))
+}
+
+/// Completes a TLS-ALPN-01 validation's handshake with the challenge's
+/// certificate for its SNI and closes it; with no challenge open for that name,
+/// refuses it (the RFC forbids answering with an ordinary certificate).
+async fn answer_tls_alpn01<IO>(
+    start: StartHandshake<Unvectored<IO>>,
+    challenges: &Challenges,
+) -> io::Result<TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let Some(cert) = sni.as_deref().and_then(|s| challenges.tls_alpn01_cert(s)) else {
+        tracing::info!(sni = ?sni, "ACME TLS-ALPN-01 handshake for a name with no open challenge; refused");
+        return Ok(TlsError::AcmeChallenge { answered: false });
+    };
+    let mut config = config_with(Arc::new(ChallengeCert(cert)));
+    config.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
+    let mut stream = start.into_stream(Arc::new(config)).await?;
+    // The validator only needs the handshake; nothing is served after it.
+    let _ = stream.shutdown().await;
+    tracing::info!(sni = ?sni, "answered an ACME TLS-ALPN-01 validation");
+    metrics::counter!("tern_acme_challenges_answered_total", "challenge" => "tls-alpn-01")
+        .increment(1);
+    Ok(TlsError::AcmeChallenge { answered: true })
 }
 
 /// tokio-rustls wraps rustls errors as `InvalidData` I/O errors; anything else came from

@@ -50,6 +50,10 @@ pub enum TlsError {
     /// The transport failed during the handshake (reset, early close).
     #[error("TLS handshake I/O: {0}")]
     HandshakeIo(#[source] io::Error),
+    /// The handshake was an ACME TLS-ALPN-01 validation, which ends with the
+    /// handshake: answered, or refused for a name with no open challenge.
+    #[error("{}", if *answered { "an ACME TLS-ALPN-01 validation, answered" } else { "an ACME TLS-ALPN-01 validation for a name with no open challenge, refused" })]
+    AcmeChallenge { answered: bool },
 }
 
 impl TlsError {
@@ -67,6 +71,7 @@ impl TlsError {
             TlsError::UnknownSni => Some("unknown_sni"),
             TlsError::Protocol(_) => Some("protocol"),
             TlsError::HandshakeIo(_) => Some("io"),
+            TlsError::AcmeChallenge { .. } => Some("acme_no_challenge"),
             _ => None,
         }
     }

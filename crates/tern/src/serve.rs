@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tern_admin::AdminState;
 use tern_backhaul::{Backhaul, FleetTls};
 use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
+use tern_challenges::Challenges;
 use tern_config::{CatalogSource, Config, Scheduler};
 use tern_health::HealthChecker;
 use tern_http::{Proxy, Upstreams};
@@ -521,7 +522,16 @@ fn shared(
     overload: Arc<tern_overload::Overload>,
     machines: Arc<Machines>,
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
-    let (certs, http_tls, raw_tls) = tls_acceptors(config)?;
+    let challenges = config.acme.as_ref().map(|_| Challenges::new());
+    let (certs, http_tls, raw_tls) = tls_acceptors(config, challenges.as_ref())?;
+    if let (Some(acme), Some(store), Some(challenges)) = (&config.acme, &certs, &challenges) {
+        tern_acme::spawn(
+            acme.clone(),
+            Arc::clone(store),
+            Arc::clone(challenges),
+            Arc::clone(catalog),
+        );
+    }
     let limits = &config.limits;
     let upstreams = Arc::new(Upstreams::new(
         limits.connect_timeout,
@@ -530,18 +540,20 @@ fn shared(
         config.node.workers + 1,
     ));
     upstreams.spawn_sweeper();
-    let proxy = Arc::new(
-        Proxy::new(
-            Arc::clone(catalog),
-            Arc::clone(&upstreams),
-            backhaul.clone(),
-            crate::limits::proxy_settings(config, test_hooks()),
-            watchdog.clone(),
-            tracker.clone(),
-        )
-        .with_overload(Arc::clone(&overload))
-        .with_autostart(machines),
-    );
+    let proxy = Proxy::new(
+        Arc::clone(catalog),
+        Arc::clone(&upstreams),
+        backhaul.clone(),
+        crate::limits::proxy_settings(config, test_hooks()),
+        watchdog.clone(),
+        tracker.clone(),
+    )
+    .with_overload(Arc::clone(&overload))
+    .with_autostart(machines);
+    let proxy = Arc::new(match &challenges {
+        Some(c) => proxy.with_acme_challenges(Arc::clone(c)),
+        None => proxy,
+    });
     let shared = Arc::new(Shared {
         catalog: Arc::clone(catalog),
         proxy,
@@ -573,18 +585,27 @@ type TlsAcceptors = (
     Option<TlsAcceptor>,
 );
 
-fn tls_acceptors(config: &Config) -> anyhow::Result<TlsAcceptors> {
+/// The certificate store and the TLS acceptors of HTTP and raw-TCP ports; with
+/// `challenges`, both answer ACME TLS-ALPN-01 validations.
+fn tls_acceptors(
+    config: &Config,
+    challenges: Option<&Arc<Challenges>>,
+) -> anyhow::Result<TlsAcceptors> {
     let Some(store) = check_certificates(config)? else {
         return Ok((None, None, None));
     };
     tern_tls::spawn_reloader(Arc::clone(&store), config.tls.reload_interval);
-    let http = TlsAcceptor::new(
-        tern_tls::server_configs(Arc::clone(&store), tern_tls::http_alpn()),
-        config.tls.handshake_timeout,
-    );
-    let raw = TlsAcceptor::new(
-        tern_tls::server_configs(Arc::clone(&store), Vec::new()),
-        config.tls.handshake_timeout,
-    );
+    let acceptor = |alpn| {
+        let a = TlsAcceptor::new(
+            tern_tls::server_configs(Arc::clone(&store), alpn),
+            config.tls.handshake_timeout,
+        );
+        match challenges {
+            Some(c) => a.with_acme_challenges(Arc::clone(c)),
+            None => a,
+        }
+    };
+    let http = acceptor(tern_tls::http_alpn());
+    let raw = acceptor(Vec::new());
     Ok((Some(store), Some(http), Some(raw)))
 }

@@ -1,0 +1,55 @@
+//! Issued certificates on disk: `acme-HOSTNAME.pem` in the certificate
+//! directory (chain, then key; owner-only), and when each is due for renewal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+/// The file an ACME certificate for `hostname` is kept in, in `tls.certs_dir`.
+pub fn certificate_file_name(hostname: &str) -> String {
+    format!("acme-{hostname}.pem")
+}
+
+pub(crate) fn certificate_path(dir: &Path, hostname: &str) -> PathBuf {
+    dir.join(certificate_file_name(hostname))
+}
+
+/// The leaf's validity, from a PEM file; `None` if there is no readable one.
+pub(crate) fn validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
+    let leaf = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Some((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: at two
+/// thirds of its lifetime, as Let's Encrypt advises for 90-day certificates.
+pub(crate) fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + life * 2 / 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_two_thirds_of_the_lifetime() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let end = start + Duration::from_secs(90 * 86_400);
+        assert_eq!(
+            renewal_time(start, end),
+            start + Duration::from_secs(60 * 86_400)
+        );
+        assert_eq!(
+            renewal_time(end, start),
+            end,
+            "a backwards validity is due at once"
+        );
+    }
+}

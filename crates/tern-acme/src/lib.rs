@@ -1,0 +1,18 @@
+//! Certificates by ACME (RFC 8555): an account per directory, kept on disk; an
+//! order per hostname, proved by TLS-ALPN-01 (RFC 8737) or HTTP-01 through the
+//! answers in [`tern_challenges::Challenges`]; the issued certificate written
+//! into the certificate directory that SNI serves from; and renewal at two
+//! thirds of its lifetime, with a bound on orders per hostname per hour.
+#![forbid(unsafe_code)]
+
+mod account;
+mod alpn_cert;
+mod error;
+mod files;
+mod limiter;
+mod manager;
+mod order;
+
+pub use error::AcmeError;
+pub use files::certificate_file_name;
+pub use manager::spawn;

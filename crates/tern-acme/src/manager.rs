@@ -1,0 +1,182 @@
+//! The task that keeps every ACME hostname of the catalog's apps served by a
+//! valid certificate: it orders one where none is kept, renews at two thirds of
+//! the lifetime, and after a failure retries with a growing delay, while the old
+//! certificate (if any) stays served.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use instant_acme::Account;
+use tern_catalog::Catalog;
+use tern_challenges::Challenges;
+use tern_config::Acme;
+use tern_tls::CertStore;
+use tokio::task::JoinHandle;
+
+use crate::account;
+use crate::error::AcmeError;
+use crate::files::{certificate_path, renewal_time, validity};
+use crate::limiter::OrderLimiter;
+use crate::order::{challenge_name, order};
+
+/// The first wait after a failure, doubled after each further one up to `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// The longest the task sleeps without looking again (a clock jump, a file
+/// removed by hand).
+const MAX_SLEEP: Duration = Duration::from_secs(600);
+
+/// Starts the task; it runs until aborted.
+pub fn spawn(
+    acme: Acme,
+    store: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+    catalog: Arc<dyn Catalog>,
+) -> JoinHandle<()> {
+    let mut manager = Manager {
+        limiter: OrderLimiter::new(acme.orders_per_hour),
+        acme,
+        store,
+        challenges,
+        account: None,
+        failures: HashMap::new(),
+    };
+    tokio::spawn(async move { manager.run(catalog).await })
+}
+
+struct Manager {
+    acme: Acme,
+    store: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+    account: Option<Account>,
+    limiter: OrderLimiter,
+    /// Per hostname: failures in a row, and when to try again.
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+impl Manager {
+    async fn run(&mut self, catalog: Arc<dyn Catalog>) {
+        let mut changes = catalog.watch();
+        loop {
+            let wanted = wanted(&catalog);
+            let mut next = Instant::now() + MAX_SLEEP;
+            for hostname in &wanted {
+                next = next.min(self.tend(hostname).await);
+            }
+            self.failures.retain(|h, _| wanted.contains(h));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The catalog is gone: so is the node.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Orders or renews `hostname` if it is due; returns when to look again.
+    async fn tend(&mut self, hostname: &str) -> Instant {
+        let now = Instant::now();
+        let path = certificate_path(self.store.dir(), hostname);
+        let kept = validity(&path);
+        if let Some((_, not_after)) = kept {
+            let left = not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!("tern_acme_certificate_expiry_timestamp_seconds", "hostname" => hostname.to_owned())
+                .set(left.as_secs_f64());
+        }
+        let due = kept.map_or(now, |(from, to)| after(now, renewal_time(from, to)));
+        if due > now {
+            return due;
+        }
+        if let Some((_, retry)) = self.failures.get(hostname) {
+            if *retry > now {
+                return *retry;
+            }
+        }
+        if let Err(allowed) = self.limiter.try_start(hostname, now) {
+            metrics::counter!("tern_acme_orders_total", "result" => "rate_limited").increment(1);
+            tracing::warn!(
+                hostname,
+                orders_per_hour = self.acme.orders_per_hour,
+                "ACME: not ordering; this hostname reached its orders per hour"
+            );
+            return allowed;
+        }
+        match self.obtain(hostname, &path).await {
+            Ok(()) => {
+                self.failures.remove(hostname);
+                metrics::counter!("tern_acme_orders_total", "result" => "issued").increment(1);
+                metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
+                    .set(0.0);
+                // Looked at again at once, for its expiry and next renewal.
+                Instant::now()
+            }
+            Err(e) => {
+                let failures = self.failures.get(hostname).map_or(0, |f| f.0) + 1;
+                let wait = FIRST_RETRY
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(MAX_RETRY);
+                let retry = Instant::now() + wait;
+                self.failures.insert(hostname.to_owned(), (failures, retry));
+                metrics::counter!("tern_acme_orders_total", "result" => "failed").increment(1);
+                metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
+                    .set(1.0);
+                tracing::warn!(
+                    hostname,
+                    error = %e,
+                    failures,
+                    retry_in = ?wait,
+                    still_served = kept.is_some_and(|(_, to)| to > SystemTime::now()),
+                    "ACME: could not obtain a certificate"
+                );
+                retry
+            }
+        }
+    }
+
+    async fn obtain(&mut self, hostname: &str, path: &std::path::Path) -> Result<(), AcmeError> {
+        if self.account.is_none() {
+            self.account = Some(account::load_or_create(&self.acme).await?);
+        }
+        let Some(account) = &self.account else {
+            unreachable!("set just above");
+        };
+        tracing::info!(
+            hostname,
+            challenge = challenge_name(self.acme.challenge),
+            "ACME: ordering a certificate"
+        );
+        let issued = order(account, hostname, self.acme.challenge, &self.challenges).await?;
+        let pem = format!("{}{}", issued.chain_pem, issued.key_pem);
+        account::write_private(path, pem.as_bytes())
+            .map_err(|e| AcmeError::local(hostname, format!("writing {}: {e}", path.display())))?;
+        self.store
+            .reload()
+            .map_err(|e| AcmeError::local(hostname, format!("serving the new certificate: {e}")))?;
+        tracing::info!(hostname, path = %path.display(), "ACME: certificate issued and served");
+        Ok(())
+    }
+}
+
+/// The hostnames that apps in the catalog want certificates for.
+fn wanted(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
+    let snapshot = catalog.snapshot();
+    snapshot
+        .apps
+        .values()
+        .flat_map(|app| app.acme_hostnames.iter().cloned())
+        .collect()
+}
+
+/// `at` as an instant on the monotonic clock (now, if it has passed).
+fn after(now: Instant, at: SystemTime) -> Instant {
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}
