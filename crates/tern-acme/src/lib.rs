@@ -15,4 +15,4 @@ mod order;
 
 pub use error::AcmeError;
 pub use files::certificate_file_name;
-pub use manager::spawn;
+pub use manager::{spawn, Status};

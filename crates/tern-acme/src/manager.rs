@@ -3,8 +3,8 @@
 //! the lifetime, and after a failure retries with a growing delay, while the old
 //! certificate (if any) stays served.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::Account;
@@ -27,13 +27,15 @@ const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// removed by hand).
 const MAX_SLEEP: Duration = Duration::from_secs(600);
 
-/// Starts the task; it runs until aborted.
+/// Starts the task; it runs until aborted. The status tells `/healthz` which
+/// hostnames cannot get a certificate.
 pub fn spawn(
     acme: Acme,
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
     catalog: Arc<dyn Catalog>,
-) -> JoinHandle<()> {
+) -> (JoinHandle<()>, Arc<Status>) {
+    let status = Arc::new(Status::default());
     let mut manager = Manager {
         limiter: OrderLimiter::new(acme.orders_per_hour),
         acme,
@@ -41,8 +43,37 @@ pub fn spawn(
         challenges,
         account: None,
         failures: HashMap::new(),
+        status: Arc::clone(&status),
     };
-    tokio::spawn(async move { manager.run(catalog).await })
+    (
+        tokio::spawn(async move { manager.run(catalog).await }),
+        status,
+    )
+}
+
+/// The hostnames whose last order failed, with why.
+#[derive(Debug, Default)]
+pub struct Status {
+    failing: Mutex<BTreeMap<String, String>>,
+}
+
+impl Status {
+    /// One line per failing hostname, for `/healthz`.
+    pub fn health_lines(&self) -> Vec<String> {
+        let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        failing
+            .iter()
+            .map(|(host, why)| format!("acme {host}: {why}"))
+            .collect()
+    }
+
+    fn set(&self, hostname: &str, why: Option<String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        match why {
+            Some(w) => failing.insert(hostname.to_owned(), w),
+            None => failing.remove(hostname),
+        };
+    }
 }
 
 struct Manager {
@@ -53,6 +84,7 @@ struct Manager {
     limiter: OrderLimiter,
     /// Per hostname: failures in a row, and when to try again.
     failures: HashMap<String, (u32, Instant)>,
+    status: Arc<Status>,
 }
 
 impl Manager {
@@ -65,6 +97,18 @@ impl Manager {
                 next = next.min(self.tend(hostname).await);
             }
             self.failures.retain(|h, _| wanted.contains(h));
+            let gone: Vec<String> = self
+                .status
+                .failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .filter(|h| !wanted.contains(*h))
+                .cloned()
+                .collect();
+            for h in gone {
+                self.status.set(&h, None);
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 changed = changes.changed() => {
@@ -110,6 +154,7 @@ impl Manager {
         match self.obtain(hostname, &path).await {
             Ok(()) => {
                 self.failures.remove(hostname);
+                self.status.set(hostname, None);
                 metrics::counter!("tern_acme_orders_total", "result" => "issued").increment(1);
                 metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
                     .set(0.0);
@@ -126,13 +171,22 @@ impl Manager {
                 metrics::counter!("tern_acme_orders_total", "result" => "failed").increment(1);
                 metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
                     .set(1.0);
+                let served = kept.and_then(|(_, to)| to.duration_since(SystemTime::now()).ok());
                 tracing::warn!(
                     hostname,
                     error = %e,
                     failures,
                     retry_in = ?wait,
-                    still_served = kept.is_some_and(|(_, to)| to > SystemTime::now()),
+                    still_served = served.is_some(),
                     "ACME: could not obtain a certificate"
+                );
+                let held = match served {
+                    Some(left) => format!("the certificate in hand expires in {}s", left.as_secs()),
+                    None => "no valid certificate is served for it".to_owned(),
+                };
+                self.status.set(
+                    hostname,
+                    Some(format!("{failures} failed order(s) in a row, the last: {e}; {held}; next try in {}s", wait.as_secs())),
                 );
                 retry
             }

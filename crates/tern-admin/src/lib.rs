@@ -18,4 +18,4 @@ pub use machines::{ActionError, ActionFuture, MachineAction, MachineAdmin};
 pub use profile::{profile, ProfileError, ProfileFormat};
 pub use recorder::{install_recorder, MetricsError};
 pub use runtime_metrics::BusyTracker;
-pub use server::{serve, AdminState, Reload};
+pub use server::{serve, AdminState, CertificateHealth, Reload};

@@ -38,6 +38,13 @@ pub struct AdminState {
     pub reload: Option<Arc<dyn Reload>>,
     /// What `POST /machines/ID/ACTION` asks, and `/catalog` shows of lifecycles.
     pub machines: Option<Arc<dyn MachineAdmin>>,
+    /// Certificates that cannot be obtained (ACME), for `/healthz`.
+    pub certificates: Option<Arc<dyn CertificateHealth>>,
+}
+
+/// What `/healthz` says of certificates: a line per problem, none when all is well.
+pub trait CertificateHealth: Send + Sync + 'static {
+    fn health_lines(&self) -> Vec<String>;
 }
 
 /// Reloads the node's configuration: a summary of what changed, or why nothing
@@ -252,10 +259,16 @@ async fn reload(state: &AdminState, method: &Method) -> Response<Full<Bytes>> {
 /// `ok`, and how the catalog's source is doing. A node whose store is away still
 /// routes (on the catalog it last read), so it stays healthy: the line says so.
 fn healthz(state: &AdminState) -> String {
-    match &state.source {
-        None => "ok\n".into(),
-        Some(s) => format!("ok\n{}\n", s.health_line()),
+    let mut text = String::from("ok\n");
+    if let Some(s) = &state.source {
+        text.push_str(&s.health_line());
+        text.push('\n');
     }
+    for line in state.certificates.iter().flat_map(|c| c.health_lines()) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 fn catalog_detail(state: &AdminState) -> String {

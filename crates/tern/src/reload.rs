@@ -35,6 +35,8 @@ pub struct Reloadable {
     pub shared: Arc<Shared>,
     pub upstreams: Arc<Upstreams>,
     pub certs: Option<Arc<CertStore>>,
+    /// How the ACME hostnames are doing; `None` without `[acme]`.
+    pub acme: Option<Arc<tern_acme::Status>>,
 }
 
 /// Reloads one node's configuration file; one reload at a time.
@@ -149,6 +151,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.catalog != new.catalog, "[catalog]");
     check(old.overload != new.overload, "[overload]");
     check(old.lifecycle != new.lifecycle, "[lifecycle]");
+    check(old.acme != new.acme, "[acme]");
     check(
         old.limits.max_connections_per_listener != new.limits.max_connections_per_listener,
         "limits.max_connections_per_listener",

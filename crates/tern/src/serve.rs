@@ -148,6 +148,15 @@ pub fn build_runtime(node: &tern_config::Node) -> anyhow::Result<tokio::runtime:
         .context("starting the runtime")
 }
 
+/// The ACME hostnames that cannot get a certificate, as `/healthz` lines.
+struct AcmeHealth(Arc<tern_acme::Status>);
+
+impl tern_admin::CertificateHealth for AcmeHealth {
+    fn health_lines(&self) -> Vec<String> {
+        self.0.health_lines()
+    }
+}
+
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let term = async {
@@ -212,6 +221,10 @@ pub async fn serve(
         &shutdown_rx,
     )
     .await?;
+    let certificates = reloadable
+        .acme
+        .clone()
+        .map(|s| Arc::new(AcmeHealth(s)) as Arc<dyn tern_admin::CertificateHealth>);
     let reloader = Arc::new(Reloader::new(
         start.file,
         config.clone(),
@@ -231,6 +244,7 @@ pub async fn serve(
         machines: Some(Arc::new(crate::machine_admin::AdminMachines(Arc::clone(
             &machines.manager,
         )))),
+        certificates,
     });
     tokio::spawn(tern_admin::serve(
         listening.admin,
@@ -524,14 +538,18 @@ fn shared(
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
     let challenges = config.acme.as_ref().map(|_| Challenges::new());
     let (certs, http_tls, raw_tls) = tls_acceptors(config, challenges.as_ref())?;
-    if let (Some(acme), Some(store), Some(challenges)) = (&config.acme, &certs, &challenges) {
-        tern_acme::spawn(
-            acme.clone(),
-            Arc::clone(store),
-            Arc::clone(challenges),
-            Arc::clone(catalog),
-        );
-    }
+    let acme = match (&config.acme, &certs, &challenges) {
+        (Some(acme), Some(store), Some(challenges)) => Some(
+            tern_acme::spawn(
+                acme.clone(),
+                Arc::clone(store),
+                Arc::clone(challenges),
+                Arc::clone(catalog),
+            )
+            .1,
+        ),
+        _ => None,
+    };
     let limits = &config.limits;
     let upstreams = Arc::new(Upstreams::new(
         limits.connect_timeout,
@@ -573,6 +591,7 @@ fn shared(
             shared,
             upstreams,
             certs,
+            acme,
         },
     ))
 }

@@ -381,6 +381,16 @@ async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
         metrics.contains("tern_acme_renewal_failing{hostname=\"web.test\"} 1"),
         "{metrics}"
     );
+    let health = tern.admin_get("/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200"),
+        "a certificate in hand keeps the node up: {health}"
+    );
+    assert!(
+        health.contains("acme web.test: 1 failed order(s) in a row")
+            && health.contains("the certificate in hand expires in"),
+        "{health}"
+    );
 }
 
 /// For the one handshake that must fail before any certificate is looked at.
