@@ -323,13 +323,13 @@ def write_outputs(cfg, tag, results, info, started, elapsed):
     svg_plot(summary, plot, f"Tern benchmark ({tag}): throughput per scenario")
     out = cfg.out or (os.path.join(ROOT, "BENCHMARKS.md") if not cfg.quick else os.path.join(RESULTS, "quick.md"))
     out_dir = os.path.dirname(os.path.abspath(out))
-    # The fleet's, the machines' and the layouts' sections are bench/fleet's,
-    # bench/machines' and bench/layouts': kept across a regeneration.
+    # The fleet's, the machines', the layouts' and ACME's sections are bench/fleet's,
+    # bench/machines', bench/layouts' and bench/acme's: kept across a regeneration.
     kept = []
     if os.path.exists(out):
         with open(out) as f:
             text = f.read()
-        for name in ("fleet", "machines", "layouts"):
+        for name in ("fleet", "machines", "layouts", "acme"):
             m = re.search(rf"<!-- {name}: begin -->.*?<!-- {name}: end -->", text, flags=re.S)
             if m:
                 kept.append(m.group(0))

@@ -1247,3 +1247,14 @@ fn acme_section_is_checked() {
     );
     assert!(errs[3].starts_with("t.toml:7:13: unknown acme.challenge \"dns-01\"; expected \"tls-alpn-01\" or \"http-01\""), "{errs:#?}");
 }
+
+#[test]
+fn acme_is_refused_on_a_fleet_node() {
+    let e = error(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n[catalog]\nsource = \"etcd\"\n"
+    ));
+    assert!(
+        e.starts_with("t.toml:6:1: [acme] is not supported on a node of a fleet yet"),
+        "{e}"
+    );
+}

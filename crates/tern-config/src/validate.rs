@@ -136,6 +136,13 @@ impl Validator<'_> {
         let acme = raw
             .acme
             .map(|a| self.acme(a.into_inner(), &tls, acme_span.as_ref()));
+        let in_fleet = backhaul.is_some() || matches!(catalog, CatalogSource::Etcd(_));
+        if let (Some(_), Some(span), true) = (&acme, &acme_span, in_fleet) {
+            self.error(
+                span,
+                "[acme] is not supported on a node of a fleet yet ([backhaul] or an etcd catalog): each node would order on its own, and the ACME server may validate against a node that does not hold the answer; use certificate files in tls.certs_dir there",
+            );
+        }
         let asks_acme = raw
             .app
             .iter()
