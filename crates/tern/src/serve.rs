@@ -148,6 +148,18 @@ pub fn build_runtime(node: &tern_config::Node) -> anyhow::Result<tokio::runtime:
         .context("starting the runtime")
 }
 
+/// The threads that run client connections, and so pool upstream connections:
+/// each gets a shard of the idle pools, and a shard holds its share of their
+/// limit. One worker runs everything on the main thread; work stealing runs
+/// connections on its workers only; per core, the main thread also serves the
+/// backhaul.
+fn pooling_threads(node: &tern_config::Node) -> usize {
+    match node.scheduler {
+        Scheduler::PerCore => node.workers + 1,
+        Scheduler::WorkStealing => node.workers.max(1),
+    }
+}
+
 /// The ACME hostnames that cannot get a certificate, as `/healthz` lines.
 struct AcmeHealth(Arc<tern_acme::Status>);
 
@@ -555,7 +567,7 @@ fn shared(
         limits.connect_timeout,
         limits.idle_timeout,
         watchdog.clone(),
-        config.node.workers + 1,
+        pooling_threads(&config.node),
     ));
     upstreams.spawn_sweeper();
     let proxy = Proxy::new(
