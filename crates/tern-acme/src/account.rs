@@ -2,14 +2,13 @@
 //! private key among them) kept in `state_dir` with owner-only permissions.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use instant_acme::{Account, AccountBuilder, AccountCredentials, NewAccount};
 use tern_config::Acme;
 
 use crate::error::AcmeError;
+use crate::files::write_private;
 
 /// The account for `acme.directory`: the one kept on disk, or a new one.
 pub(crate) async fn load_or_create(acme: &Acme) -> Result<Account, AcmeError> {
@@ -76,24 +75,4 @@ fn account_path(acme: &Acme) -> PathBuf {
         })
         .collect();
     acme.state_dir.join(format!("account-{slug}.json"))
-}
-
-/// Writes `bytes` readable by the owner only, in a directory only the owner can enter.
-pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }

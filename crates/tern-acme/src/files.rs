@@ -1,6 +1,10 @@
-//! Issued certificates on disk: `acme-HOSTNAME.pem` in the certificate
-//! directory (chain, then key; owner-only), and when each is due for renewal.
+//! What goes to disk, owner-only and written whole: issued certificates
+//! (`acme-HOSTNAME.pem` in the certificate directory, chain then key) and the
+//! account; and when a certificate is due for renewal.
 
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -8,12 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 /// The file an ACME certificate for `hostname` is kept in, in `tls.certs_dir`.
-pub fn certificate_file_name(hostname: &str) -> String {
-    format!("acme-{hostname}.pem")
-}
-
 pub(crate) fn certificate_path(dir: &Path, hostname: &str) -> PathBuf {
-    dir.join(certificate_file_name(hostname))
+    dir.join(format!("acme-{hostname}.pem"))
 }
 
 /// The leaf's validity, from a PEM file; `None` if there is no readable one.
@@ -25,6 +25,26 @@ pub(crate) fn validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
         at(cert.validity().not_before.timestamp()),
         at(cert.validity().not_after.timestamp()),
     ))
+}
+
+/// Writes `bytes` readable by the owner only, in a directory only the owner can enter.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 /// When a certificate valid from `not_before` to `not_after` is renewed: at two

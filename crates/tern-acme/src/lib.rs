@@ -14,5 +14,4 @@ mod manager;
 mod order;
 
 pub use error::AcmeError;
-pub use files::certificate_file_name;
 pub use manager::{spawn, Status};

@@ -3,7 +3,7 @@
 //! the lifetime, and after a failure retries with a growing delay, while the old
 //! certificate (if any) stays served.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,11 +12,10 @@ use tern_catalog::Catalog;
 use tern_challenges::Challenges;
 use tern_config::Acme;
 use tern_tls::CertStore;
-use tokio::task::JoinHandle;
 
 use crate::account;
 use crate::error::AcmeError;
-use crate::files::{certificate_path, renewal_time, validity};
+use crate::files::{certificate_path, renewal_time, validity, write_private};
 use crate::limiter::OrderLimiter;
 use crate::order::{challenge_name, order};
 
@@ -27,14 +26,14 @@ const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// removed by hand).
 const MAX_SLEEP: Duration = Duration::from_secs(600);
 
-/// Starts the task; it runs until aborted. The status tells `/healthz` which
-/// hostnames cannot get a certificate.
+/// Starts the task; it runs until the runtime ends. The status tells
+/// `/healthz` which hostnames cannot get a certificate.
 pub fn spawn(
     acme: Acme,
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
     catalog: Arc<dyn Catalog>,
-) -> (JoinHandle<()>, Arc<Status>) {
+) -> Arc<Status> {
     let status = Arc::new(Status::default());
     let mut manager = Manager {
         limiter: OrderLimiter::new(acme.orders_per_hour),
@@ -42,37 +41,52 @@ pub fn spawn(
         store,
         challenges,
         account: None,
-        failures: HashMap::new(),
         status: Arc::clone(&status),
     };
-    (
-        tokio::spawn(async move { manager.run(catalog).await }),
-        status,
-    )
+    tokio::spawn(async move { manager.run(catalog).await });
+    status
 }
 
-/// The hostnames whose last order failed, with why.
+/// The hostnames whose last order failed: what the task retries, and what
+/// `/healthz` reports.
 #[derive(Debug, Default)]
 pub struct Status {
-    failing: Mutex<BTreeMap<String, String>>,
+    failing: Mutex<BTreeMap<String, Failure>>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    /// Failed orders in a row.
+    count: u32,
+    retry: Instant,
+    error: String,
+    /// When the certificate in hand expires, if one is.
+    expires: Option<SystemTime>,
 }
 
 impl Status {
     /// One line per failing hostname, for `/healthz`.
     pub fn health_lines(&self) -> Vec<String> {
-        let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        failing
+        let now = (Instant::now(), SystemTime::now());
+        self.lock()
             .iter()
-            .map(|(host, why)| format!("acme {host}: {why}"))
+            .map(|(host, f)| {
+                let held = match f.expires.and_then(|t| t.duration_since(now.1).ok()) {
+                    Some(left) => format!("the certificate in hand expires in {}s", left.as_secs()),
+                    None => "no valid certificate is served for it".to_owned(),
+                };
+                format!(
+                    "acme {host}: {} failed order(s) in a row, the last: {}; {held}; next try in {}s",
+                    f.count,
+                    f.error,
+                    f.retry.saturating_duration_since(now.0).as_secs()
+                )
+            })
             .collect()
     }
 
-    fn set(&self, hostname: &str, why: Option<String>) {
-        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        match why {
-            Some(w) => failing.insert(hostname.to_owned(), w),
-            None => failing.remove(hostname),
-        };
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Failure>> {
+        self.failing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -82,8 +96,6 @@ struct Manager {
     challenges: Arc<Challenges>,
     account: Option<Account>,
     limiter: OrderLimiter,
-    /// Per hostname: failures in a row, and when to try again.
-    failures: HashMap<String, (u32, Instant)>,
     status: Arc<Status>,
 }
 
@@ -96,19 +108,7 @@ impl Manager {
             for hostname in &wanted {
                 next = next.min(self.tend(hostname).await);
             }
-            self.failures.retain(|h, _| wanted.contains(h));
-            let gone: Vec<String> = self
-                .status
-                .failing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .keys()
-                .filter(|h| !wanted.contains(*h))
-                .cloned()
-                .collect();
-            for h in gone {
-                self.status.set(&h, None);
-            }
+            self.status.lock().retain(|h, _| wanted.contains(h));
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 changed = changes.changed() => {
@@ -137,10 +137,9 @@ impl Manager {
         if due > now {
             return due;
         }
-        if let Some((_, retry)) = self.failures.get(hostname) {
-            if *retry > now {
-                return *retry;
-            }
+        let failed = self.status.lock().get(hostname).map(|f| (f.count, f.retry));
+        if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
+            return retry;
         }
         if let Err(allowed) = self.limiter.try_start(hostname, now) {
             metrics::counter!("tern_acme_orders_total", "result" => "rate_limited").increment(1);
@@ -153,8 +152,7 @@ impl Manager {
         }
         match self.obtain(hostname, &path).await {
             Ok(()) => {
-                self.failures.remove(hostname);
-                self.status.set(hostname, None);
+                self.status.lock().remove(hostname);
                 metrics::counter!("tern_acme_orders_total", "result" => "issued").increment(1);
                 metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
                     .set(0.0);
@@ -162,43 +160,41 @@ impl Manager {
                 Instant::now()
             }
             Err(e) => {
-                let failures = self.failures.get(hostname).map_or(0, |f| f.0) + 1;
+                let count = failed.map_or(0, |(count, _)| count) + 1;
                 let wait = FIRST_RETRY
-                    .saturating_mul(1 << (failures - 1).min(16))
+                    .saturating_mul(1 << (count - 1).min(16))
                     .min(MAX_RETRY);
-                let retry = Instant::now() + wait;
-                self.failures.insert(hostname.to_owned(), (failures, retry));
+                let expires = kept.map(|(_, to)| to).filter(|to| *to > SystemTime::now());
                 metrics::counter!("tern_acme_orders_total", "result" => "failed").increment(1);
                 metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
                     .set(1.0);
-                let served = kept.and_then(|(_, to)| to.duration_since(SystemTime::now()).ok());
                 tracing::warn!(
                     hostname,
                     error = %e,
-                    failures,
+                    failures = count,
                     retry_in = ?wait,
-                    still_served = served.is_some(),
+                    still_served = expires.is_some(),
                     "ACME: could not obtain a certificate"
                 );
-                let held = match served {
-                    Some(left) => format!("the certificate in hand expires in {}s", left.as_secs()),
-                    None => "no valid certificate is served for it".to_owned(),
+                let retry = Instant::now() + wait;
+                let failure = Failure {
+                    count,
+                    retry,
+                    error: e.to_string(),
+                    expires,
                 };
-                self.status.set(
-                    hostname,
-                    Some(format!("{failures} failed order(s) in a row, the last: {e}; {held}; next try in {}s", wait.as_secs())),
-                );
+                self.status.lock().insert(hostname.to_owned(), failure);
                 retry
             }
         }
     }
 
     async fn obtain(&mut self, hostname: &str, path: &std::path::Path) -> Result<(), AcmeError> {
-        if self.account.is_none() {
-            self.account = Some(account::load_or_create(&self.acme).await?);
-        }
-        let Some(account) = &self.account else {
-            unreachable!("set just above");
+        let account = match self.account.take() {
+            Some(kept) => self.account.insert(kept),
+            None => self
+                .account
+                .insert(account::load_or_create(&self.acme).await?),
         };
         tracing::info!(
             hostname,
@@ -207,7 +203,7 @@ impl Manager {
         );
         let issued = order(account, hostname, self.acme.challenge, &self.challenges).await?;
         let pem = format!("{}{}", issued.chain_pem, issued.key_pem);
-        account::write_private(path, pem.as_bytes())
+        write_private(path, pem.as_bytes())
             .map_err(|e| AcmeError::local(hostname, format!("writing {}: {e}", path.display())))?;
         self.store
             .reload()

@@ -167,9 +167,13 @@ impl Proxy {
         self.handover_drain.store(true, Ordering::Release);
     }
 
-    /// Answers ACME HTTP-01 validations from `challenges` (the challenge phase).
-    pub fn with_acme_challenges(mut self, challenges: Arc<tern_challenges::Challenges>) -> Self {
-        self.acme_challenges = Some(challenges);
+    /// Answers ACME HTTP-01 validations from `challenges`, if any (the
+    /// challenge phase).
+    pub fn with_acme_challenges(
+        mut self,
+        challenges: Option<Arc<tern_challenges::Challenges>>,
+    ) -> Self {
+        self.acme_challenges = challenges;
         self
     }
 

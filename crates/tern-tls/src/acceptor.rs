@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::sign::SingleCertAndKey;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
 use tern_challenges::{Challenges, ALPN_ACME_TLS};
@@ -84,16 +84,6 @@ fn config_with(resolver: Arc<dyn ResolvesServerCert>) -> ServerConfig {
         .with_cert_resolver(resolver)
 }
 
-/// The one certificate of a TLS-ALPN-01 answer.
-#[derive(Debug)]
-struct ChallengeCert(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for ChallengeCert {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.0))
-    }
-}
-
 /// Accepts TLS on any stream, giving up after `handshake_timeout`.
 #[derive(Clone)]
 pub struct TlsAcceptor {
@@ -120,11 +110,11 @@ impl TlsAcceptor {
         }
     }
 
-    /// Answers ACME TLS-ALPN-01 validations from `challenges` (RFC 8737): a
-    /// ClientHello offering `acme-tls/1` gets the challenge's certificate for its
-    /// SNI, and nothing else; every other handshake is unchanged.
-    pub fn with_acme_challenges(mut self, challenges: Arc<Challenges>) -> Self {
-        self.challenges = Some(challenges);
+    /// Answers ACME TLS-ALPN-01 validations from `challenges` (RFC 8737), if
+    /// any: a ClientHello offering `acme-tls/1` gets the challenge's certificate
+    /// for its SNI, and nothing else; every other handshake is unchanged.
+    pub fn with_acme_challenges(mut self, challenges: Option<Arc<Challenges>>) -> Self {
+        self.challenges = challenges;
         self
     }
 
@@ -191,7 +181,7 @@ where
         tracing::info!(sni = ?sni, "ACME TLS-ALPN-01 handshake for a name with no open challenge; refused");
         return Ok(TlsError::AcmeChallenge { answered: false });
     };
-    let mut config = config_with(Arc::new(ChallengeCert(cert)));
+    let mut config = config_with(Arc::new(SingleCertAndKey::from(cert)));
     config.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
     let mut stream = start.into_stream(Arc::new(config)).await?;
     // The validator only needs the handshake; nothing is served after it.

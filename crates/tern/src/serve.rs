@@ -551,15 +551,12 @@ fn shared(
     let challenges = config.acme.as_ref().map(|_| Challenges::new());
     let (certs, http_tls, raw_tls) = tls_acceptors(config, challenges.as_ref())?;
     let acme = match (&config.acme, &certs, &challenges) {
-        (Some(acme), Some(store), Some(challenges)) => Some(
-            tern_acme::spawn(
-                acme.clone(),
-                Arc::clone(store),
-                Arc::clone(challenges),
-                Arc::clone(catalog),
-            )
-            .1,
-        ),
+        (Some(acme), Some(store), Some(challenges)) => Some(tern_acme::spawn(
+            acme.clone(),
+            Arc::clone(store),
+            Arc::clone(challenges),
+            Arc::clone(catalog),
+        )),
         _ => None,
     };
     let limits = &config.limits;
@@ -570,20 +567,19 @@ fn shared(
         pooling_threads(&config.node),
     ));
     upstreams.spawn_sweeper();
-    let proxy = Proxy::new(
-        Arc::clone(catalog),
-        Arc::clone(&upstreams),
-        backhaul.clone(),
-        crate::limits::proxy_settings(config, test_hooks()),
-        watchdog.clone(),
-        tracker.clone(),
-    )
-    .with_overload(Arc::clone(&overload))
-    .with_autostart(machines);
-    let proxy = Arc::new(match &challenges {
-        Some(c) => proxy.with_acme_challenges(Arc::clone(c)),
-        None => proxy,
-    });
+    let proxy = Arc::new(
+        Proxy::new(
+            Arc::clone(catalog),
+            Arc::clone(&upstreams),
+            backhaul.clone(),
+            crate::limits::proxy_settings(config, test_hooks()),
+            watchdog.clone(),
+            tracker.clone(),
+        )
+        .with_overload(Arc::clone(&overload))
+        .with_autostart(machines)
+        .with_acme_challenges(challenges),
+    );
     let shared = Arc::new(Shared {
         catalog: Arc::clone(catalog),
         proxy,
@@ -627,14 +623,11 @@ fn tls_acceptors(
     };
     tern_tls::spawn_reloader(Arc::clone(&store), config.tls.reload_interval);
     let acceptor = |alpn| {
-        let a = TlsAcceptor::new(
+        TlsAcceptor::new(
             tern_tls::server_configs(Arc::clone(&store), alpn),
             config.tls.handshake_timeout,
-        );
-        match challenges {
-            Some(c) => a.with_acme_challenges(Arc::clone(c)),
-            None => a,
-        }
+        )
+        .with_acme_challenges(challenges.cloned())
     };
     let http = acceptor(tern_tls::http_alpn());
     let raw = acceptor(Vec::new());

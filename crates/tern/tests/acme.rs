@@ -8,7 +8,6 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -188,12 +187,38 @@ ports = [
     c
 }
 
-/// Starts Tern with an empty certificate directory: until ACME has issued, it
-/// has nothing to serve for `web.test`.
-fn start_tern(config: &str, ports: Ports) -> Tern {
+/// A machine, pebble (issuing certificates valid for `validity` seconds), and
+/// Tern ordering from it by `challenge`, started with an empty certificate
+/// directory: until ACME has issued, it has nothing to serve for `web.test`.
+/// Bind every field, `_backend` and `_scratch` by name too: a field left to `..`
+/// is dropped at once, and with it the machine or pebble's files.
+struct AcmeSetup {
+    _backend: Backend,
+    _scratch: tempfile::TempDir,
+    pebble: Pebble,
+    tern: Tern,
+    /// Pebble's issuing root.
+    root: String,
+}
+
+async fn acme_setup(challenge: &str, force_https: bool, validity: u64) -> AcmeSetup {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let ports = Ports::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(scratch.path(), ports.http, ports.https, validity);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("certs")).unwrap();
-    Tern::start_in(dir, config, ports)
+    let config = acme_config(ports, &ips, &pebble, challenge, force_https);
+    let tern = Tern::start_in(dir, &config, ports);
+    let root = pebble.issuing_root();
+    AcmeSetup {
+        _backend: backend,
+        _scratch: scratch,
+        pebble,
+        tern,
+        root,
+    }
 }
 
 /// The certificate served for `web.test` (DER), if a client trusting only
@@ -247,16 +272,13 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_by_tls_alpn_01_and_serves_the_certificate_at_once() {
-    let ips = Ips::new();
-    let _backend = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let scratch = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(scratch.path(), ports.http, ports.https, 3600);
-    let tern = start_tern(
-        &acme_config(ports, &ips, &pebble, "tls-alpn-01", false),
-        ports,
-    );
-    let root = pebble.issuing_root();
+    let AcmeSetup {
+        pebble,
+        tern,
+        root,
+        _backend,
+        _scratch,
+    } = acme_setup("tls-alpn-01", false, 3600).await;
     wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
 
     let log = tern.log_text();
@@ -280,29 +302,31 @@ async fn issues_by_tls_alpn_01_and_serves_the_certificate_at_once() {
     );
 
     // A handshake that offers acme-tls/1 for a name with no open order gets no
-    // certificate at all.
-    let mut cfg = (*client_tls_config(&root, &[b"acme-tls/1"])).clone();
-    cfg.dangerous()
-        .set_certificate_verifier(Arc::new(AcceptAnything(
-            rustls::crypto::ring::default_provider(),
-        )));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(("127.0.0.1", ports.https))
+    // certificate at all: refused by the ACME path, which counts it as such
+    // (rustls alone would also fail it, for want of a common ALPN protocol).
+    let connector = tls_connector(&root, &[b"acme-tls/1"]);
+    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("web.test").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_tls_handshake_errors_total{reason=\"acme_no_challenge\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_by_http_01_on_a_port_that_forces_https() {
-    let ips = Ips::new();
-    let _backend = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let scratch = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(scratch.path(), ports.http, ports.https, 3600);
-    let tern = start_tern(&acme_config(ports, &ips, &pebble, "http-01", true), ports);
-    let root = pebble.issuing_root();
+    let AcmeSetup {
+        pebble,
+        tern,
+        root,
+        _backend,
+        _scratch,
+    } = acme_setup("http-01", true, 3600).await;
+    let ports = tern.ports;
     wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
     let log = tern.log_text();
     assert!(log.contains("answered an ACME HTTP-01 validation"), "{log}");
@@ -318,17 +342,15 @@ async fn issues_by_http_01_on_a_port_that_forces_https() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
-    let ips = Ips::new();
-    let _backend = Backend::start("m1", ips.get(1), 7000).await;
-    let ports = Ports::new();
-    let scratch = tempfile::tempdir().unwrap();
     // Renewal is due two thirds in: 20 s after issuance.
-    let pebble = Pebble::start(scratch.path(), ports.http, ports.https, 30);
-    let tern = start_tern(
-        &acme_config(ports, &ips, &pebble, "tls-alpn-01", false),
-        ports,
-    );
-    let root = pebble.issuing_root();
+    let AcmeSetup {
+        pebble,
+        tern,
+        root,
+        _backend,
+        _scratch,
+    } = acme_setup("tls-alpn-01", false, 30).await;
+    let ports = tern.ports;
     let first = wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
 
     // Renewed: a different certificate, before the first one expires.
@@ -391,50 +413,4 @@ async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
             && health.contains("the certificate in hand expires in"),
         "{health}"
     );
-}
-
-/// For the one handshake that must fail before any certificate is looked at.
-#[derive(Debug)]
-struct AcceptAnything(rustls::crypto::CryptoProvider);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
