@@ -26,6 +26,12 @@ pub enum AcmeError {
     /// Validation failed: the order became invalid.
     #[error("ACME validation of {hostname} failed: {problem}")]
     Invalid { hostname: String, problem: String },
+    /// The fleet key file is missing or malformed.
+    #[error("acme.fleet_key {path}: {reason}")]
+    FleetKey { path: PathBuf, reason: String },
+    /// etcd, where the fleet shares orders, failed a request or was unreachable.
+    #[error("{hostname}: sharing with the fleet in etcd: {reason}")]
+    Fleet { hostname: String, reason: String },
     /// Making the TLS-ALPN-01 certificate, or writing the issued one, failed.
     #[error("{hostname}: {reason}")]
     Local { hostname: String, reason: String },
@@ -37,6 +43,13 @@ impl AcmeError {
             hostname: hostname.to_owned(),
             step,
             problem: e.to_string(),
+        }
+    }
+
+    pub(crate) fn fleet(hostname: &str, reason: impl std::fmt::Display) -> Self {
+        AcmeError::Fleet {
+            hostname: hostname.to_owned(),
+            reason: reason.to_string(),
         }
     }
 

@@ -19,6 +19,16 @@ pub(crate) fn certificate_path(dir: &Path, hostname: &str) -> PathBuf {
 /// The leaf's validity, from a PEM file; `None` if there is no readable one.
 pub(crate) fn validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
     let leaf = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    leaf_validity(&leaf)
+}
+
+/// The leaf's validity, from PEM text.
+pub(crate) fn validity_of_pem(pem: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let leaf = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    leaf_validity(&leaf)
+}
+
+fn leaf_validity(leaf: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
     Some((

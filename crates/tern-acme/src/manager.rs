@@ -1,23 +1,28 @@
 //! The task that keeps every ACME hostname of the catalog's apps served by a
 //! valid certificate: it orders one where none is kept, renews at two thirds of
 //! the lifetime, and after a failure retries with a growing delay, while the old
-//! certificate (if any) stays served.
+//! certificate (if any) stays served. On demand, it orders a hostname only
+//! once a handshake asks for it, and renews what it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::Account;
 use tern_catalog::Catalog;
-use tern_challenges::Challenges;
+use tern_challenges::{Challenges, OnDemand};
 use tern_config::Acme;
 use tern_tls::CertStore;
+use tokio::sync::Notify;
 
 use crate::account;
 use crate::error::AcmeError;
 use crate::files::{certificate_path, renewal_time, validity, write_private};
+use crate::fleet::{FleetShare, OrderLock, Share, Turn};
+use crate::follow::follow;
 use crate::limiter::OrderLimiter;
-use crate::order::{challenge_name, order};
+use crate::order::{challenge_name, order, Answers};
 
 /// The first wait after a failure, doubled after each further one up to `MAX_RETRY`.
 const FIRST_RETRY: Duration = Duration::from_secs(30);
@@ -25,21 +30,48 @@ const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// The longest the task sleeps without looking again (a clock jump, a file
 /// removed by hand).
 const MAX_SLEEP: Duration = Duration::from_secs(600);
+/// How soon a name that another node is ordering is looked at again, unless
+/// that node's certificate arrives first.
+const ELSEWHERE_RECHECK: Duration = Duration::from_secs(30);
+
+/// What the ACME task answers through: validations, and (on demand) the
+/// handshakes that ask for a certificate.
+#[derive(Debug, Clone)]
+pub struct Answering {
+    pub challenges: Arc<Challenges>,
+    pub on_demand: Option<Arc<OnDemand>>,
+}
 
 /// Starts the task; it runs until the runtime ends. The status tells
-/// `/healthz` which hostnames cannot get a certificate.
+/// `/healthz` which hostnames cannot get a certificate. With `fleet`, orders
+/// are shared with the other nodes through etcd, and a second task answers
+/// and installs what they share.
 pub fn spawn(
     acme: Acme,
     store: Arc<CertStore>,
-    challenges: Arc<Challenges>,
+    answering: Answering,
     catalog: Arc<dyn Catalog>,
+    fleet: Option<FleetShare>,
 ) -> Arc<Status> {
     let status = Arc::new(Status::default());
+    let installed = Arc::new(Notify::new());
+    if let Some(share) = &fleet {
+        tokio::spawn(follow(
+            share.clone(),
+            Arc::clone(&store),
+            Arc::clone(&answering.challenges),
+            Arc::clone(&catalog),
+            Arc::clone(&installed),
+        ));
+    }
     let mut manager = Manager {
         limiter: OrderLimiter::new(acme.orders_per_hour),
         acme,
         store,
-        challenges,
+        challenges: answering.challenges,
+        on_demand: answering.on_demand,
+        fleet: fleet.map(Share::new),
+        installed,
         account: None,
         status: Arc::clone(&status),
     };
@@ -94,6 +126,10 @@ struct Manager {
     acme: Acme,
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
+    on_demand: Option<Arc<OnDemand>>,
+    fleet: Option<Share>,
+    /// Told when a certificate from another node was installed.
+    installed: Arc<Notify>,
     account: Option<Account>,
     limiter: OrderLimiter,
     status: Arc<Status>,
@@ -104,13 +140,21 @@ impl Manager {
         let mut changes = catalog.watch();
         loop {
             let wanted = wanted(&catalog);
-            let mut next = Instant::now() + MAX_SLEEP;
-            for hostname in &wanted {
-                next = next.min(self.tend(hostname).await);
-            }
+            let next = match self.on_demand.clone() {
+                None => self.tend_all(&wanted).await,
+                Some(on_demand) => self.tend_on_demand(&wanted, &on_demand).await,
+            };
             self.status.lock().retain(|h, _| wanted.contains(h));
+            let asked = async {
+                match &self.on_demand {
+                    Some(on_demand) => on_demand.asked_again().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
+                () = asked => {}
+                () = self.installed.notified() => {}
                 changed = changes.changed() => {
                     if changed.is_err() {
                         // The catalog is gone: so is the node.
@@ -119,6 +163,34 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Tends every wanted hostname; returns when to look again.
+    async fn tend_all(&mut self, wanted: &BTreeSet<String>) -> Instant {
+        let mut next = Instant::now() + MAX_SLEEP;
+        for hostname in wanted {
+            next = next.min(self.tend(hostname).await);
+        }
+        next
+    }
+
+    /// Orders the hostnames that handshakes asked for (first: they are
+    /// waiting), then renews those already held; others wait to be asked.
+    async fn tend_on_demand(&mut self, wanted: &BTreeSet<String>, on_demand: &OnDemand) -> Instant {
+        on_demand.set_claimed(wanted.iter().cloned());
+        let mut next = Instant::now() + MAX_SLEEP;
+        for hostname in on_demand.asked() {
+            if wanted.contains(&hostname) {
+                next = next.min(self.tend(&hostname).await);
+            }
+            on_demand.answer(&hostname, self.store.names(&hostname));
+        }
+        for hostname in wanted {
+            if validity(&certificate_path(self.store.dir(), hostname)).is_some() {
+                next = next.min(self.tend(hostname).await);
+            }
+        }
+        next
     }
 
     /// Orders or renews `hostname` if it is due; returns when to look again.
@@ -141,6 +213,18 @@ impl Manager {
         if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
             return retry;
         }
+        let lock = match self.take_turn(hostname, &path).await {
+            Ok(Taken::Ours(lock)) => lock,
+            Ok(Taken::Done) => return Instant::now(),
+            Ok(Taken::Theirs(holder)) => {
+                tracing::debug!(hostname, holder, "ACME: another node is ordering this name");
+                return now + ELSEWHERE_RECHECK;
+            }
+            Err(e) => {
+                tracing::warn!(hostname, error = %e, "ACME: cannot take this name's order lock in etcd; not ordering");
+                return now + FIRST_RETRY;
+            }
+        };
         if let Err(allowed) = self.limiter.try_start(hostname, now) {
             metrics::counter!("tern_acme_orders_total", "result" => "rate_limited").increment(1);
             tracing::warn!(
@@ -148,10 +232,30 @@ impl Manager {
                 orders_per_hour = self.acme.orders_per_hour,
                 "ACME: not ordering; this hostname reached its orders per hour"
             );
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
             return allowed;
         }
-        match self.obtain(hostname, &path).await {
-            Ok(()) => {
+        let result = self.obtain(hostname, &path, lock.as_ref()).await;
+        let count = failed.map_or(0, |(count, _)| count) + 1;
+        let wait = FIRST_RETRY
+            .saturating_mul(1 << (count - 1).min(16))
+            .min(MAX_RETRY);
+        match (&result, lock) {
+            (Ok(pem), Some(lock)) => {
+                if let Some(share) = &mut self.fleet {
+                    if let Err(e) = share.put_certificate(hostname, pem).await {
+                        tracing::warn!(hostname, error = %e, "ACME: the other nodes will not get this certificate; they will order their own");
+                    }
+                }
+                lock.release().await;
+            }
+            (Err(e), Some(lock)) => lock.release_after_failure(wait, e).await,
+            (_, None) => {}
+        }
+        match result {
+            Ok(_) => {
                 self.status.lock().remove(hostname);
                 metrics::counter!("tern_acme_orders_total", "result" => "issued").increment(1);
                 metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
@@ -159,37 +263,79 @@ impl Manager {
                 // Looked at again at once, for its expiry and next renewal.
                 Instant::now()
             }
-            Err(e) => {
-                let count = failed.map_or(0, |(count, _)| count) + 1;
-                let wait = FIRST_RETRY
-                    .saturating_mul(1 << (count - 1).min(16))
-                    .min(MAX_RETRY);
-                let expires = kept.map(|(_, to)| to).filter(|to| *to > SystemTime::now());
-                metrics::counter!("tern_acme_orders_total", "result" => "failed").increment(1);
-                metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
-                    .set(1.0);
-                tracing::warn!(
+            Err(e) => self.failed(hostname, e, count, wait, kept.map(|(_, to)| to)),
+        }
+    }
+
+    /// Whose turn it is to order `hostname`: this node's alone without a fleet;
+    /// in a fleet, the lock's holder's, and nobody's if the fleet's
+    /// certificate, installed here, is current.
+    async fn take_turn(&mut self, hostname: &str, path: &Path) -> Result<Taken, AcmeError> {
+        let Some(share) = &mut self.fleet else {
+            return Ok(Taken::Ours(None));
+        };
+        let lock = match share.take_turn(hostname).await? {
+            Turn::Theirs(holder) => return Ok(Taken::Theirs(holder)),
+            Turn::Ours(lock) => lock,
+        };
+        // Another node may have finished just before the lock was free.
+        match share.current(hostname).await {
+            Ok(Some(pem)) => {
+                lock.release().await;
+                self.serve(hostname, path, &pem)?;
+                tracing::info!(
                     hostname,
-                    error = %e,
-                    failures = count,
-                    retry_in = ?wait,
-                    still_served = expires.is_some(),
-                    "ACME: could not obtain a certificate"
+                    "ACME: installed the certificate another node obtained"
                 );
-                let retry = Instant::now() + wait;
-                let failure = Failure {
-                    count,
-                    retry,
-                    error: e.to_string(),
-                    expires,
-                };
-                self.status.lock().insert(hostname.to_owned(), failure);
-                retry
+                Ok(Taken::Done)
+            }
+            Ok(None) => Ok(Taken::Ours(Some(lock))),
+            Err(e) => {
+                lock.release().await;
+                Err(e)
             }
         }
     }
 
-    async fn obtain(&mut self, hostname: &str, path: &std::path::Path) -> Result<(), AcmeError> {
+    /// Records a failed order; returns when to try again.
+    fn failed(
+        &mut self,
+        hostname: &str,
+        e: AcmeError,
+        count: u32,
+        wait: Duration,
+        held_until: Option<SystemTime>,
+    ) -> Instant {
+        let expires = held_until.filter(|to| *to > SystemTime::now());
+        metrics::counter!("tern_acme_orders_total", "result" => "failed").increment(1);
+        metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned()).set(1.0);
+        tracing::warn!(
+            hostname,
+            error = %e,
+            failures = count,
+            retry_in = ?wait,
+            still_served = expires.is_some(),
+            "ACME: could not obtain a certificate"
+        );
+        let retry = Instant::now() + wait;
+        let failure = Failure {
+            count,
+            retry,
+            error: e.to_string(),
+            expires,
+        };
+        self.status.lock().insert(hostname.to_owned(), failure);
+        retry
+    }
+
+    /// Orders `hostname` and serves the certificate; returns it (PEM, chain
+    /// then key). With `lock`, the answers are shared with the fleet too.
+    async fn obtain(
+        &mut self,
+        hostname: &str,
+        path: &Path,
+        lock: Option<&OrderLock>,
+    ) -> Result<String, AcmeError> {
         let account = match self.account.take() {
             Some(kept) => self.account.insert(kept),
             None => self
@@ -201,20 +347,37 @@ impl Manager {
             challenge = challenge_name(self.acme.challenge),
             "ACME: ordering a certificate"
         );
-        let issued = order(account, hostname, self.acme.challenge, &self.challenges).await?;
+        let answering = Answers::new(&self.challenges, lock);
+        let issued = order(account, hostname, self.acme.challenge, answering).await?;
         let pem = format!("{}{}", issued.chain_pem, issued.key_pem);
+        self.serve(hostname, path, &pem)?;
+        tracing::info!(hostname, path = %path.display(), "ACME: certificate issued and served");
+        Ok(pem)
+    }
+
+    /// Writes a certificate where SNI reads it, and serves it at once.
+    fn serve(&self, hostname: &str, path: &Path, pem: &str) -> Result<(), AcmeError> {
         write_private(path, pem.as_bytes())
             .map_err(|e| AcmeError::local(hostname, format!("writing {}: {e}", path.display())))?;
         self.store
             .reload()
             .map_err(|e| AcmeError::local(hostname, format!("serving the new certificate: {e}")))?;
-        tracing::info!(hostname, path = %path.display(), "ACME: certificate issued and served");
         Ok(())
     }
 }
 
+/// Whose turn it is to order a name.
+enum Taken {
+    /// This node's, holding the fleet's lock if there is a fleet.
+    Ours(Option<OrderLock>),
+    /// Another node's (the lock's holder).
+    Theirs(String),
+    /// Nobody's: the fleet's current certificate is now served here.
+    Done,
+}
+
 /// The hostnames that apps in the catalog want certificates for.
-fn wanted(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
+pub(crate) fn wanted(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
     let snapshot = catalog.snapshot();
     snapshot
         .apps

@@ -1,5 +1,6 @@
 //! One order for one hostname: its authorization answered by the configured
-//! challenge, then finalized with a fresh P-256 key, then the chain fetched.
+//! challenge (on this node, and through etcd on every node of a fleet), then
+//! finalized with a fresh P-256 key, then the chain fetched.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tern_config::AcmeChallenge;
 
 use crate::alpn_cert::tls_alpn01_cert;
 use crate::error::AcmeError;
+use crate::fleet::OrderLock;
 
 /// An issued certificate: its chain and its private key, both PEM.
 pub(crate) struct Issued {
@@ -36,24 +38,19 @@ pub(crate) fn challenge_name(kind: AcmeChallenge) -> &'static str {
     }
 }
 
-/// Orders a certificate for `hostname`, answering through `challenges` while the
+/// Orders a certificate for `hostname`, answering through `answers` while the
 /// order is open.
 pub(crate) async fn order(
     account: &Account,
     hostname: &str,
     kind: AcmeChallenge,
-    challenges: &Challenges,
+    mut answers: Answers<'_>,
 ) -> Result<Issued, AcmeError> {
     let ids = [Identifier::Dns(hostname.to_owned())];
     let mut order = account
         .new_order(&NewOrder::new(&ids))
         .await
         .map_err(|e| AcmeError::server(hostname, "new order", e))?;
-    let mut answers = Answers {
-        challenges,
-        tokens: Vec::new(),
-        hostname: None,
-    };
     answer(&mut order, hostname, kind, &mut answers).await?;
     let status = order
         .poll_ready(&patience())
@@ -110,16 +107,14 @@ async fn answer(
         let key_authorization = challenge.key_authorization();
         match kind {
             AcmeChallenge::Http01 => {
-                let token = challenge.token.clone();
                 answers
-                    .challenges
-                    .set_http01(&token, key_authorization.as_str());
-                answers.tokens.push(token);
+                    .http01(&challenge.token, key_authorization.as_str())
+                    .await?
             }
             AcmeChallenge::TlsAlpn01 => {
-                let cert = tls_alpn01_cert(hostname, key_authorization.digest().as_ref())?;
-                answers.challenges.set_tls_alpn01(hostname, cert);
-                answers.hostname = Some(hostname.to_owned());
+                answers
+                    .tls_alpn01(hostname, key_authorization.digest().as_ref())
+                    .await?
             }
         }
         challenge
@@ -142,11 +137,43 @@ async fn validation_problem(order: &mut Order) -> String {
 }
 
 /// The answers an order set, taken back when it no longer needs them (also when
-/// it fails or is dropped).
-struct Answers<'a> {
+/// it fails or is dropped). In a fleet they are shared too, under the order's
+/// lease, which takes them back from every node when the order ends.
+pub(crate) struct Answers<'a> {
     challenges: &'a Challenges,
+    fleet: Option<&'a OrderLock>,
     tokens: Vec<String>,
     hostname: Option<String>,
+}
+
+impl<'a> Answers<'a> {
+    pub(crate) fn new(challenges: &'a Challenges, fleet: Option<&'a OrderLock>) -> Self {
+        Answers {
+            challenges,
+            fleet,
+            tokens: Vec::new(),
+            hostname: None,
+        }
+    }
+
+    async fn http01(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
+        self.challenges.set_http01(token, key_authorization);
+        self.tokens.push(token.to_owned());
+        if let Some(lock) = self.fleet {
+            lock.share_http01(token, key_authorization).await?;
+        }
+        Ok(())
+    }
+
+    async fn tls_alpn01(&mut self, hostname: &str, digest: &[u8]) -> Result<(), AcmeError> {
+        let cert = tls_alpn01_cert(hostname, digest)?;
+        self.challenges.set_tls_alpn01(hostname, cert);
+        self.hostname = Some(hostname.to_owned());
+        if let Some(lock) = self.fleet {
+            lock.share_tls_alpn01(digest).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Answers<'_> {

@@ -1,7 +1,12 @@
 //! The answers this node gives an ACME server's validations while an order is
 //! open: HTTP-01 key authorizations by token, TLS-ALPN-01 certificates by
 //! hostname. The ACME client sets them; the HTTP and TLS listeners read them.
+//! Also the orders that handshakes ask for, in the on-demand mode ([`OnDemand`]).
 #![forbid(unsafe_code)]
+
+mod on_demand;
+
+pub use on_demand::{OnDemand, Outcome};
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -149,6 +149,13 @@ pub struct Acme {
     pub state_dir: PathBuf,
     /// Orders any one hostname may start in an hour.
     pub orders_per_hour: u32,
+    /// With `Some(wait)`, a hostname is ordered at the first handshake that
+    /// names it (a handshake waits for the order at most `wait`) instead of at
+    /// start.
+    pub on_demand: Option<Duration>,
+    /// The file holding the key that certificates are sealed with in etcd
+    /// (nodes on an etcd catalog share their certificates).
+    pub fleet_key: Option<PathBuf>,
 }
 
 /// How the ACME server checks that this node answers for a hostname.

@@ -42,6 +42,9 @@ pub(crate) struct RawAcme {
     pub challenge: Opt<String>,
     pub state_dir: Opt<String>,
     pub orders_per_hour: Opt<i64>,
+    pub on_demand: Opt<bool>,
+    pub on_demand_wait: Opt<DurationText>,
+    pub fleet_key: Opt<String>,
 }
 
 #[derive(Debug, Deserialize)]

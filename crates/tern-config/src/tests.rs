@@ -1180,6 +1180,8 @@ fn acme_settings_parse_with_paths_beside_the_file() {
             challenge: AcmeChallenge::Http01,
             state_dir: PathBuf::from("/etc/tern/acme"),
             orders_per_hour: 2,
+            on_demand: None,
+            fleet_key: None,
         })
     );
     assert_eq!(c.apps[0].acme_hostnames, vec!["b.test".to_string()]);
@@ -1193,6 +1195,7 @@ fn acme_settings_parse_with_paths_beside_the_file() {
         "TLS-ALPN-01 is preferred"
     );
     assert_eq!(acme.orders_per_hour, 5);
+    assert_eq!(acme.on_demand, None, "orders at start unless asked");
     assert_eq!(
         all.apps[0].acme_hostnames,
         vec!["a.test".to_string(), "b.test".to_string()]
@@ -1249,12 +1252,44 @@ fn acme_section_is_checked() {
 }
 
 #[test]
-fn acme_is_refused_on_a_fleet_node() {
+fn acme_on_an_etcd_catalog_needs_a_fleet_key_and_only_there() {
+    let etcd = "[catalog]\nsource = \"etcd\"\n";
     let e = error(&format!(
-        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n[catalog]\nsource = \"etcd\"\n"
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\n{etcd}"
     ));
     assert!(
-        e.starts_with("t.toml:6:1: [acme] is not supported on a node of a fleet yet"),
+        e.starts_with("t.toml:6:1: [acme] on an etcd catalog needs acme.fleet_key"),
+        "{e}"
+    );
+    let c = ok(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\nfleet_key = \"fleet.key\"\n{etcd}"
+    ));
+    let acme = c.acme.expect("[acme] is set");
+    assert_eq!(acme.fleet_key, Some(PathBuf::from("/etc/tern/fleet.key")));
+    let e = error(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\nfleet_key = \"fleet.key\"\n"
+    ));
+    assert!(
+        e.starts_with("t.toml:6:1: acme.fleet_key is set but the catalog is not in etcd"),
+        "{e}"
+    );
+}
+
+#[test]
+fn on_demand_waits_ten_seconds_unless_told_and_its_wait_needs_it_on() {
+    let c = ok(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\non_demand = true\n"
+    ));
+    assert_eq!(c.acme.unwrap().on_demand, Some(Duration::from_secs(10)));
+    let c = ok(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\non_demand = true\non_demand_wait = \"3s\"\n"
+    ));
+    assert_eq!(c.acme.unwrap().on_demand, Some(Duration::from_secs(3)));
+    let e = error(&format!(
+        "{ACME_NODE}[acme]\ndirectory = \"https://acme.example/dir\"\non_demand_wait = \"3s\"\n"
+    ));
+    assert!(
+        e.starts_with("t.toml:8:18: acme.on_demand_wait is set but acme.on_demand is not true"),
         "{e}"
     );
 }

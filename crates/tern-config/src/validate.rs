@@ -23,6 +23,9 @@ const MAX_REQUEST_BUFFER: u64 = 1 << 20;
 /// of keep-alive requests, far below the kernel's 4 ms tick (docs/operations.md,
 /// "Sharing the CPUs").
 const DEFAULT_YIELD_EVERY_POLLS: u32 = 64;
+/// How long a handshake waits for an on-demand order: pebble and Let's Encrypt
+/// usually issue within a few seconds, and browsers give up after about 30.
+const DEFAULT_ON_DEMAND_WAIT: Duration = Duration::from_secs(10);
 
 const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9090);
@@ -136,12 +139,19 @@ impl Validator<'_> {
         let acme = raw
             .acme
             .map(|a| self.acme(a.into_inner(), &tls, acme_span.as_ref()));
-        let in_fleet = backhaul.is_some() || matches!(catalog, CatalogSource::Etcd(_));
-        if let (Some(_), Some(span), true) = (&acme, &acme_span, in_fleet) {
-            self.error(
-                span,
-                "[acme] is not supported on a node of a fleet yet ([backhaul] or an etcd catalog): each node would order on its own, and the ACME server may validate against a node that does not hold the answer; use certificate files in tls.certs_dir there",
-            );
+        if let (Some(acme), Some(span)) = (&acme, &acme_span) {
+            let on_etcd = matches!(catalog, CatalogSource::Etcd(_));
+            match (&acme.fleet_key, on_etcd) {
+                (None, true) => self.error(
+                    span,
+                    "[acme] on an etcd catalog needs acme.fleet_key: the file holding the key that the fleet's certificates are sealed with in etcd (64 hex digits, such as `openssl rand -hex 32` prints)",
+                ),
+                (Some(_), false) => self.error(
+                    span,
+                    "acme.fleet_key is set but the catalog is not in etcd: only nodes of an etcd catalog share certificates",
+                ),
+                _ => {}
+            }
         }
         let asks_acme = raw
             .app
@@ -1147,6 +1157,14 @@ impl Validator<'_> {
             None => self.relative_to_file("acme"),
         };
         let orders_per_hour = self.limit(&raw.orders_per_hour, "acme.orders_per_hour", 5);
+        let on_demand = self.on_demand(&raw);
+        let fleet_key = raw.fleet_key.as_ref().and_then(|p| {
+            if p.get_ref().is_empty() {
+                self.error(&p.span(), "acme.fleet_key must not be empty");
+                return None;
+            }
+            Some(self.relative_to_file(p.get_ref()))
+        });
         if tls.certs_dir.is_none() {
             if let Some(span) = span {
                 self.error(
@@ -1162,7 +1180,29 @@ impl Validator<'_> {
             challenge,
             state_dir,
             orders_per_hour,
+            on_demand,
+            fleet_key,
         }
+    }
+
+    /// `acme.on_demand`, and how long a handshake waits for its order.
+    fn on_demand(&mut self, raw: &RawAcme) -> Option<Duration> {
+        let on = raw.on_demand.as_ref().is_some_and(|v| *v.get_ref());
+        if !on {
+            if let Some(wait) = &raw.on_demand_wait {
+                self.error(
+                    &wait.span(),
+                    "acme.on_demand_wait is set but acme.on_demand is not true",
+                );
+            }
+            return None;
+        }
+        Some(self.duration(
+            &raw.on_demand_wait,
+            "acme.on_demand_wait",
+            DEFAULT_ON_DEMAND_WAIT,
+            false,
+        ))
     }
 
     /// The names an app's `[app.certificates]` asks ACME for: all its hostnames,

@@ -7,6 +7,10 @@
 //! | `PREFIX/regions` | the operator's RTT seeds | `tern catalog push` |
 //! | `PREFIX/nodes/ID` | a node's id, region and backhaul address | the node, under its lease |
 //! | `PREFIX/status/ID` | a machine's live status | its node, under its lease |
+//! | `PREFIX/acme/certs/HOST` | an ACME certificate and its key, sealed with the fleet key | the node that ordered it |
+//! | `PREFIX/acme/locks/HOST` | the node ordering HOST (or that failed to, until its retry) | that node, under an order's lease |
+//! | `PREFIX/acme/http-01/TOKEN` | an HTTP-01 key authorization | the ordering node, under the order's lease |
+//! | `PREFIX/acme/tls-alpn-01/HOST` | a TLS-ALPN-01 digest, hex | the ordering node, under the order's lease |
 
 use tern_catalog::model::{AppDef, MachineDef, MachineStatus, NodeDef, RegionSeeds};
 use tern_catalog::Change;
@@ -25,6 +29,16 @@ pub enum Key {
     Regions,
     Node(String),
     Status(String),
+}
+
+/// What a key under `PREFIX/acme/` names: ACME's state shared by the fleet,
+/// which the catalog itself ignores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcmeKey {
+    Certificate(String),
+    Lock(String),
+    Http01(String),
+    TlsAlpn01(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,38 @@ impl Keys {
             Key::Regions => format!("{p}/regions"),
             Key::Node(id) => format!("{p}/nodes/{id}"),
             Key::Status(id) => format!("{p}/status/{id}"),
+        }
+    }
+
+    /// Everything ACME shares.
+    pub fn acme_all(&self) -> String {
+        format!("{}/acme/", self.prefix)
+    }
+
+    pub fn acme(&self, key: &AcmeKey) -> String {
+        let p = &self.prefix;
+        match key {
+            AcmeKey::Certificate(h) => format!("{p}/acme/certs/{h}"),
+            AcmeKey::Lock(h) => format!("{p}/acme/locks/{h}"),
+            AcmeKey::Http01(t) => format!("{p}/acme/http-01/{t}"),
+            AcmeKey::TlsAlpn01(h) => format!("{p}/acme/tls-alpn-01/{h}"),
+        }
+    }
+
+    /// What an ACME key names; `None` for anything else.
+    pub fn parse_acme(&self, key: &str) -> Option<AcmeKey> {
+        let rest = key.strip_prefix(&self.acme_all())?;
+        let (kind, name) = rest.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        let name = name.to_owned();
+        match kind {
+            "certs" => Some(AcmeKey::Certificate(name)),
+            "locks" => Some(AcmeKey::Lock(name)),
+            "http-01" => Some(AcmeKey::Http01(name)),
+            "tls-alpn-01" => Some(AcmeKey::TlsAlpn01(name)),
+            _ => None,
         }
     }
 
@@ -162,6 +208,18 @@ mod tests {
         assert_eq!(k.parse("/tern/apps/"), None);
         assert_eq!(k.parse("/tern/apps/a/b"), None);
         assert_eq!(k.parse("/tern/other/x"), None);
+        for key in [
+            AcmeKey::Certificate("a.test".into()),
+            AcmeKey::Lock("a.test".into()),
+            AcmeKey::Http01("tok".into()),
+            AcmeKey::TlsAlpn01("a.test".into()),
+        ] {
+            let text = k.acme(&key);
+            assert_eq!(k.parse_acme(&text), Some(key));
+            assert_eq!(k.parse(&text), None, "the catalog leaves ACME's keys alone");
+        }
+        assert_eq!(k.parse_acme("/tern/acme/certs/"), None);
+        assert_eq!(k.parse_acme("/tern/acme/other/x"), None);
     }
 
     #[test]

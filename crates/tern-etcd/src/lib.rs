@@ -15,6 +15,7 @@ mod report;
 mod source;
 mod store;
 
+pub use keys::AcmeKey;
 pub use publish::BAND_EVERY;
 pub use report::Report;
 pub use source::{EtcdSettings, EtcdSource};

@@ -56,10 +56,31 @@ impl Store {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Store, EtcdError> {
+        Store::connect_pinging(endpoints, prefix, timeout, Duration::from_secs(2)).await
+    }
+
+    /// Connects like [`Store::connect`], for a connection that may carry
+    /// nothing for long (a watch of keys that rarely change): it pings every
+    /// 10 s. etcd closes a connection that pings more often than every 5 s
+    /// (`--grpc-keepalive-min-time`) while it has nothing else to send.
+    pub async fn connect_quiet(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Store, EtcdError> {
+        Store::connect_pinging(endpoints, prefix, timeout, Duration::from_secs(10)).await
+    }
+
+    async fn connect_pinging(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+        ping_every: Duration,
+    ) -> Result<Store, EtcdError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), timeout);
+            .with_keep_alive(ping_every, timeout);
         let connecting = Client::connect(endpoints, Some(options));
         let client = tokio::time::timeout(timeout, connecting)
             .await
@@ -76,6 +97,11 @@ impl Store {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The connection, for what keeps keys of its own under the prefix (ACME).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Reads every key under the prefix, at one revision.

@@ -1,5 +1,6 @@
 //! The server side of a TLS connection: the rustls config every TLS listener shares and a time-bounded, counted handshake.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::SingleCertAndKey;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
-use tern_challenges::{Challenges, ALPN_ACME_TLS};
+use tern_challenges::{Challenges, OnDemand, ALPN_ACME_TLS};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::{StartHandshake, TlsStream};
 use tokio_rustls::LazyConfigAcceptor;
@@ -37,6 +38,8 @@ const NO_CERT_RESOLVED: &str = "no server certificate chain resolved";
 pub struct ServerConfigs {
     ours: Arc<ServerConfig>,
     clients: Arc<ServerConfig>,
+    /// What both resolve certificates from.
+    store: Arc<CertStore>,
 }
 
 impl ServerConfigs {
@@ -61,13 +64,14 @@ impl std::fmt::Debug for ServerConfigs {
 /// Server configs picking certificates from `store`, TLS 1.2 and 1.3 only, offering
 /// `alpn` (empty for raw TLS listeners).
 pub fn server_configs(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> ServerConfigs {
-    let mut config = config_with(store);
+    let mut config = config_with(Arc::clone(&store) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = alpn;
     let clients = Arc::new(config.clone());
     config.ignore_client_order = true;
     ServerConfigs {
         ours: Arc::new(config),
         clients,
+        store,
     }
 }
 
@@ -91,6 +95,8 @@ pub struct TlsAcceptor {
     handshake_timeout: Duration,
     /// TLS-ALPN-01 answers, for a node that orders certificates by ACME.
     challenges: Option<Arc<Challenges>>,
+    /// Where a handshake for a name with no certificate asks for one (ACME on demand).
+    on_demand: Option<Arc<OnDemand>>,
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -107,6 +113,7 @@ impl TlsAcceptor {
             configs,
             handshake_timeout,
             challenges: None,
+            on_demand: None,
         }
     }
 
@@ -115,6 +122,15 @@ impl TlsAcceptor {
     /// for its SNI, and nothing else; every other handshake is unchanged.
     pub fn with_acme_challenges(mut self, challenges: Option<Arc<Challenges>>) -> Self {
         self.challenges = challenges;
+        self
+    }
+
+    /// Asks `on_demand`, if any, for a certificate when a ClientHello names a
+    /// host that no certificate names, and holds the handshake until it is
+    /// served or the order's wait is over; a name that no app claims orders
+    /// nothing and goes on at once (to the fallback or the refusal).
+    pub fn with_on_demand(mut self, on_demand: Option<Arc<OnDemand>>) -> Self {
+        self.on_demand = on_demand;
         self
     }
 
@@ -128,23 +144,7 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        // The ClientHello is read first, so that its cipher suites can pick the config.
-        let accepting = async {
-            let start = LazyConfigAcceptor::new(Acceptor::default(), Unvectored::new(io)).await?;
-            if let Some(challenges) = &self.challenges {
-                if offers_acme_tls(&start.client_hello()) {
-                    // An ACME validation's handshake ends there, answered or refused.
-                    return answer_tls_alpn01(start, challenges).await.map(Err);
-                }
-            }
-            let config = self.configs.for_offer(start.client_hello().cipher_suites());
-            start.into_stream(Arc::clone(config)).await.map(Ok)
-        };
-        let result = match tokio::time::timeout(self.handshake_timeout, accepting).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
-        };
+        let result = self.handshake(io).await;
         match &result {
             Ok(_) => metrics::counter!("tern_tls_handshakes_total").increment(1),
             // Counted as tern_acme_challenges_answered_total instead.
@@ -158,6 +158,62 @@ impl TlsAcceptor {
         }
         result
     }
+
+    /// The ClientHello is read first, so that its cipher suites can pick the
+    /// config; reading it and finishing the handshake each have the handshake
+    /// timeout, and an on-demand order waited for between them has its own.
+    async fn handshake<IO>(&self, io: IO) -> Result<TlsStream<Unvectored<IO>>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let hello = LazyConfigAcceptor::new(Acceptor::default(), Unvectored::new(io));
+        let start = self.in_time(hello).await?;
+        if let Some(challenges) = &self.challenges {
+            if offers_acme_tls(&start.client_hello()) {
+                // An ACME validation's handshake ends there, answered or refused.
+                return Err(self.in_time(answer_tls_alpn01(start, challenges)).await?);
+            }
+        }
+        if let Some(on_demand) = &self.on_demand {
+            let sni = start.client_hello().server_name().map(str::to_owned);
+            if let Some(sni) = sni.filter(|s| !self.configs.store.names(s)) {
+                wait_for_order(on_demand, &sni).await;
+            }
+        }
+        let config = self.configs.for_offer(start.client_hello().cipher_suites());
+        self.in_time(start.into_stream(Arc::clone(config))).await
+    }
+
+    async fn in_time<T>(&self, step: impl Future<Output = io::Result<T>>) -> Result<T, TlsError> {
+        match tokio::time::timeout(self.handshake_timeout, step).await {
+            Ok(done) => done.map_err(classify),
+            Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
+        }
+    }
+}
+
+/// Asks for a certificate for `sni` and waits, at most the on-demand wait, for
+/// the order to end; counted per handshake by how it ended.
+async fn wait_for_order(on_demand: &OnDemand, sni: &str) {
+    let result = match on_demand.ask(sni) {
+        None => "unclaimed",
+        Some(mut outcome) => {
+            let ended = outcome.wait_for(Option::is_some);
+            match tokio::time::timeout(on_demand.wait(), ended).await {
+                Ok(Ok(served)) if *served == Some(true) => "served",
+                Ok(_) => "failed",
+                Err(_) => "timed_out",
+            }
+        }
+    };
+    if result != "served" {
+        tracing::info!(
+            sni,
+            result,
+            "ACME on demand: no certificate for this handshake"
+        );
+    }
+    metrics::counter!("tern_acme_on_demand_handshakes_total", "result" => result).increment(1);
 }
 
 fn offers_acme_tls(hello: &ClientHello<'_>) -> bool {

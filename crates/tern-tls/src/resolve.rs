@@ -97,21 +97,23 @@ impl Index {
 
     /// Exact name first, then a wildcard covering exactly the leftmost label, then the fallback.
     pub(crate) fn lookup(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        let Some(sni) = sni else {
-            return self.fallback.as_ref();
-        };
+        match sni {
+            Some(sni) => self.named(sni).or(self.fallback.as_ref()),
+            None => self.fallback.as_ref(),
+        }
+    }
+
+    /// The certificate that names `sni`, exactly or by a wildcard (never the fallback).
+    pub(crate) fn named(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
         let name = normalize(sni);
         if let Some(found) = self.exact.get(name.as_ref()) {
             return Some(found);
         }
-        if let Some((label, parent)) = name.split_once('.') {
-            if !label.is_empty() {
-                if let Some(found) = self.wildcard.get(parent) {
-                    return Some(found);
-                }
-            }
+        let (label, parent) = name.split_once('.')?;
+        if label.is_empty() {
+            return None;
         }
-        self.fallback.as_ref()
+        self.wildcard.get(parent)
     }
 
     pub(crate) fn name_count(&self) -> usize {

@@ -72,6 +72,11 @@ impl CertStore {
         self.index.load().lookup(sni).cloned()
     }
 
+    /// Whether a certificate names `sni` (the fallback of `unknown_sni` does not count).
+    pub fn names(&self, sni: &str) -> bool {
+        self.index.load().named(sni).is_some()
+    }
+
     /// What is being served now, sorted by stem.
     pub fn certificates(&self) -> Vec<CertInfo> {
         self.index.load().certs.clone()

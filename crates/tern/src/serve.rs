@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tern_admin::AdminState;
 use tern_backhaul::{Backhaul, FleetTls};
 use tern_catalog::{settings_from, Catalog, Fleet, RemoteStatus, SourceStatus};
-use tern_challenges::Challenges;
+use tern_challenges::{Challenges, OnDemand};
 use tern_config::{CatalogSource, Config, Scheduler};
 use tern_health::HealthChecker;
 use tern_http::{Proxy, Upstreams};
@@ -548,14 +548,19 @@ fn shared(
     overload: Arc<tern_overload::Overload>,
     machines: Arc<Machines>,
 ) -> anyhow::Result<(Arc<Shared>, Reloadable)> {
-    let challenges = config.acme.as_ref().map(|_| Challenges::new());
-    let (certs, http_tls, raw_tls) = tls_acceptors(config, challenges.as_ref())?;
-    let acme = match (&config.acme, &certs, &challenges) {
-        (Some(acme), Some(store), Some(challenges)) => Some(tern_acme::spawn(
+    let answering = config.acme.as_ref().map(|acme| tern_acme::Answering {
+        challenges: Challenges::new(),
+        on_demand: acme.on_demand.map(|wait| Arc::new(OnDemand::new(wait))),
+    });
+    let (certs, http_tls, raw_tls) = tls_acceptors(config, answering.as_ref())?;
+    let challenges = answering.as_ref().map(|a| Arc::clone(&a.challenges));
+    let acme = match (&config.acme, &certs, answering) {
+        (Some(acme), Some(store), Some(answering)) => Some(tern_acme::spawn(
             acme.clone(),
             Arc::clone(store),
-            Arc::clone(challenges),
+            answering,
             Arc::clone(catalog),
+            acme_fleet(config)?,
         )),
         _ => None,
     };
@@ -604,6 +609,24 @@ fn shared(
     ))
 }
 
+/// Where the nodes of an etcd catalog share ACME, with the fleet key read.
+fn acme_fleet(config: &Config) -> anyhow::Result<Option<tern_acme::FleetShare>> {
+    let (Some(acme), CatalogSource::Etcd(e)) = (&config.acme, &config.catalog) else {
+        return Ok(None);
+    };
+    let Some(path) = &acme.fleet_key else {
+        // The config refuses [acme] on an etcd catalog without a fleet key.
+        anyhow::bail!("[acme] on an etcd catalog needs acme.fleet_key");
+    };
+    Ok(Some(tern_acme::FleetShare {
+        endpoints: e.endpoints.clone(),
+        prefix: e.prefix.clone(),
+        timeout: e.dial_timeout,
+        node: config.node.id.clone(),
+        key: Arc::new(tern_acme::FleetKey::load(path)?),
+    }))
+}
+
 /// The TLS acceptors of HTTP and of raw TCP ports, and their certificates, when
 /// certificates are set.
 type TlsAcceptors = (
@@ -613,10 +636,10 @@ type TlsAcceptors = (
 );
 
 /// The certificate store and the TLS acceptors of HTTP and raw-TCP ports; with
-/// `challenges`, both answer ACME TLS-ALPN-01 validations.
+/// ACME, both answer TLS-ALPN-01 validations, and ask for certificates on demand.
 fn tls_acceptors(
     config: &Config,
-    challenges: Option<&Arc<Challenges>>,
+    acme: Option<&tern_acme::Answering>,
 ) -> anyhow::Result<TlsAcceptors> {
     let Some(store) = check_certificates(config)? else {
         return Ok((None, None, None));
@@ -627,7 +650,8 @@ fn tls_acceptors(
             tern_tls::server_configs(Arc::clone(&store), alpn),
             config.tls.handshake_timeout,
         )
-        .with_acme_challenges(challenges.cloned())
+        .with_acme_challenges(acme.map(|a| Arc::clone(&a.challenges)))
+        .with_on_demand(acme.and_then(|a| a.on_demand.clone()))
     };
     let http = acceptor(tern_tls::http_alpn());
     let raw = acceptor(Vec::new());

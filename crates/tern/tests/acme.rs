@@ -4,13 +4,15 @@
 //! validations on its own listeners.
 
 mod common;
+mod fleet;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use fleet::{tern, Etcd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -152,6 +154,7 @@ fn acme_config(
     pebble: &Pebble,
     challenge: &str,
     force_https: bool,
+    more_acme: &str,
 ) -> String {
     let mut c = config_head(ports, "");
     c.push_str(&format!(
@@ -164,7 +167,7 @@ directory = "{directory}"
 ca_root = "{ca_root}"
 contact = ["mailto:ops@web.test"]
 challenge = "{challenge}"
-
+{more_acme}
 [[app]]
 name = "web"
 hostnames = ["web.test"]
@@ -201,7 +204,12 @@ struct AcmeSetup {
     root: String,
 }
 
-async fn acme_setup(challenge: &str, force_https: bool, validity: u64) -> AcmeSetup {
+async fn acme_setup(
+    challenge: &str,
+    force_https: bool,
+    validity: u64,
+    more_acme: &str,
+) -> AcmeSetup {
     let ips = Ips::new();
     let backend = Backend::start("m1", ips.get(1), 7000).await;
     let ports = Ports::new();
@@ -209,7 +217,7 @@ async fn acme_setup(challenge: &str, force_https: bool, validity: u64) -> AcmeSe
     let pebble = Pebble::start(scratch.path(), ports.http, ports.https, validity);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("certs")).unwrap();
-    let config = acme_config(ports, &ips, &pebble, challenge, force_https);
+    let config = acme_config(ports, &ips, &pebble, challenge, force_https, more_acme);
     let tern = Tern::start_in(dir, &config, ports);
     let root = pebble.issuing_root();
     AcmeSetup {
@@ -227,7 +235,8 @@ async fn served_certificate(port: u16, root: &str) -> Option<Vec<u8>> {
     let connector = tls_connector(root, &[b"http/1.1"]);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from("web.test").unwrap();
-    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+    // Room for an on-demand order, which the handshake waits for.
+    let mut tls = tokio::time::timeout(Duration::from_secs(40), connector.connect(name, tcp))
         .await
         .ok()?
         .ok()?;
@@ -278,7 +287,7 @@ async fn issues_by_tls_alpn_01_and_serves_the_certificate_at_once() {
         root,
         _backend,
         _scratch,
-    } = acme_setup("tls-alpn-01", false, 3600).await;
+    } = acme_setup("tls-alpn-01", false, 3600, "").await;
     wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
 
     let log = tern.log_text();
@@ -325,7 +334,7 @@ async fn issues_by_http_01_on_a_port_that_forces_https() {
         root,
         _backend,
         _scratch,
-    } = acme_setup("http-01", true, 3600).await;
+    } = acme_setup("http-01", true, 3600, "").await;
     let ports = tern.ports;
     wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
     let log = tern.log_text();
@@ -349,7 +358,7 @@ async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
         root,
         _backend,
         _scratch,
-    } = acme_setup("tls-alpn-01", false, 30).await;
+    } = acme_setup("tls-alpn-01", false, 30, "").await;
     let ports = tern.ports;
     let first = wait_for_certificate(&tern, &pebble, &root, Duration::from_secs(60)).await;
 
@@ -413,4 +422,325 @@ async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
             && health.contains("the certificate in hand expires in"),
         "{health}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_orders_at_the_first_handshake_and_never_for_an_unclaimed_name() {
+    let AcmeSetup {
+        pebble,
+        tern,
+        root,
+        _backend,
+        _scratch,
+    } = acme_setup(
+        "tls-alpn-01",
+        false,
+        3600,
+        "on_demand = true\non_demand_wait = \"30s\"\n",
+    )
+    .await;
+    // Up and serving, and nothing ordered: no handshake has asked yet (an
+    // eager node logs its first order as it starts).
+    let metrics = tern.admin_get("/metrics");
+    assert!(!metrics.contains("tern_acme_orders_total"), "{metrics}");
+    assert!(
+        !tern.log_text().contains("ACME: ordering a certificate"),
+        "{}",
+        tern.log_text()
+    );
+
+    // A name that no app claims orders nothing, and its handshake is refused
+    // without waiting.
+    let connector = tls_connector(&root, &[b"http/1.1"]);
+    let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
+        .await
+        .unwrap();
+    let stranger = rustls_pki_types::ServerName::try_from("stranger.test").unwrap();
+    let started = Instant::now();
+    assert!(connector.connect(stranger, tcp).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused without waiting out the order's 30 s"
+    );
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"unclaimed\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tern_acme_orders_total"), "{metrics}");
+
+    // The first handshake for web.test waits for its order and gets a
+    // certificate that chains to pebble's root.
+    let served = served_certificate(tern.ports.https, &root).await;
+    assert!(
+        served.is_some(),
+        "the first handshake gets the certificate it asked for\n--- tern ---\n{}\n--- pebble ---\n{}",
+        tern.log_text(),
+        pebble.log_text()
+    );
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"served\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_acme_orders_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+    // The next handshake finds it in the store and asks for nothing.
+    assert!(served_certificate(tern.ports.https, &root).await.is_some());
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"served\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Two nodes, `acme-a` and `acme-b`, on one etcd catalog that asks ACME for
+/// `web.test`, each with a certificate directory of its own and the same fleet
+/// key; pebble's DNS sends validations to `acme-b` alone.
+struct FleetSetup {
+    _backend: Backend,
+    _scratch: tempfile::TempDir,
+    pebble: Pebble,
+    etcd: Etcd,
+    a: Tern,
+    b: Tern,
+    ips: Ips,
+    root: String,
+}
+
+const FLEET_PREFIX: &str = "/tern-acme";
+
+async fn fleet_setup(more_acme: &str) -> FleetSetup {
+    let ips = Ips::new();
+    let backend = Backend::start("m1", ips.get(1), 7000).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(scratch.path(), http, https, 3600);
+    pebble.resolve("web.test", &ips.get(3).to_string());
+    let etcd = Etcd::start(scratch.path());
+    let catalog = scratch.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        format!(
+            r#"
+[[app]]
+name = "web"
+hostnames = ["web.test"]
+[app.certificates]
+acme = true
+
+[[app.service]]
+internal_port = 7000
+ports = [
+  {{ port = {https}, handlers = ["tls", "http"] }},
+  {{ port = {http}, handlers = ["http"] }},
+]
+
+[[machine]]
+id = "m1"
+app = "web"
+region = "ams"
+node = "acme-b"
+ip = "{ip}"
+"#,
+            ip = ips.get(1)
+        ),
+    )
+    .unwrap();
+    tern(&[
+        "catalog",
+        "push",
+        catalog.to_str().unwrap(),
+        "--etcd",
+        &etcd.url(),
+        "--prefix",
+        FLEET_PREFIX,
+    ]);
+    let key = scratch.path().join("fleet.key");
+    std::fs::write(
+        &key,
+        "8f1e0c2a4b6d8e0f1a3c5e7f9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d\n",
+    )
+    .unwrap();
+    let node = |id: &str, ip: IpAddr| {
+        let ports = Ports {
+            http,
+            https,
+            admin: free_port(),
+        };
+        let config = format!(
+            r#"[node]
+id = "{id}"
+region = "ams"
+workers = 2
+bind = "{ip}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[log]
+level = "info"
+
+[tls]
+certs_dir = "certs"
+
+[acme]
+directory = "{directory}"
+ca_root = "{ca_root}"
+challenge = "tls-alpn-01"
+fleet_key = "{key}"
+{more_acme}
+
+[catalog]
+source = "etcd"
+endpoints = ["{etcd}"]
+prefix = "{FLEET_PREFIX}"
+lease_ttl = "2s"
+"#,
+            admin = ports.admin,
+            directory = pebble.directory,
+            ca_root = pebble.listener_ca.display(),
+            key = key.display(),
+            etcd = etcd.url(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+        Tern::start_in(dir, &config, ports)
+    };
+    let a = node("acme-a", ips.get(2));
+    let b = node("acme-b", ips.get(3));
+    let root = pebble.issuing_root();
+    FleetSetup {
+        _backend: backend,
+        _scratch: scratch,
+        pebble,
+        etcd,
+        a,
+        b,
+        ips,
+        root,
+    }
+}
+
+impl FleetSetup {
+    fn logs(&self) -> String {
+        format!(
+            "--- acme-a ---\n{}\n--- acme-b ---\n{}\n--- pebble ---\n{}",
+            self.a.log_text(),
+            self.b.log_text(),
+            self.pebble.log_text()
+        )
+    }
+
+    /// The certificate node `n` (2: acme-a, 3: acme-b) serves, once a client
+    /// that trusts pebble's root accepts it. (Only acme-b reaches the machine,
+    /// which runs there: these nodes have no backhaul.)
+    async fn wait_served(&self, n: u8) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) =
+                handshake_certificate(self.ips.get(n), self.a.ports.https, &self.root).await
+            {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no certificate served\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The certificate as etcd holds it, and the keys of every open order.
+    fn in_etcd(&self) -> (String, String) {
+        let cert = self.etcd.ctl(&[
+            "get",
+            &format!("{FLEET_PREFIX}/acme/certs/web.test"),
+            "--print-value-only",
+        ]);
+        let open = self.etcd.ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{FLEET_PREFIX}/acme/tls-alpn-01/"),
+        ]);
+        (cert, open)
+    }
+}
+
+/// The certificate of a handshake for `web.test`, if a client trusting only
+/// `root` accepts it.
+async fn handshake_certificate(ip: IpAddr, port: u16, root: &str) -> Option<Vec<u8>> {
+    let connector = tls_connector(root, &[b"http/1.1"]);
+    let tcp = TcpStream::connect((ip, port)).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("web.test").unwrap();
+    // Room for an on-demand order, which the handshake waits for.
+    let tls = tokio::time::timeout(Duration::from_secs(40), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(leaf.as_ref().to_vec())
+}
+
+/// A counter of `tern`'s, by its name and labels; 0 if it has none yet.
+fn counter(tern: &Tern, series: &str) -> u64 {
+    let metrics = tern.admin_get("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn issued(tern: &Tern) -> u64 {
+    counter(tern, "tern_acme_orders_total{result=\"issued\"}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_orders_once_answers_on_any_node_and_shares_the_certificate_sealed() {
+    // On demand, so that the test picks the node that orders: acme-a, at the
+    // first handshake there. The validation goes to acme-b.
+    let f = fleet_setup("on_demand = true\non_demand_wait = \"30s\"").await;
+    let from_a = f.wait_served(2).await;
+    assert_eq!(issued(&f.a), 1, "{}", f.logs());
+    // pebble validates from several perspectives, each a handshake.
+    let answered = counter(
+        &f.b,
+        "tern_acme_challenges_answered_total{challenge=\"tls-alpn-01\"}",
+    );
+    assert!(
+        answered >= 1,
+        "acme-b answered acme-a's validation\n{}",
+        f.logs()
+    );
+    // acme-b serves the same certificate, from etcd, without an order of its own.
+    let from_b = f.wait_served(3).await;
+    assert_eq!(from_a, from_b, "{}", f.logs());
+    assert_eq!(issued(&f.b), 0, "{}", f.logs());
+
+    // etcd holds it sealed, and the order's shared answer went with its lease.
+    let (cert, open) = f.in_etcd();
+    assert!(cert.len() > 100, "{cert:?}");
+    assert!(!cert.contains("BEGIN"), "sealed, not in the clear: {cert}");
+    assert!(open.trim().is_empty(), "{open}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_both_want_a_name_order_it_once() {
+    let f = fleet_setup("").await;
+    let from_a = f.wait_served(2).await;
+    let from_b = f.wait_served(3).await;
+    assert_eq!(from_a, from_b, "{}", f.logs());
+    assert_eq!(issued(&f.a) + issued(&f.b), 1, "{}", f.logs());
+    let installed = [&f.a, &f.b]
+        .iter()
+        .filter(|t| {
+            t.log_text()
+                .contains("installed the certificate another node obtained")
+        })
+        .count();
+    assert_eq!(installed, 1, "{}", f.logs());
 }

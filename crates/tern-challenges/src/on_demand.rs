@@ -1,0 +1,103 @@
+//! Orders that handshakes ask for (ACME on demand): the TLS listener asks for a
+//! hostname it holds no certificate for and waits; the ACME task orders it, but
+//! only if an app claims the name, and says how it went.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+/// How an asked-for order ended: `Some(true)` when a certificate is served.
+pub type Outcome = watch::Receiver<Option<bool>>;
+
+/// The hostnames that may be ordered on demand, and the orders handshakes wait on.
+#[derive(Debug)]
+pub struct OnDemand {
+    wait: Duration,
+    claimed: Mutex<HashSet<String>>,
+    /// One entry per asked hostname (all claimed, so bounded by the catalog).
+    asked: Mutex<HashMap<String, watch::Sender<Option<bool>>>>,
+    wake: Notify,
+}
+
+impl OnDemand {
+    /// Handshakes wait at most `wait` for an order.
+    pub fn new(wait: Duration) -> OnDemand {
+        OnDemand {
+            wait,
+            claimed: Mutex::default(),
+            asked: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The names apps claim: only these are ever ordered.
+    pub fn set_claimed(&self, names: impl IntoIterator<Item = String>) {
+        *lock(&self.claimed) = names.into_iter().collect();
+    }
+
+    /// Asks for a certificate for `hostname`, joining an order already asked
+    /// for; `None` (and nothing ordered) when no app claims the name.
+    pub fn ask(&self, hostname: &str) -> Option<Outcome> {
+        let name = hostname.trim_end_matches('.').to_ascii_lowercase();
+        if !lock(&self.claimed).contains(&name) {
+            return None;
+        }
+        let outcome = lock(&self.asked)
+            .entry(name)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        self.wake.notify_one();
+        Some(outcome)
+    }
+
+    /// The hostnames asked for and not yet answered.
+    pub fn asked(&self) -> Vec<String> {
+        lock(&self.asked).keys().cloned().collect()
+    }
+
+    /// Resolves when a hostname has been asked for since the last call.
+    pub async fn asked_again(&self) {
+        self.wake.notified().await
+    }
+
+    /// Tells every handshake waiting on `hostname` whether it is now served.
+    pub fn answer(&self, hostname: &str, served: bool) {
+        if let Some(waiting) = lock(&self.asked).remove(hostname) {
+            waiting.send_replace(Some(served));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain sets and maps, never left half-written by a panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_claimed_names_are_asked_for_and_waiters_share_one_answer() {
+        let od = OnDemand::new(Duration::from_secs(1));
+        od.set_claimed(["a.test".to_owned()]);
+        assert!(
+            od.ask("b.test").is_none(),
+            "an unclaimed name orders nothing"
+        );
+        assert!(od.asked().is_empty());
+        let first = od.ask("A.test.").expect("claimed, whatever its case");
+        let second = od.ask("a.test").expect("claimed");
+        assert_eq!(od.asked(), vec!["a.test".to_owned()], "one order for both");
+        od.answer("a.test", true);
+        assert_eq!(*first.borrow(), Some(true));
+        assert_eq!(*second.borrow(), Some(true));
+        assert!(od.asked().is_empty());
+    }
+}
