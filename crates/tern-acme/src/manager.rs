@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::Account;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tern_catalog::Catalog;
 use tern_challenges::{Challenges, OnDemand};
 use tern_config::Acme;
@@ -17,6 +19,7 @@ use tern_tls::CertStore;
 use tokio::sync::Notify;
 
 use crate::account;
+use crate::ari::RenewalInfo;
 use crate::error::AcmeError;
 use crate::files::{certificate_path, renewal_time, validity, write_private};
 use crate::fleet::{FleetShare, OrderLock, Share, Turn};
@@ -73,6 +76,8 @@ pub fn spawn(
         fleet: fleet.map(Share::new),
         installed,
         account: None,
+        renewal: RenewalInfo::default(),
+        elsewhere: BTreeSet::new(),
         status: Arc::clone(&status),
     };
     tokio::spawn(async move { manager.run(catalog).await });
@@ -131,6 +136,9 @@ struct Manager {
     /// Told when a certificate from another node was installed.
     installed: Arc<Notify>,
     account: Option<Account>,
+    renewal: RenewalInfo,
+    /// The names whose lock another node held when last looked at.
+    elsewhere: BTreeSet<String>,
     limiter: OrderLimiter,
     status: Arc<Status>,
 }
@@ -145,6 +153,7 @@ impl Manager {
                 Some(on_demand) => self.tend_on_demand(&wanted, &on_demand).await,
             };
             self.status.lock().retain(|h, _| wanted.contains(h));
+            self.renewal.retain(|h| wanted.contains(h));
             let asked = async {
                 match &self.on_demand {
                     Some(on_demand) => on_demand.asked_again().await,
@@ -183,7 +192,12 @@ impl Manager {
             if wanted.contains(&hostname) {
                 next = next.min(self.tend(&hostname).await);
             }
-            on_demand.answer(&hostname, self.store.names(&hostname));
+            let served = self.store.names(&hostname);
+            // While another node orders it, the handshakes wait for its
+            // certificate to arrive (or for their own wait to run out).
+            if served || !self.elsewhere.contains(&hostname) {
+                on_demand.answer(&hostname, served);
+            }
         }
         for hostname in wanted {
             if validity(&certificate_path(self.store.dir(), hostname)).is_some() {
@@ -205,10 +219,20 @@ impl Manager {
             metrics::gauge!("tern_acme_certificate_expiry_timestamp_seconds", "hostname" => hostname.to_owned())
                 .set(left.as_secs_f64());
         }
-        let due = kept.map_or(now, |(from, to)| after(now, renewal_time(from, to)));
+        let due = match kept {
+            None => now,
+            Some((from, to)) => {
+                let mut at = renewal_time(from, to);
+                if let Some(asked) = self.renewal_info(hostname, &path).await {
+                    at = at.min(asked);
+                }
+                after(now, at)
+            }
+        };
         if due > now {
             return due;
         }
+        self.elsewhere.remove(hostname);
         let failed = self.status.lock().get(hostname).map(|f| (f.count, f.retry));
         if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
             return retry;
@@ -218,6 +242,7 @@ impl Manager {
             Ok(Taken::Done) => return Instant::now(),
             Ok(Taken::Theirs(holder)) => {
                 tracing::debug!(hostname, holder, "ACME: another node is ordering this name");
+                self.elsewhere.insert(hostname.to_owned());
                 return now + ELSEWHERE_RECHECK;
             }
             Err(e) => {
@@ -336,23 +361,47 @@ impl Manager {
         path: &Path,
         lock: Option<&OrderLock>,
     ) -> Result<String, AcmeError> {
-        let account = match self.account.take() {
-            Some(kept) => self.account.insert(kept),
-            None => self
-                .account
-                .insert(account::load_or_create(&self.acme).await?),
-        };
+        // Cheap to clone, and a clone leaves `self` free for the rest.
+        let account = self.account().await?.clone();
         tracing::info!(
             hostname,
             challenge = challenge_name(self.acme.challenge),
             "ACME: ordering a certificate"
         );
         let answering = Answers::new(&self.challenges, lock);
-        let issued = order(account, hostname, self.acme.challenge, answering).await?;
+        let issued = order(&account, hostname, self.acme.challenge, answering).await?;
         let pem = format!("{}{}", issued.chain_pem, issued.key_pem);
         self.serve(hostname, path, &pem)?;
         tracing::info!(hostname, path = %path.display(), "ACME: certificate issued and served");
         Ok(pem)
+    }
+
+    async fn account(&mut self) -> Result<&Account, AcmeError> {
+        Ok(match self.account.take() {
+            Some(kept) => self.account.insert(kept),
+            None => self
+                .account
+                .insert(account::load_or_create(&self.acme).await?),
+        })
+    }
+
+    /// When the CA wants the certificate held for `hostname` renewed, if its
+    /// directory offers renewal information (never later than two thirds of
+    /// the lifetime: the earlier of the two is kept).
+    async fn renewal_info(&mut self, hostname: &str, path: &Path) -> Option<SystemTime> {
+        if !self.renewal.worth_asking() {
+            return None;
+        }
+        let leaf = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+        let account = match self.account().await {
+            Ok(a) => a.clone(),
+            Err(e) => {
+                tracing::debug!(hostname, error = %e, "ACME: no account to ask for renewal information");
+                self.renewal.pause();
+                return None;
+            }
+        };
+        self.renewal.renew_at(&account, hostname, &leaf).await
     }
 
     /// Writes a certificate where SNI reads it, and serves it at once.
