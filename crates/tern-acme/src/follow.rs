@@ -170,7 +170,7 @@ impl Follower {
             }
             AcmeKey::Certificate(hostname) => {
                 self.sealed.insert(hostname.clone(), kv.value().to_vec());
-                self.install(hostname);
+                self.install(hostname, &wanted(&self.catalog));
                 return;
             }
             AcmeKey::Lock(_) => return,
@@ -196,17 +196,16 @@ impl Follower {
     }
 
     fn install_claimed(&self) {
-        let names: Vec<String> = self.sealed.keys().cloned().collect();
-        for hostname in names {
-            self.install(&hostname);
+        let claimed = wanted(&self.catalog);
+        for hostname in self.sealed.keys() {
+            self.install(hostname, &claimed);
         }
     }
 
     /// Writes the fleet's certificate for `hostname` into the certificate
     /// directory and serves it, if an app claims the name and it is newer
     /// than the one held.
-    fn install(&self, hostname: &str) {
-        let claimed: BTreeSet<String> = wanted(&self.catalog);
+    fn install(&self, hostname: &str, claimed: &BTreeSet<String>) {
         let Some(sealed) = self
             .sealed
             .get(hostname)
