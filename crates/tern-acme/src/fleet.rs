@@ -2,15 +2,19 @@
 //! while it holds the name's lock: a key under a lease of the order's own, so
 //! that the lock goes with the node if it dies. The answers to the order's
 //! challenges go to etcd under the same lease, because the ACME server may
-//! validate against any node; the certificate goes there sealed with the fleet
-//! key, and every node installs it ([`crate::follow`]).
+//! validate against any node, and the order waits until the other nodes say
+//! they hold them. The certificate goes there sealed with the fleet key, and
+//! every node installs it ([`crate::follow`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use tern_catalog::Catalog;
 use tern_etcd::keys::Keys;
 use tern_etcd::{AcmeKey, Store};
+use tokio::sync::watch;
 
 use crate::error::AcmeError;
 use crate::files::{renewal_time, validity_of_pem};
@@ -18,6 +22,11 @@ use crate::seal::FleetKey;
 
 /// How long an order's lock outlives a node that stops renewing it.
 const ORDER_LEASE: Duration = Duration::from_secs(15);
+/// How long an order waits for the other nodes to hold its answers before it
+/// asks the server to validate anyway (a node without `[acme]` never says so).
+const ACKS_WAIT: Duration = Duration::from_secs(5);
+/// What a lock's value starts with while its name waits out a failed order.
+const FAILED_MARK: &str = "failed: ";
 
 /// Where the fleet shares ACME, and as whom.
 #[derive(Debug, Clone)]
@@ -36,35 +45,45 @@ pub struct FleetShare {
 pub(crate) struct Share {
     settings: FleetShare,
     keys: Keys,
+    catalog: Arc<dyn Catalog>,
     client: Option<Client>,
 }
 
 /// Who orders a hostname now.
 pub(crate) enum Turn {
     /// This node: it holds the lock until the order ends.
-    Ours(OrderLock),
-    /// Another node holds the lock (its id and what it says).
-    Theirs(String),
+    Ours(Box<OrderLock>),
+    /// Another node holds the lock: `failed` while it waits out a failed order.
+    Theirs { holder: String, failed: bool },
 }
 
 /// A hostname's lock, held under an order's lease that a task keeps alive.
 pub(crate) struct OrderLock {
-    /// Boxed: a client is a few kilobytes, and a lock is passed around by value.
-    client: Box<Client>,
+    client: Client,
     keys: Keys,
     hostname: String,
     node: String,
     lease: i64,
+    /// The other nodes when the lock was taken: the order waits for them to
+    /// hold its answers.
+    others: BTreeSet<String>,
+    /// Turns true if the lease is lost; then another node may order the name.
+    lost: watch::Receiver<bool>,
     keeping: tokio::task::JoinHandle<()>,
 }
 
 impl Share {
-    pub(crate) fn new(settings: FleetShare) -> Share {
+    pub(crate) fn new(settings: FleetShare, catalog: Arc<dyn Catalog>) -> Share {
         Share {
             keys: Keys::new(&settings.prefix),
             settings,
+            catalog,
             client: None,
         }
+    }
+
+    pub(crate) fn key(&self) -> &FleetKey {
+        &self.settings.key
     }
 
     async fn client(&mut self, hostname: &str) -> Result<Client, AcmeError> {
@@ -78,8 +97,8 @@ impl Share {
         Ok(self.client.insert(store.client()).clone())
     }
 
-    /// Runs `step` on the connection; a failure drops the connection, so the
-    /// next step makes a new one.
+    /// Runs `step` on the connection, bounded by the etcd timeout; a failure
+    /// drops the connection, so the next step makes a new one.
     async fn with_client<T, F, Fut>(&mut self, hostname: &str, step: F) -> Result<T, AcmeError>
     where
         F: FnOnce(Client, Keys) -> Fut,
@@ -126,20 +145,38 @@ impl Share {
             })
             .await?;
         Ok(match taken {
-            (_, Err(holder)) => Turn::Theirs(holder),
-            (client, Ok(lease)) => Turn::Ours(OrderLock::keep(
-                client,
-                self.keys.clone(),
-                hostname,
-                &self.settings.node,
-                lease,
-            )),
+            (_, Err(holder)) => Turn::Theirs {
+                failed: holder.starts_with(FAILED_MARK),
+                holder,
+            },
+            (client, Ok(lease)) => {
+                let others = self
+                    .catalog
+                    .snapshot()
+                    .nodes
+                    .keys()
+                    .map(|id| id.to_string())
+                    .collect();
+                Turn::Ours(Box::new(OrderLock::keep(
+                    client,
+                    self.keys.clone(),
+                    hostname,
+                    &self.settings.node,
+                    lease,
+                    others,
+                )))
+            }
         })
     }
 
     /// The fleet's certificate for `hostname` (PEM, chain then key), if one
-    /// opens with the fleet key and is not yet due for renewal.
-    pub(crate) async fn current(&mut self, hostname: &str) -> Result<Option<String>, AcmeError> {
+    /// opens with the fleet key, outlives `held_until` (the one this node
+    /// holds) and is not yet due for renewal.
+    pub(crate) async fn newer(
+        &mut self,
+        hostname: &str,
+        held_until: Option<SystemTime>,
+    ) -> Result<Option<String>, AcmeError> {
         let name = hostname.to_owned();
         let sealed = self
             .with_client(hostname, |mut client, keys| async move {
@@ -157,83 +194,133 @@ impl Share {
             return Ok(None);
         };
         let pem = String::from_utf8(pem).unwrap_or_default();
-        let due = validity_of_pem(pem.as_bytes()).map(|(from, to)| renewal_time(from, to));
-        Ok(due.filter(|d| *d > SystemTime::now()).map(|_| pem))
-    }
-
-    /// Gives the fleet a new certificate for `hostname`, sealed.
-    pub(crate) async fn put_certificate(
-        &mut self,
-        hostname: &str,
-        pem: &str,
-    ) -> Result<(), AcmeError> {
-        let sealed = self.settings.key.seal(hostname, pem.as_bytes())?;
-        let name = hostname.to_owned();
-        self.with_client(hostname, |mut client, keys| async move {
-            client
-                .put(keys.acme(&AcmeKey::Certificate(name)), sealed, None)
-                .await
-                .map(drop)
-        })
-        .await
+        let Some((from, until)) = validity_of_pem(pem.as_bytes()) else {
+            return Ok(None);
+        };
+        let newer = held_until.is_none_or(|held| until > held);
+        let current = renewal_time(from, until) > SystemTime::now();
+        Ok((newer && current).then_some(pem))
     }
 }
 
 impl OrderLock {
-    fn keep(client: Client, keys: Keys, hostname: &str, node: &str, lease: i64) -> OrderLock {
-        let mut keeper_client = client.clone();
-        let keeping = tokio::spawn(async move {
-            let Ok((mut keeper, mut acks)) = keeper_client.lease_keep_alive(lease).await else {
-                return;
-            };
-            let mut every = tokio::time::interval(ORDER_LEASE / 3);
-            loop {
-                every.tick().await;
-                if keeper.keep_alive().await.is_err()
-                    || !matches!(acks.message().await, Ok(Some(_)))
-                {
-                    return;
-                }
-            }
-        });
+    fn keep(
+        client: Client,
+        keys: Keys,
+        hostname: &str,
+        node: &str,
+        lease: i64,
+        others: BTreeSet<String>,
+    ) -> OrderLock {
+        let (lost_tx, lost) = watch::channel(false);
+        let keeping = tokio::spawn(keep_alive(client.clone(), lease, lost_tx));
         OrderLock {
-            client: Box::new(client),
+            client,
             keys,
             hostname: hostname.to_owned(),
             node: node.to_owned(),
             lease,
+            others,
+            lost,
             keeping,
         }
     }
 
-    /// Shares an HTTP-01 answer with every node, for as long as the order runs.
+    /// Resolves if the lease is lost while the order runs.
+    pub(crate) async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        // An error means the keeper is gone, which only `release` does.
+        let _ = lost.wait_for(|l| *l).await;
+    }
+
+    /// Shares an HTTP-01 answer with every node, for as long as the order
+    /// runs, and waits until they hold it.
     pub(crate) async fn share_http01(
         &self,
         token: &str,
         key_authorization: &str,
     ) -> Result<(), AcmeError> {
-        self.put(
-            AcmeKey::Http01(token.to_owned()),
-            key_authorization.to_owned(),
-        )
-        .await
+        let key = AcmeKey::Http01(token.to_owned());
+        self.share(key, key_authorization.to_owned()).await
     }
 
     /// Shares a TLS-ALPN-01 answer (the key authorization's digest) likewise.
     pub(crate) async fn share_tls_alpn01(&self, digest: &[u8]) -> Result<(), AcmeError> {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        self.put(AcmeKey::TlsAlpn01(self.hostname.clone()), hex)
+        self.share(AcmeKey::TlsAlpn01(self.hostname.clone()), hex)
             .await
     }
 
-    async fn put(&self, key: AcmeKey, value: String) -> Result<(), AcmeError> {
-        let mut client = (*self.client).clone();
+    async fn share(&self, key: AcmeKey, value: String) -> Result<(), AcmeError> {
+        let mut client = self.client.clone();
         let options = PutOptions::new().with_lease(self.lease);
         let put = client.put(self.keys.acme(&key), value, Some(options));
         match tokio::time::timeout(ORDER_LEASE, put).await {
-            Ok(r) => r.map(drop).map_err(|e| AcmeError::fleet(&self.hostname, e)),
+            Ok(r) => r.map_err(|e| AcmeError::fleet(&self.hostname, e))?,
+            Err(_) => return Err(AcmeError::fleet(&self.hostname, "etcd did not answer")),
+        };
+        self.wait_for_acks(&key).await;
+        Ok(())
+    }
+
+    /// Waits (at most `ACKS_WAIT`) until every other node says it holds the
+    /// answer at `key` ([`ack_key`]).
+    async fn wait_for_acks(&self, key: &AcmeKey) {
+        if self.others.is_empty() {
+            return;
+        }
+        let prefix = ack_prefix(&self.keys, key);
+        let deadline = Instant::now() + ACKS_WAIT;
+        let mut client = self.client.clone();
+        loop {
+            let got = client.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            );
+            let acked: BTreeSet<String> = match tokio::time::timeout(ACKS_WAIT, got).await {
+                Ok(Ok(resp)) => resp
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(str::to_owned))
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            if self.others.is_subset(&acked) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let missing: Vec<&String> = self.others.difference(&acked).collect();
+                tracing::warn!(hostname = %self.hostname, ?missing, "ACME: not every node says it holds the challenge's answer; validating anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Gives the fleet the new certificate, sealed, if this node still holds
+    /// the lock (else another node may be ordering the name already).
+    pub(crate) async fn put_certificate(&self, key: &FleetKey, pem: &str) -> Result<(), AcmeError> {
+        let sealed = key.seal(&self.hostname, pem.as_bytes())?;
+        let cert = self.keys.acme(&AcmeKey::Certificate(self.hostname.clone()));
+        let ours = self.still_ours();
+        let txn = Txn::new()
+            .when([ours])
+            .and_then([TxnOp::put(cert, sealed, None)]);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(ORDER_LEASE, client.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => Ok(()),
+            Ok(Ok(_)) => Err(AcmeError::fleet(
+                &self.hostname,
+                "the order's lock was lost",
+            )),
+            Ok(Err(e)) => Err(AcmeError::fleet(&self.hostname, e)),
             Err(_) => Err(AcmeError::fleet(&self.hostname, "etcd did not answer")),
         }
+    }
+
+    fn still_ours(&self) -> Compare {
+        let lock = self.keys.acme(&AcmeKey::Lock(self.hostname.clone()));
+        Compare::lease(lock, CompareOp::Equal, self.lease)
     }
 
     /// Ends the order: the lock and the shared answers go with the lease.
@@ -243,23 +330,32 @@ impl OrderLock {
         let _ = tokio::time::timeout(ORDER_LEASE, revoke).await;
     }
 
-    /// Ends a failed order, but keeps the name locked for `retry_in`, so that
-    /// no other node orders it before this node's retry.
+    /// Ends a failed order, but keeps the name locked for `retry_in` (if the
+    /// lock is still this node's), so that no other node orders it before
+    /// this node's retry.
     pub(crate) async fn release_after_failure(mut self, retry_in: Duration, error: &AcmeError) {
         let key = self.keys.acme(&AcmeKey::Lock(self.hostname.clone()));
-        let note = format!("{} (its order failed: {error})", self.node);
+        let note = format!("{FAILED_MARK}{} ({error})", self.node);
         let ttl = i64::try_from(retry_in.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut client = (*self.client).clone();
+        let ours = self.still_ours();
+        let mut client = self.client.clone();
         let keep_locked = async move {
             let lease = client.lease_grant(ttl, None).await?.id();
-            let options = PutOptions::new().with_lease(lease);
-            client.put(key, note, Some(options)).await.map(drop)
+            let put = TxnOp::put(key, note, Some(PutOptions::new().with_lease(lease)));
+            let txn = client.txn(Txn::new().when([ours]).and_then([put])).await?;
+            if !txn.succeeded() {
+                let _ = client.lease_revoke(lease).await;
+            }
+            Ok::<_, etcd_client::Error>(())
         };
-        if let Err(e) = tokio::time::timeout(ORDER_LEASE, keep_locked)
-            .await
-            .unwrap_or(Ok(()))
-        {
-            tracing::debug!(hostname = %self.hostname, error = %e, "ACME: could not keep the failed name locked");
+        match tokio::time::timeout(ORDER_LEASE, keep_locked).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(hostname = %self.hostname, error = %e, "ACME: could not keep the failed name locked")
+            }
+            Err(_) => {
+                tracing::warn!(hostname = %self.hostname, "ACME: could not keep the failed name locked: etcd did not answer")
+            }
         }
         self.keeping.abort();
         let revoke = self.client.lease_revoke(self.lease);
@@ -272,4 +368,53 @@ impl Drop for OrderLock {
         // Released or not, the lease then runs out on its own.
         self.keeping.abort();
     }
+}
+
+/// Keeps an order's lease alive, a third of its TTL apart, retrying failed
+/// keep-alives; says `lost` once etcd reports the lease gone or it has gone
+/// unrenewed for its whole TTL.
+async fn keep_alive(mut client: Client, lease: i64, lost: watch::Sender<bool>) {
+    let every = ORDER_LEASE / 3;
+    let mut renewed = Instant::now();
+    let mut stream = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if stream.is_none() {
+            stream = client.lease_keep_alive(lease).await.ok();
+        }
+        let answer = match stream.as_mut() {
+            Some((keeper, acks)) => {
+                let ask = async {
+                    keeper.keep_alive().await?;
+                    acks.message().await
+                };
+                tokio::time::timeout(every, ask).await
+            }
+            None => Ok(Ok(None)),
+        };
+        match answer {
+            Ok(Ok(Some(ack))) if ack.ttl() > 0 => renewed = Instant::now(),
+            Ok(Ok(Some(_))) => break,
+            _ => stream = None,
+        }
+        if renewed.elapsed() >= ORDER_LEASE {
+            break;
+        }
+    }
+    let _ = lost.send(true);
+}
+
+/// Where nodes say they hold the answer at `answer`: one key per node below it.
+pub(crate) fn ack_prefix(keys: &Keys, answer: &AcmeKey) -> String {
+    let name = match answer {
+        AcmeKey::Http01(token) => format!("http-01:{token}"),
+        AcmeKey::TlsAlpn01(host) => format!("tls-alpn-01:{host}"),
+        AcmeKey::Certificate(host) | AcmeKey::Lock(host) => format!("other:{host}"),
+    };
+    format!("{}{name}:", keys.acme_acks())
+}
+
+/// The key under which `node` says it holds the answer at `answer`.
+pub(crate) fn ack_key(keys: &Keys, answer: &AcmeKey, node: &str) -> String {
+    format!("{}{node}", ack_prefix(keys, answer))
 }

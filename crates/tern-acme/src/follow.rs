@@ -17,9 +17,10 @@ use tern_tls::CertStore;
 use tokio::sync::Notify;
 
 use crate::alpn_cert::tls_alpn01_cert;
+use crate::claimed::claimed;
 use crate::files::{certificate_path, validity, validity_of_pem, write_private};
+use crate::fleet::ack_key;
 use crate::fleet::FleetShare;
-use crate::manager::wanted;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -42,6 +43,7 @@ pub(crate) async fn follow(
         installed,
         answers: HashMap::new(),
         sealed: HashMap::new(),
+        acks: Vec::new(),
     };
     let mut backoff = BACKOFF_MIN;
     let mut reported = false;
@@ -71,6 +73,8 @@ struct Follower {
     /// The sealed certificates last read, by hostname: installed once an app
     /// claims the name.
     sealed: HashMap<String, Vec<u8>>,
+    /// Acknowledgements of answers just set, to send: key and lease.
+    acks: Vec<(String, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +102,7 @@ impl Follower {
             .await?;
         let revision = read.header().map_or(0, |h| h.revision());
         self.resync(read.kvs());
+        self.send_acks(&mut client).await?;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -111,15 +116,21 @@ impl Follower {
                     if resp.canceled() {
                         return Err(Lost::Cancelled);
                     }
+                    let claimed = claimed(&self.catalog);
+                    let mut installed = false;
                     for event in resp.events() {
                         let Some(kv) = event.kv() else { continue };
                         // The raw type: `Event::event_type` panics on one it does not know.
                         match event.0.r#type {
-                            t if t == EventType::Put as i32 => self.put(kv),
+                            t if t == EventType::Put as i32 => installed |= self.put(kv, &claimed),
                             t if t == EventType::Delete as i32 => self.delete(kv),
                             _ => {}
                         }
                     }
+                    if installed {
+                        self.serve_installed();
+                    }
+                    self.send_acks(&mut client).await?;
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -131,6 +142,16 @@ impl Follower {
         }
     }
 
+    /// Says, for each answer just set, that this node holds it: under the
+    /// answer's own lease, so the saying goes when the order ends.
+    async fn send_acks(&mut self, client: &mut etcd_client::Client) -> Result<(), Lost> {
+        for (key, lease) in std::mem::take(&mut self.acks) {
+            let options = etcd_client::PutOptions::new().with_lease(lease);
+            client.put(key, "", Some(options)).await?;
+        }
+        Ok(())
+    }
+
     /// Makes the answers exactly those in etcd, and installs its certificates.
     fn resync(&mut self, kvs: &[KeyValue]) {
         let stale: Vec<(String, AcmeKey)> = self.answers.drain().collect();
@@ -138,14 +159,21 @@ impl Follower {
             self.take_back(&key);
         }
         self.sealed.clear();
+        let claimed = claimed(&self.catalog);
+        let mut installed = false;
         for kv in kvs {
-            self.put(kv);
+            installed |= self.put(kv, &claimed);
+        }
+        if installed {
+            self.serve_installed();
         }
     }
 
-    fn put(&mut self, kv: &KeyValue) {
+    /// Applies one key's new value; returns whether a certificate was written
+    /// (and needs serving).
+    fn put(&mut self, kv: &KeyValue, claimed: &BTreeSet<String>) -> bool {
         let Some(key) = kv.key_str().ok().and_then(|k| self.keys.parse_acme(k)) else {
-            return;
+            return false;
         };
         match &key {
             AcmeKey::Http01(token) => {
@@ -158,26 +186,28 @@ impl Follower {
                         hostname,
                         "ACME: a shared TLS-ALPN-01 answer is not a hex digest; skipped"
                     );
-                    return;
+                    return false;
                 };
                 match tls_alpn01_cert(hostname, &digest) {
                     Ok(cert) => self.challenges.set_tls_alpn01(hostname, cert),
                     Err(e) => {
                         tracing::warn!(hostname, error = %e, "ACME: cannot answer a shared TLS-ALPN-01 challenge");
-                        return;
+                        return false;
                     }
                 }
             }
             AcmeKey::Certificate(hostname) => {
                 self.sealed.insert(hostname.clone(), kv.value().to_vec());
-                self.install(hostname, &wanted(&self.catalog));
-                return;
+                return self.install(hostname, claimed);
             }
-            AcmeKey::Lock(_) => return,
+            AcmeKey::Lock(_) => return false,
         }
+        self.acks
+            .push((ack_key(&self.keys, &key, &self.share.node), kv.lease()));
         if let Ok(k) = kv.key_str() {
             self.answers.insert(k.to_owned(), key);
         }
+        false
     }
 
     fn delete(&mut self, kv: &KeyValue) {
@@ -196,54 +226,59 @@ impl Follower {
     }
 
     fn install_claimed(&self) {
-        let claimed = wanted(&self.catalog);
+        let claimed = claimed(&self.catalog);
+        let mut installed = false;
         for hostname in self.sealed.keys() {
-            self.install(hostname, &claimed);
+            installed |= self.install(hostname, &claimed);
+        }
+        if installed {
+            self.serve_installed();
         }
     }
 
     /// Writes the fleet's certificate for `hostname` into the certificate
-    /// directory and serves it, if an app claims the name and it is newer
-    /// than the one held.
-    fn install(&self, hostname: &str, claimed: &BTreeSet<String>) {
+    /// directory, if an app claims the name and it outlives the one held;
+    /// returns whether it did (the caller then serves it).
+    fn install(&self, hostname: &str, claimed: &BTreeSet<String>) -> bool {
         let Some(sealed) = self
             .sealed
             .get(hostname)
             .filter(|_| claimed.contains(hostname))
         else {
-            return;
+            return false;
         };
         let Ok(pem) = self.share.key.open(hostname, sealed) else {
             tracing::warn!(hostname, "ACME: the fleet's certificate does not open with this node's fleet key (is acme.fleet_key the same on every node?); not installed");
-            return;
+            return false;
         };
         let Some((_, until)) = validity_of_pem(&pem) else {
             tracing::warn!(
                 hostname,
                 "ACME: the fleet's certificate has no readable leaf; not installed"
             );
-            return;
+            return false;
         };
         let path = certificate_path(self.store.dir(), hostname);
         if validity(&path).is_some_and(|(_, held)| held >= until) {
-            return;
+            return false;
         }
         if let Err(e) = write_private(&path, &pem) {
             tracing::warn!(hostname, path = %path.display(), error = %e, "ACME: cannot write the fleet's certificate");
-            return;
+            return false;
         }
+        tracing::info!(
+            hostname,
+            "ACME: installed the certificate another node obtained"
+        );
+        metrics::counter!("tern_acme_fleet_installs_total").increment(1);
+        true
+    }
+
+    /// Serves what was installed: one reload for a batch.
+    fn serve_installed(&self) {
         match self.store.reload() {
-            Ok(_) => {
-                tracing::info!(
-                    hostname,
-                    "ACME: installed the certificate another node obtained"
-                );
-                metrics::counter!("tern_acme_fleet_installs_total").increment(1);
-                self.installed.notify_one();
-            }
-            Err(e) => {
-                tracing::warn!(hostname, error = %e, "ACME: serving the fleet's certificate failed")
-            }
+            Ok(_) => self.installed.notify_one(),
+            Err(e) => tracing::warn!(error = %e, "ACME: serving the fleet's certificates failed"),
         }
     }
 }

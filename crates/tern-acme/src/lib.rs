@@ -12,6 +12,7 @@
 mod account;
 mod alpn_cert;
 mod ari;
+mod claimed;
 mod error;
 mod files;
 mod fleet;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::account;
 use crate::ari::RenewalInfo;
+use crate::claimed::claimed;
 use crate::error::AcmeError;
 use crate::files::{certificate_path, renewal_time, validity, write_private};
 use crate::fleet::{FleetShare, OrderLock, Share, Turn};
@@ -73,11 +74,11 @@ pub fn spawn(
         store,
         challenges: answering.challenges,
         on_demand: answering.on_demand,
-        fleet: fleet.map(Share::new),
+        fleet: fleet.map(|f| Share::new(f, Arc::clone(&catalog))),
         installed,
         account: None,
         renewal: RenewalInfo::default(),
-        elsewhere: BTreeSet::new(),
+        elsewhere: BTreeMap::new(),
         status: Arc::clone(&status),
     };
     tokio::spawn(async move { manager.run(catalog).await });
@@ -137,8 +138,9 @@ struct Manager {
     installed: Arc<Notify>,
     account: Option<Account>,
     renewal: RenewalInfo,
-    /// The names whose lock another node held when last looked at.
-    elsewhere: BTreeSet<String>,
+    /// The names whose lock another node held when last looked at: when to
+    /// look again, and whether that node is waiting out a failed order.
+    elsewhere: BTreeMap<String, (Instant, bool)>,
     limiter: OrderLimiter,
     status: Arc<Status>,
 }
@@ -147,13 +149,14 @@ impl Manager {
     async fn run(&mut self, catalog: Arc<dyn Catalog>) {
         let mut changes = catalog.watch();
         loop {
-            let wanted = wanted(&catalog);
+            let wanted = claimed(&catalog);
             let next = match self.on_demand.clone() {
                 None => self.tend_all(&wanted).await,
                 Some(on_demand) => self.tend_on_demand(&wanted, &on_demand).await,
             };
             self.status.lock().retain(|h, _| wanted.contains(h));
             self.renewal.retain(|h| wanted.contains(h));
+            self.elsewhere.retain(|h, _| wanted.contains(h));
             let asked = async {
                 match &self.on_demand {
                     Some(on_demand) => on_demand.asked_again().await,
@@ -189,14 +192,23 @@ impl Manager {
         on_demand.set_claimed(wanted.iter().cloned());
         let mut next = Instant::now() + MAX_SLEEP;
         for hostname in on_demand.asked() {
-            if wanted.contains(&hostname) {
-                next = next.min(self.tend(&hostname).await);
+            if !wanted.contains(&hostname) {
+                on_demand.answer(&hostname, false);
+                continue;
             }
+            next = next.min(self.tend(&hostname).await);
             let served = self.store.names(&hostname);
             // While another node orders it, the handshakes wait for its
             // certificate to arrive (or for their own wait to run out).
-            if served || !self.elsewhere.contains(&hostname) {
+            let ordered_elsewhere = matches!(self.elsewhere.get(&hostname), Some((_, false)));
+            if served || !ordered_elsewhere {
                 on_demand.answer(&hostname, served);
+            }
+            if !served {
+                // Until then, further handshakes for it fail at once.
+                if let Some(retry) = self.retry_time(&hostname) {
+                    on_demand.hold_off(&hostname, retry);
+                }
             }
         }
         for hostname in wanted {
@@ -207,43 +219,49 @@ impl Manager {
         next
     }
 
+    /// When a name that failed, or that another node is waiting out a failed
+    /// order for, may be tried again.
+    fn retry_time(&self, hostname: &str) -> Option<Instant> {
+        let failed = self.status.lock().get(hostname).map(|f| f.retry);
+        let elsewhere = self
+            .elsewhere
+            .get(hostname)
+            .filter(|(_, f)| *f)
+            .map(|(t, _)| *t);
+        failed.or(elsewhere).filter(|t| *t > Instant::now())
+    }
+
     /// Orders or renews `hostname` if it is due; returns when to look again.
     async fn tend(&mut self, hostname: &str) -> Instant {
         let now = Instant::now();
         let path = certificate_path(self.store.dir(), hostname);
         let kept = validity(&path);
-        if let Some((_, not_after)) = kept {
-            let left = not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
-            metrics::gauge!("tern_acme_certificate_expiry_timestamp_seconds", "hostname" => hostname.to_owned())
-                .set(left.as_secs_f64());
+        if let Some(later) = self.not_due(hostname, &path, kept).await {
+            return later;
         }
-        let due = match kept {
-            None => now,
-            Some((from, to)) => {
-                let mut at = renewal_time(from, to);
-                if let Some(asked) = self.renewal_info(hostname, &path).await {
-                    at = at.min(asked);
-                }
-                after(now, at)
-            }
-        };
-        if due > now {
-            return due;
-        }
-        self.elsewhere.remove(hostname);
         let failed = self.status.lock().get(hostname).map(|f| (f.count, f.retry));
         if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
             return retry;
         }
-        let lock = match self.take_turn(hostname, &path).await {
+        if let Some((again, _)) = self.elsewhere.get(hostname).filter(|(t, _)| *t > now) {
+            return *again;
+        }
+        self.elsewhere.remove(hostname);
+        let lock = match self
+            .take_turn(hostname, &path, kept.map(|(_, to)| to))
+            .await
+        {
             Ok(Taken::Ours(lock)) => lock,
             Ok(Taken::Done) => return Instant::now(),
-            Ok(Taken::Theirs(holder)) => {
-                tracing::debug!(hostname, holder, "ACME: another node is ordering this name");
-                self.elsewhere.insert(hostname.to_owned());
-                return now + ELSEWHERE_RECHECK;
+            Ok(Taken::Theirs { holder, failed }) => {
+                tracing::debug!(
+                    hostname,
+                    holder,
+                    "ACME: another node holds this name's order lock"
+                );
+                let again = now + ELSEWHERE_RECHECK;
+                self.elsewhere.insert(hostname.to_owned(), (again, failed));
+                return again;
             }
             Err(e) => {
                 tracing::warn!(hostname, error = %e, "ACME: cannot take this name's order lock in etcd; not ordering");
@@ -262,29 +280,16 @@ impl Manager {
             }
             return allowed;
         }
-        let result = self.obtain(hostname, &path, lock.as_ref()).await;
+        let result = self.obtain(hostname, &path, lock.as_deref()).await;
         let count = failed.map_or(0, |(count, _)| count) + 1;
         let wait = FIRST_RETRY
             .saturating_mul(1 << (count - 1).min(16))
             .min(MAX_RETRY);
-        match (&result, lock) {
-            (Ok(pem), Some(lock)) => {
-                if let Some(share) = &mut self.fleet {
-                    if let Err(e) = share.put_certificate(hostname, pem).await {
-                        tracing::warn!(hostname, error = %e, "ACME: the other nodes will not get this certificate; they will order their own");
-                    }
-                }
-                lock.release().await;
-            }
-            (Err(e), Some(lock)) => lock.release_after_failure(wait, e).await,
-            (_, None) => {}
-        }
+        self.settle(hostname, lock, &result, wait).await;
         match result {
             Ok(_) => {
-                self.status.lock().remove(hostname);
                 metrics::counter!("tern_acme_orders_total", "result" => "issued").increment(1);
-                metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned())
-                    .set(0.0);
+                self.succeeded(hostname);
                 // Looked at again at once, for its expiry and next renewal.
                 Instant::now()
             }
@@ -292,19 +297,83 @@ impl Manager {
         }
     }
 
+    /// `Some(when to look again)` if the certificate held for `hostname` is
+    /// not yet due: two thirds into its lifetime, or earlier where the CA's
+    /// renewal information says so. A certificate that is not due clears any
+    /// failure (it may have come from another node).
+    async fn not_due(
+        &mut self,
+        hostname: &str,
+        path: &Path,
+        kept: Option<(SystemTime, SystemTime)>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let (from, to) = kept?;
+        let left = to
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!("tern_acme_certificate_expiry_timestamp_seconds", "hostname" => hostname.to_owned())
+            .set(left.as_secs_f64());
+        let mut at = renewal_time(from, to);
+        if let Some(asked) = self.renewal_info(hostname, path).await {
+            at = at.min(asked);
+        }
+        let due = after(now, at);
+        if due <= now {
+            return None;
+        }
+        if self.status.lock().contains_key(hostname) {
+            self.succeeded(hostname);
+        }
+        Some(due)
+    }
+
+    fn succeeded(&mut self, hostname: &str) {
+        self.status.lock().remove(hostname);
+        metrics::gauge!("tern_acme_renewal_failing", "hostname" => hostname.to_owned()).set(0.0);
+    }
+
+    /// Ends an order's turn in the fleet: the certificate shared, or the name
+    /// held for this node's retry.
+    async fn settle(
+        &mut self,
+        hostname: &str,
+        lock: Option<Box<OrderLock>>,
+        result: &Result<String, AcmeError>,
+        wait: Duration,
+    ) {
+        let (Some(lock), Some(share)) = (lock, &self.fleet) else {
+            return;
+        };
+        match result {
+            Ok(pem) => {
+                if let Err(e) = lock.put_certificate(share.key(), pem).await {
+                    tracing::warn!(hostname, error = %e, "ACME: the other nodes will not get this certificate; they will order their own");
+                }
+                lock.release().await;
+            }
+            Err(e) => lock.release_after_failure(wait, e).await,
+        }
+    }
+
     /// Whose turn it is to order `hostname`: this node's alone without a fleet;
-    /// in a fleet, the lock's holder's, and nobody's if the fleet's
-    /// certificate, installed here, is current.
-    async fn take_turn(&mut self, hostname: &str, path: &Path) -> Result<Taken, AcmeError> {
+    /// in a fleet, the lock's holder's, and nobody's if the fleet has a newer
+    /// certificate than `held_until`, which is now installed here.
+    async fn take_turn(
+        &mut self,
+        hostname: &str,
+        path: &Path,
+        held_until: Option<SystemTime>,
+    ) -> Result<Taken, AcmeError> {
         let Some(share) = &mut self.fleet else {
             return Ok(Taken::Ours(None));
         };
         let lock = match share.take_turn(hostname).await? {
-            Turn::Theirs(holder) => return Ok(Taken::Theirs(holder)),
+            Turn::Theirs { holder, failed } => return Ok(Taken::Theirs { holder, failed }),
             Turn::Ours(lock) => lock,
         };
         // Another node may have finished just before the lock was free.
-        match share.current(hostname).await {
+        match share.newer(hostname, held_until).await {
             Ok(Some(pem)) => {
                 lock.release().await;
                 self.serve(hostname, path, &pem)?;
@@ -354,7 +423,8 @@ impl Manager {
     }
 
     /// Orders `hostname` and serves the certificate; returns it (PEM, chain
-    /// then key). With `lock`, the answers are shared with the fleet too.
+    /// then key). With `lock`, the answers are shared with the fleet too, and
+    /// the order is given up if the lock is lost.
     async fn obtain(
         &mut self,
         hostname: &str,
@@ -369,7 +439,17 @@ impl Manager {
             "ACME: ordering a certificate"
         );
         let answering = Answers::new(&self.challenges, lock);
-        let issued = order(&account, hostname, self.acme.challenge, answering).await?;
+        let ordering = order(&account, hostname, self.acme.challenge, answering);
+        let lost = async {
+            match lock {
+                Some(lock) => lock.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let issued = tokio::select! {
+            issued = ordering => issued?,
+            () = lost => return Err(AcmeError::fleet(hostname, "the order's lock in etcd was lost (etcd unreachable for its lease's 15 s); given up, since another node may order the name now")),
+        };
         let pem = format!("{}{}", issued.chain_pem, issued.key_pem);
         self.serve(hostname, path, &pem)?;
         tracing::info!(hostname, path = %path.display(), "ACME: certificate issued and served");
@@ -418,21 +498,11 @@ impl Manager {
 /// Whose turn it is to order a name.
 enum Taken {
     /// This node's, holding the fleet's lock if there is a fleet.
-    Ours(Option<OrderLock>),
-    /// Another node's (the lock's holder).
-    Theirs(String),
-    /// Nobody's: the fleet's current certificate is now served here.
+    Ours(Option<Box<OrderLock>>),
+    /// Another node's (the lock's holder; `failed` while it waits out a failure).
+    Theirs { holder: String, failed: bool },
+    /// Nobody's: the fleet's newer certificate is now served here.
     Done,
-}
-
-/// The hostnames that apps in the catalog want certificates for.
-pub(crate) fn wanted(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
-    let snapshot = catalog.snapshot();
-    snapshot
-        .apps
-        .values()
-        .flat_map(|app| app.acme_hostnames.iter().cloned())
-        .collect()
 }
 
 /// `at` as an instant on the monotonic clock (now, if it has passed).

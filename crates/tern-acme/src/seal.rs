@@ -22,6 +22,11 @@ impl std::fmt::Debug for FleetKey {
     }
 }
 
+/// A fleet key that is not 64 hex digits.
+#[derive(Debug, thiserror::Error)]
+#[error("expected 64 hex digits (32 bytes), such as `openssl rand -hex 32` prints")]
+pub struct NotAKey;
+
 /// A sealed value that does not open: another key, another name, or damage.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -37,16 +42,14 @@ impl FleetKey {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        FleetKey::from_hex(text.trim()).map_err(|reason| AcmeError::FleetKey {
+        FleetKey::from_hex(text.trim()).map_err(|e| AcmeError::FleetKey {
             path: path.to_owned(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
-    pub fn from_hex(hex: &str) -> Result<FleetKey, String> {
-        let wrong = || {
-            "expected 64 hex digits (32 bytes), such as `openssl rand -hex 32` prints".to_owned()
-        };
+    pub fn from_hex(hex: &str) -> Result<FleetKey, NotAKey> {
+        let wrong = || NotAKey;
         if hex.len() != 64 || !hex.is_ascii() {
             return Err(wrong());
         }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -18,6 +18,8 @@ pub struct OnDemand {
     claimed: Mutex<HashSet<String>>,
     /// One entry per asked hostname (all claimed, so bounded by the catalog).
     asked: Mutex<HashMap<String, watch::Sender<Option<bool>>>>,
+    /// Claimed names not to ask for before a time (bounded likewise).
+    held_off: Mutex<HashMap<String, Instant>>,
     wake: Notify,
 }
 
@@ -28,6 +30,7 @@ impl OnDemand {
             wait,
             claimed: Mutex::default(),
             asked: Mutex::default(),
+            held_off: Mutex::default(),
             wake: Notify::new(),
         }
     }
@@ -42,18 +45,38 @@ impl OnDemand {
     }
 
     /// Asks for a certificate for `hostname`, joining an order already asked
-    /// for; `None` (and nothing ordered) when no app claims the name.
+    /// for; `None` (and nothing ordered) when no app claims the name. A name
+    /// held off after a failure is answered at once, without asking.
     pub fn ask(&self, hostname: &str) -> Option<Outcome> {
         let name = hostname.trim_end_matches('.').to_ascii_lowercase();
         if !lock(&self.claimed).contains(&name) {
             return None;
         }
-        let outcome = lock(&self.asked)
+        if lock(&self.held_off)
+            .get(&name)
+            .is_some_and(|until| *until > Instant::now())
+        {
+            return Some(watch::channel(Some(false)).1);
+        }
+        let mut asked = lock(&self.asked);
+        let fresh = !asked.contains_key(&name);
+        let outcome = asked
             .entry(name)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
-        self.wake.notify_one();
+        drop(asked);
+        if fresh {
+            self.wake.notify_one();
+        }
         Some(outcome)
+    }
+
+    /// Answers handshakes for `hostname` at once, with no certificate, until
+    /// `until` (its order failed and waits for its retry).
+    pub fn hold_off(&self, hostname: &str, until: Instant) {
+        let mut held = lock(&self.held_off);
+        held.retain(|_, t| *t > Instant::now());
+        held.insert(hostname.to_owned(), until);
     }
 
     /// The hostnames asked for and not yet answered.
@@ -99,5 +122,10 @@ mod tests {
         assert_eq!(*first.borrow(), Some(true));
         assert_eq!(*second.borrow(), Some(true));
         assert!(od.asked().is_empty());
+
+        od.hold_off("a.test", Instant::now() + Duration::from_secs(60));
+        let held = od.ask("a.test").expect("claimed");
+        assert_eq!(*held.borrow(), Some(false), "answered at once");
+        assert!(od.asked().is_empty(), "and nothing asked for");
     }
 }

@@ -11,6 +11,7 @@
 //! | `PREFIX/acme/locks/HOST` | the node ordering HOST (or that failed to, until its retry) | that node, under an order's lease |
 //! | `PREFIX/acme/http-01/TOKEN` | an HTTP-01 key authorization | the ordering node, under the order's lease |
 //! | `PREFIX/acme/tls-alpn-01/HOST` | a TLS-ALPN-01 digest, hex | the ordering node, under the order's lease |
+//! | `PREFIX/acme/acks/KIND:NAME:NODE` | nothing: NODE holds that answer | NODE, under the order's lease |
 
 use tern_catalog::model::{AppDef, MachineDef, MachineStatus, NodeDef, RegionSeeds};
 use tern_catalog::Change;
@@ -80,6 +81,11 @@ impl Keys {
     /// Everything ACME shares.
     pub fn acme_all(&self) -> String {
         format!("{}/acme/", self.prefix)
+    }
+
+    /// Where nodes say they hold a shared challenge answer (under its lease).
+    pub fn acme_acks(&self) -> String {
+        format!("{}/acme/acks/", self.prefix)
     }
 
     pub fn acme(&self, key: &AcmeKey) -> String {

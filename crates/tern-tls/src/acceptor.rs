@@ -160,32 +160,42 @@ impl TlsAcceptor {
     }
 
     /// The ClientHello is read first, so that its cipher suites can pick the
-    /// config; reading it and finishing the handshake each have the handshake
-    /// timeout, and an on-demand order waited for between them has its own.
+    /// config. The whole handshake has the handshake timeout, plus the time it
+    /// waited for an on-demand order (itself bounded).
     async fn handshake<IO>(&self, io: IO) -> Result<TlsStream<Unvectored<IO>>, TlsError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let hello = LazyConfigAcceptor::new(Acceptor::default(), Unvectored::new(io));
-        let start = self.in_time(hello).await?;
+        let start = self.by(deadline, hello).await?;
         if let Some(challenges) = &self.challenges {
             if offers_acme_tls(&start.client_hello()) {
                 // An ACME validation's handshake ends there, answered or refused.
-                return Err(self.in_time(answer_tls_alpn01(start, challenges)).await?);
+                return Err(self
+                    .by(deadline, answer_tls_alpn01(start, challenges))
+                    .await?);
             }
         }
         if let Some(on_demand) = &self.on_demand {
             let sni = start.client_hello().server_name().map(str::to_owned);
             if let Some(sni) = sni.filter(|s| !self.configs.store.names(s)) {
+                let waiting = tokio::time::Instant::now();
                 wait_for_order(on_demand, &sni).await;
+                deadline += waiting.elapsed();
             }
         }
         let config = self.configs.for_offer(start.client_hello().cipher_suites());
-        self.in_time(start.into_stream(Arc::clone(config))).await
+        self.by(deadline, start.into_stream(Arc::clone(config)))
+            .await
     }
 
-    async fn in_time<T>(&self, step: impl Future<Output = io::Result<T>>) -> Result<T, TlsError> {
-        match tokio::time::timeout(self.handshake_timeout, step).await {
+    async fn by<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        step: impl Future<Output = io::Result<T>>,
+    ) -> Result<T, TlsError> {
+        match tokio::time::timeout_at(deadline, step).await {
             Ok(done) => done.map_err(classify),
             Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
         }
