@@ -200,15 +200,15 @@ impl Manager {
             let served = self.store.names(&hostname);
             // While another node orders it, the handshakes wait for its
             // certificate to arrive (or for their own wait to run out).
-            let ordered_elsewhere = matches!(self.elsewhere.get(&hostname), Some((_, false)));
-            if served || !ordered_elsewhere {
-                on_demand.answer(&hostname, served);
-            }
             if !served {
-                // Until then, further handshakes for it fail at once.
+                // Until its retry, further handshakes for it fail at once.
                 if let Some(retry) = self.retry_time(&hostname) {
                     on_demand.hold_off(&hostname, retry);
                 }
+            }
+            let ordered_elsewhere = matches!(self.elsewhere.get(&hostname), Some((_, false)));
+            if served || !ordered_elsewhere {
+                on_demand.answer(&hostname, served);
             }
         }
         for hostname in wanted {

@@ -496,6 +496,65 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_an_unclaimed_name
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_fails_a_handshake_cleanly_when_its_order_fails_and_holds_the_name_off() {
+    let AcmeSetup {
+        pebble,
+        tern,
+        root,
+        _backend,
+        _scratch,
+    } = acme_setup(
+        "tls-alpn-01",
+        false,
+        3600,
+        "on_demand = true\non_demand_wait = \"30s\"\n",
+    )
+    .await;
+    // The validator reaches nothing: the order fails.
+    pebble.resolve("web.test", "127.0.0.2");
+    let handshake = || async {
+        let connector = tls_connector(&root, &[b"http/1.1"]);
+        let tcp = TcpStream::connect(("127.0.0.1", tern.ports.https))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("web.test").unwrap();
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), connector.connect(name, tcp))
+            .await
+            .expect("the handshake ends within its bounds");
+        (result.is_ok(), started.elapsed())
+    };
+    let (ok, _) = handshake().await;
+    assert!(!ok, "no certificate to serve\n{}", tern.log_text());
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"failed\"} 1"),
+        "{metrics}\n{}",
+        tern.log_text()
+    );
+    assert!(
+        metrics.contains("tern_acme_orders_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    // Until its retry the name is held off: refused at once, nothing ordered.
+    let (ok, took) = handshake().await;
+    assert!(!ok);
+    assert!(
+        took < Duration::from_secs(10),
+        "held off, not waited: {took:?}"
+    );
+    let metrics = tern.admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"failed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tern_acme_orders_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// Two nodes, `acme-a` and `acme-b`, on one etcd catalog that asks ACME for
 /// `web.test`, each with a certificate directory of its own and the same fleet
 /// key; pebble's DNS sends validations to `acme-b` alone.
