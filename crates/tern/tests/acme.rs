@@ -832,4 +832,26 @@ async fn two_nodes_that_both_want_a_name_order_it_once() {
         })
         .count();
     assert_eq!(installed, 1, "{}", f.logs());
+
+    // etcd goes away: both nodes keep serving what they hold, and say why
+    // they lost the fleet's state.
+    let mut f = f;
+    f.etcd.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(f
+        .a
+        .log_text()
+        .contains("ACME: lost the fleet's shared state in etcd")
+        && f.b
+            .log_text()
+            .contains("ACME: lost the fleet's shared state in etcd"))
+    {
+        assert!(Instant::now() < deadline, "{}", f.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.wait_served(2).await, from_a, "{}", f.logs());
+    assert_eq!(f.wait_served(3).await, from_a, "{}", f.logs());
+    for t in [&mut f.a, &mut f.b] {
+        assert!(t.child.try_wait().unwrap().is_none(), "still running");
+    }
 }
