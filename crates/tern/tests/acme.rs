@@ -304,11 +304,7 @@ async fn issues_by_tls_alpn_01_and_serves_the_certificate_at_once() {
     assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_eq!(mode(&accounts[0]), 0o600);
     assert_eq!(mode(&tern.dir.path().join("acme")), 0o700);
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_orders_total{result=\"issued\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(&tern, "tern_acme_orders_total{result=\"issued\"} 1");
 
     // A handshake that offers acme-tls/1 for a name with no open order gets no
     // certificate at all: refused by the ACME path, which counts it as such
@@ -319,10 +315,9 @@ async fn issues_by_tls_alpn_01_and_serves_the_certificate_at_once() {
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("web.test").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_tls_handshake_errors_total{reason=\"acme_no_challenge\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &tern,
+        "tern_tls_handshake_errors_total{reason=\"acme_no_challenge\"} 1",
     );
 }
 
@@ -407,11 +402,7 @@ async fn renews_before_expiry_and_keeps_serving_when_renewal_fails() {
         Some(second.as_slice()),
         "the renewed certificate is still served"
     );
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_renewal_failing{hostname=\"web.test\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(&tern, "tern_acme_renewal_failing{hostname=\"web.test\"} 1");
     let health = tern.admin_get("/healthz");
     assert!(
         health.starts_with("HTTP/1.1 200"),
@@ -462,11 +453,11 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_an_unclaimed_name
         started.elapsed() < Duration::from_secs(20),
         "refused without waiting out the order's 30 s"
     );
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"unclaimed\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"unclaimed\"} 1",
     );
+    let metrics = tern.admin_get("/metrics");
     assert!(!metrics.contains("tern_acme_orders_total"), "{metrics}");
 
     // The first handshake for web.test waits for its order and gets a
@@ -478,21 +469,16 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_an_unclaimed_name
         tern.log_text(),
         pebble.log_text()
     );
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"served\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"served\"} 1",
     );
-    assert!(
-        metrics.contains("tern_acme_orders_total{result=\"issued\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(&tern, "tern_acme_orders_total{result=\"issued\"} 1");
     // The next handshake finds it in the store and asks for nothing.
     assert!(served_certificate(tern.ports.https, &root).await.is_some());
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"served\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"served\"} 1",
     );
 }
 
@@ -527,16 +513,11 @@ async fn on_demand_fails_a_handshake_cleanly_when_its_order_fails_and_holds_the_
     };
     let (ok, _) = handshake().await;
     assert!(!ok, "no certificate to serve\n{}", tern.log_text());
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"failed\"} 1"),
-        "{metrics}\n{}",
-        tern.log_text()
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"failed\"} 1",
     );
-    assert!(
-        metrics.contains("tern_acme_orders_total{result=\"failed\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(&tern, "tern_acme_orders_total{result=\"failed\"} 1");
     // Until its retry the name is held off: refused at once, nothing ordered.
     let (ok, took) = handshake().await;
     assert!(!ok);
@@ -544,15 +525,11 @@ async fn on_demand_fails_a_handshake_cleanly_when_its_order_fails_and_holds_the_
         took < Duration::from_secs(10),
         "held off, not waited: {took:?}"
     );
-    let metrics = tern.admin_get("/metrics");
-    assert!(
-        metrics.contains("tern_acme_on_demand_handshakes_total{result=\"failed\"} 2"),
-        "{metrics}"
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"failed\"} 2",
     );
-    assert!(
-        metrics.contains("tern_acme_orders_total{result=\"failed\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(&tern, "tern_acme_orders_total{result=\"failed\"} 1");
 }
 
 /// Two nodes, `acme-a` and `acme-b`, on one etcd catalog that asks ACME for
@@ -749,6 +726,12 @@ async fn handshake_certificate(ip: IpAddr, port: u16, root: &str) -> Option<Vec<
         .ok()?;
     let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
     Some(leaf.as_ref().to_vec())
+}
+
+/// Asserts that `tern`'s metrics have `line` (a series and its value).
+fn assert_metric(tern: &Tern, line: &str) {
+    let metrics = tern.admin_get("/metrics");
+    assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
 }
 
 /// A counter of `tern`'s, by its name and labels; 0 if it has none yet.
