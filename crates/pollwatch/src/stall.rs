@@ -248,18 +248,26 @@ mod tests {
             .unwrap();
         let reports = Arc::new(Mutex::new(0usize));
         let r2 = Arc::clone(&reports);
-        let _dog = StallWatchdog::spawn(rt.handle().clone(), config(), move |_| {
+        // The deadline has room for a loaded 2-core machine, where other tests'
+        // threads can keep both workers off the CPU for a few hundred
+        // milliseconds; the busy spell lasts twice as long, so that a runtime
+        // that stopped answering would still be reported within it.
+        let roomy = StallConfig {
+            deadline: Duration::from_secs(1),
+            ..config()
+        };
+        let _dog = StallWatchdog::spawn(rt.handle().clone(), roomy, move |_| {
             *r2.lock().unwrap() += 1;
         })
         .unwrap();
         rt.block_on(async {
             let started = Instant::now();
             let mut tasks = Vec::new();
-            // Many short tasks, each yielding often, for about a second.
+            // Many short tasks, each yielding often, for about two seconds.
             for _ in 0..64 {
                 tasks.push(tokio::spawn(async move {
                     let mut x = 0u64;
-                    while started.elapsed() < Duration::from_secs(1) {
+                    while started.elapsed() < Duration::from_secs(2) {
                         for i in 0..1000u64 {
                             x = x.wrapping_mul(31).wrapping_add(i);
                         }
