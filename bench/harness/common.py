@@ -30,6 +30,11 @@ PORTS = {
     # head-to-head runs only.
     "nginx-bare": {"http": 18500, "https": 18501},
     "haproxy-bare": {"http": 18600, "https": 18601},
+    # Scenario 9: nginx answering from a file, and the three proxies in front of it.
+    "nginx-static": {"http": 18900, "https": 18901},
+    "tern-static": {"http": 18910, "https": 18911, "admin": 18919},
+    "nginx-to-static": {"http": 18920, "https": 18921},
+    "haproxy-to-static": {"http": 18930, "https": 18931},
 }
 
 # The process shape of each server. "pinned" (bench/run): one worker each, every

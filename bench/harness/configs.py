@@ -25,33 +25,41 @@ def render(file_name, **values):
     return string.Template(template_text(file_name)).substitute(values)
 
 
-def tern_config(work, name, watchdog, scheduler=None):
+def tern_config(work, name, watchdog, scheduler=None, backend="direct"):
     p = PORTS[name]
     workers = "workers = 1\n" if pinned() else ""
     if scheduler:
         workers += f'scheduler = "{scheduler}"\n'
     return render("tern.toml.tmpl", name=name, admin_port=p["admin"], workers=workers,
                   certs=os.path.join(work, "tern-certs"), watchdog="true" if watchdog else "false",
-                  host=HOST, backend_port=PORTS["direct"]["http"], http_port=p["http"],
+                  host=HOST, backend_port=PORTS[backend]["http"], http_port=p["http"],
                   https_port=p["https"])
 
 
-def nginx_config(work, name, forwarding):
+def nginx_config(work, name, forwarding, backend="direct"):
     p = PORTS[name]
     return render("nginx.conf.tmpl", dir=os.path.join(work, name),
                   nginx_workers="1" if pinned() else "auto", certs=os.path.join(work, "certs"),
-                  tls13_suites=TLS13_SUITES, backend_port=PORTS["direct"]["http"],
+                  tls13_suites=TLS13_SUITES, backend_port=PORTS[backend]["http"],
                   http_port=p["http"], https_port=p["https"], host=HOST,
                   forwarding=template_text("nginx-forwarding.conf") if forwarding else "")
 
 
-def haproxy_config(work, name, forwarding):
+def haproxy_config(work, name, forwarding, backend="direct"):
     p = PORTS[name]
     return render("haproxy.cfg.tmpl", haproxy_threads="  nbthread 1\n" if pinned() else "",
                   tls13_suites=TLS13_SUITES, http_port=p["http"],
                   https_port=p["https"], certs=os.path.join(work, "certs"),
-                  backend_port=PORTS["direct"]["http"],
+                  backend_port=PORTS[backend]["http"],
                   forwarding=template_text("haproxy-forwarding.cfg") if forwarding else "")
+
+
+def nginx_static_config(work):
+    """Scenario 9's backend: nginx answering from a file, as a user's static site would."""
+    p = PORTS["nginx-static"]
+    return render("nginx-static.conf.tmpl", dir=os.path.join(work, "nginx-static"),
+                  nginx_workers="1" if pinned() else "auto", certs=os.path.join(work, "certs"),
+                  http_port=p["http"], https_port=p["https"], host=HOST)
 
 
 def config_texts(work):
@@ -63,6 +71,10 @@ def config_texts(work):
         "haproxy.cfg": haproxy_config(work, "haproxy", FORWARDING),
         "nginx-bare.conf": nginx_config(work, "nginx-bare", forwarding=False),
         "haproxy-bare.cfg": haproxy_config(work, "haproxy-bare", forwarding=False),
+        "nginx-static.conf": nginx_static_config(work),
+        "tern-static.toml": tern_config(work, "tern-static", watchdog=True, backend="nginx-static"),
+        "nginx-to-static.conf": nginx_config(work, "nginx-to-static", FORWARDING, backend="nginx-static"),
+        "haproxy-to-static.cfg": haproxy_config(work, "haproxy-to-static", FORWARDING, backend="nginx-static"),
     }
 
 

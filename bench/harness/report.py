@@ -5,6 +5,7 @@ import os
 import re
 
 from .common import BENCH, COMMANDS, LOAD_CPU, RESULTS, ROOT, SERVER_CPU, fmt, log
+from .limit import LIMIT, PROXIES, limit_ratio, near_limit_lines
 from .plot import svg_plot
 from .summary import ratio, summarize
 
@@ -239,6 +240,36 @@ def throughput_target_lines(summary):
     if "s1" in summary and summary["s1"].get("direct", {}).get("rps"):
         r = ratio(summary["s1"]["tern"]["rps"], summary["s1"]["direct"]["rps"])
         a(f"| 1: ≥ 70% of direct | {verdict(r is not None and r >= 0.7)} ({r * 100:.0f}%) |")
+    L += cpu_lead_lines(summary)
+    if "s9" in summary and (r := limit_ratio(summary["s9"])) is not None:
+        others = ", ".join(f"{label} {fmt(limit_ratio(summary['s9'], t), 3)}×"
+                           for t, label in PROXIES.items() if t != "tern-static")
+        a(f"| 9: Tern's CPU per request ≤ {LIMIT}× its backend's alone (nginx, a static file) | "
+          f"{verdict(r <= LIMIT)} ({fmt(r, 3)}×; {others}) |")
+    return L
+
+
+# The head-to-head traffic that measures the same work as each scenario.
+H2H_TRAFFIC = {"s1": "http", "s2": "https", "s3": "https-close"}
+
+
+def cpu_lead_lines(summary):
+    """The target of a CPU per request 15% below nginx's and HAProxy's: from the
+    head-to-head ratio where there is one (both loaded at once), else from the medians."""
+    L = []
+    h2h = summary.get("h2h", {})
+    for sc in ("s1", "s2", "s3", "s4", "s8"):
+        if sc not in summary:
+            continue
+        me = summary[sc].get("tern", {}).get("cpu_us_per_req")
+        parts, ok = [], True
+        for other, label in (("nginx", "nginx"), ("haproxy", "HAProxy")):
+            paired = h2h.get(f"{other} {H2H_TRAFFIC.get(sc)}", {}).get("ratio")
+            r = paired or ratio(summary[sc].get(other, {}).get("cpu_us_per_req"), me)
+            ok = ok and r is not None and r >= 1 / 0.85
+            parts.append(f"{label} ÷ Tern {fmt(r, 3)}{' head to head' if paired else ''}")
+        L.append(f"| {SCENARIO_NAMES[sc]}: CPU per request ≥ 15% below nginx's and HAProxy's | {verdict(ok)} "
+                 f"({', '.join(parts)}; needs ≥ 1.18) |")
     return L
 
 
@@ -303,7 +334,8 @@ def closing_lines(json_rel):
 def report(cfg, info, summary, path, plot_rel, json_rel, started, elapsed):
     wd = sequential_watchdog_costs(summary)
     L = (header_lines(cfg, info, started, elapsed) + method_lines(cfg) + results_lines(summary, plot_rel)
-         + idle_lines(summary) + storm_lines(summary) + watchdog_lines(summary, wd)
+         + near_limit_lines(summary, summary.get("s1")) + idle_lines(summary) + storm_lines(summary)
+         + watchdog_lines(summary, wd)
          + head_to_head_lines(summary) + throughput_target_lines(summary)
          + other_target_lines(summary, wd) + closing_lines(json_rel))
     with open(path, "w") as f:

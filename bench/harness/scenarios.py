@@ -9,6 +9,7 @@ import urllib.request
 
 from .clients import run_h2load, run_s_time, run_wrk
 from .common import BENCH, HELPER, HOST, LOAD_CPU, PORTS, ROOT, fmt, load_pin_text, log, record
+from .limit import scenario_near_limit
 from .paired import scenario_head_to_head, scenario_watchdog_pair
 from .servers import cpu_seconds, rss_kib
 
@@ -33,6 +34,8 @@ def run_scenarios(cfg, servers, work, wanted):
         results["s7"] = scenario_watchdog_pair(cfg, servers)
     if 8 in wanted:
         results["s8"] = scenario_full_handshakes(cfg, servers, ["direct", "tern", "nginx", "haproxy"])
+    if 9 in wanted:
+        results["s9"] = scenario_near_limit(cfg, servers)
     h2h_schemes = [sc for n, sc in ((1, "http"), (2, "https"), (3, "https-close")) if n in wanted]
     if h2h_schemes and not cfg.quick:
         results["h2h"] = scenario_head_to_head(cfg, servers, h2h_schemes)

@@ -155,6 +155,30 @@ def launch(work, servers, name, binary=TERN):
                            PORTS[name].values())
 
 
+# Scenario 9's file: the same 34 bytes as `tern-bench backend` answers.
+STATIC_FILE = "index.txt"
+STATIC_BODY = b"hello from the tern bench backend\n"
+STATIC_TARGETS = ("nginx-static", "tern-static", "nginx-to-static", "haproxy-to-static")
+
+
+def start_static(work, servers):
+    """Scenario 9's servers: nginx answering from a file, and Tern, nginx and HAProxy
+    in front of it (their configs already written into `work`)."""
+    www = os.path.join(work, "nginx-static", "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, STATIC_FILE), "wb") as f:
+        f.write(STATIC_BODY)
+    # Started as root, nginx's workers read files as `nobody`: they must be able to
+    # pass through the (private) work directory to the file.
+    for d in (work, os.path.join(work, "nginx-static")):
+        os.chmod(d, 0o711)
+    os.chmod(www, 0o755)
+    os.chmod(os.path.join(www, STATIC_FILE), 0o644)
+    os.makedirs(os.path.join(work, "nginx-to-static"), exist_ok=True)
+    for name in STATIC_TARGETS:
+        launch(work, servers, name)
+
+
 def start_all(work, servers, baseline=None):
     """Starts every server into `servers` (so the caller can stop them even if one fails);
     with `baseline`, that build of Tern too, as tern-base."""
@@ -171,6 +195,7 @@ def start_all(work, servers, baseline=None):
         launch(work, servers, "tern-base", baseline)
     for name in ("nginx", "nginx-bare", "haproxy", "haproxy-bare"):
         launch(work, servers, name)
+    start_static(work, servers)
     wait_answering(servers, os.path.join(work, "certs", "ca.pem"))
 
 
@@ -183,10 +208,13 @@ def start_unpinned(work, servers):
     write_config(work, "tern-pc.toml", tern_config(work, "tern-pc", True, "per-core"))
     texts = config_texts(work)
     write_config(work, "nginx.conf", texts["nginx.conf"])
-    write_config(work, "haproxy.cfg", texts["haproxy.cfg"])
+    for name in ("haproxy.cfg", "nginx-static.conf", "tern-static.toml", "nginx-to-static.conf",
+                 "haproxy-to-static.cfg"):
+        write_config(work, name, texts[name])
     require_ports_free()
     for name in ("direct", "tern", "tern-pc", "nginx", "haproxy"):
         launch(work, servers, name)
+    start_static(work, servers)
     wait_answering(servers, os.path.join(work, "certs", "ca.pem"))
 
 

@@ -11,12 +11,13 @@ def med(vals):
 
 def summarize(results):
     s = {}
-    for sc in ("s1", "s2", "s3", "s4", "s8"):
+    for sc in ("s1", "s2", "s3", "s4", "s8", "s9"):
         if sc not in results:
             continue
         s[sc] = {}
         for t, runs in results[sc].items():
-            s[sc][t] = {k: med([r.get(k) for r in runs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+            s[sc][t] = {k: med([r.get(k) for r in runs])
+                        for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "backend_cpu_us_per_req")}
             if any("full_handshakes" in r for r in runs):
                 s[sc][t]["full_handshakes"] = sum(r.get("full_handshakes", 0) for r in runs)
                 s[sc][t]["resumed_handshakes"] = sum(r.get("resumed_handshakes", 0) for r in runs)
