@@ -72,8 +72,9 @@ def near_limit_lines(summary, s1=None):
          f"Keep-alive GETs of a 34-byte file, 64 connections: nginx (`open_file_cache` on, no access log) "
          f"answers them from the file, alone and then behind each proxy, alternating. The target is a "
          f"proxy's CPU per request at most {LIMIT}× the backend's alone. A proxy makes two receives and "
-         "two sends per request where the backend makes one of each, and in this layout it shares its "
-         "core with the backend. The last row is scenario 1's pair: Tern in front of `tern-bench backend`.\n",
+         "two sends per request where the backend makes one of each, and it shares the CPU with the "
+         "backend (pinned: one core for every server). The last row is scenario 1's pair: Tern in front "
+         "of `tern-bench backend`.\n",
          "| target | req/s | p99 ms | CPU µs/req | kernel µs/req | backend's CPU µs/req | "
          "÷ backend alone, CPU | ÷ backend alone, kernel |",
          "|---|---:|---:|---:|---:|---:|---:|---:|"]

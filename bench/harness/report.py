@@ -300,6 +300,8 @@ def other_target_lines(summary, wd):
         a(f"| 6: storm CPU/request ≤ 1.2× ordinary | {verdict(ok)} ({fmt(m['ratio'], 3)}×) |")
         a(f"| 6: no core pegged after the storm | {verdict(peg)} (max {fmt(m['storm_hold_cpu_pct_max'])}% "
           f"while held, {fmt(m['storm_after_cpu_pct_max'])}% after) |")
+    if any(sc in summary for sc in ("s1", "s4", "s9")):
+        a("| where a target is missed | \"The targets not met, and what stands in the way\" below |")
     if "s7" in summary:
         costs = {k: (m["ratio"] - 1) * 100 for k, m in summary["s7"].items() if m["ratio"]}
         if costs:

@@ -37,7 +37,7 @@ def run_scenarios(cfg, servers, work, wanted):
     if 9 in wanted:
         results["s9"] = scenario_near_limit(cfg, servers)
     h2h_schemes = [sc for n, sc in ((1, "http"), (2, "https"), (3, "https-close")) if n in wanted]
-    if h2h_schemes and not cfg.quick:
+    if h2h_schemes and not cfg.quick and not cfg.no_head_to_head:
         results["h2h"] = scenario_head_to_head(cfg, servers, h2h_schemes)
     if not cfg.quick and not cfg.no_profile:
         if 1 in wanted:
