@@ -10,6 +10,7 @@ use atomic_waker::AtomicWaker;
 
 use crate::clock::clock;
 use crate::io::WatchedIo;
+use crate::recent::SpinRecord;
 use crate::registry::Registry;
 use crate::watched::Watched;
 use crate::SpinConfig;
@@ -114,6 +115,13 @@ impl Conn {
             registry.spins.fetch_add(1, Ordering::Relaxed);
         }
         self.spins.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Keeps a spin in the watchdog's recent list.
+    pub(crate) fn remember_spin(&self, record: SpinRecord) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.recent.push(record);
+        }
     }
 
     #[inline]

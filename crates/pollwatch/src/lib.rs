@@ -34,6 +34,7 @@ mod clock;
 mod config;
 mod conn;
 mod io;
+mod recent;
 mod registry;
 mod stall;
 mod watched;
@@ -42,8 +43,10 @@ pub use clock::coarse_millis;
 pub use config::{SpinAction, SpinConfig};
 pub use conn::{ConnSnapshot, Probe};
 pub use io::WatchedIo;
+pub use recent::{SpinRecord, RECENT_SPINS};
 pub use registry::Watchdog;
 pub use stall::{
-    debugger_stacks, runtime_snapshot, thread_dump, StallConfig, StallReport, StallWatchdog,
+    debugger_stacks, runtime_snapshot, thread_dump, StallConfig, StallReport, StallState,
+    StallStatus, StallWatchdog,
 };
 pub use watched::{Spun, Watched, INSPECT_AFTER};

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::conn::{Conn, ConnSnapshot, Probe};
+use crate::recent::{RecentSpins, SpinRecord};
 use crate::SpinConfig;
 
 #[derive(Debug)]
@@ -13,6 +14,7 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Weak<Conn>>>,
     pub(crate) spins: AtomicU64,
+    pub(crate) recent: RecentSpins,
 }
 
 impl Registry {
@@ -38,6 +40,7 @@ impl Watchdog {
                 next_id: AtomicU64::new(1),
                 live: Mutex::new(HashMap::new()),
                 spins: AtomicU64::new(0),
+                recent: RecentSpins::default(),
             }),
         }
     }
@@ -75,5 +78,11 @@ impl Watchdog {
     /// Spins found since start, over all connections.
     pub fn spins(&self) -> u64 {
         self.inner.spins.load(Ordering::Relaxed)
+    }
+
+    /// The last spins found (each connection's first), newest first; at most
+    /// [`crate::RECENT_SPINS`].
+    pub fn recent_spins(&self) -> Vec<SpinRecord> {
+        self.inner.recent.list()
     }
 }

@@ -3,7 +3,7 @@
 //! or a poll that never returns), which no in-runtime check can see.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,11 +29,64 @@ pub struct StallReport {
     pub threads: String,
 }
 
+/// How a watched runtime is doing, as the watchdog last saw it. Cheap to clone;
+/// read it while the watchdog runs.
+#[derive(Debug, Clone, Default)]
+pub struct StallState(Arc<StallCounters>);
+
+#[derive(Debug, Default)]
+struct StallCounters {
+    pings: AtomicU64,
+    /// Microseconds the last answered ping took.
+    last_round_trip_us: AtomicU64,
+    stalls: AtomicU64,
+    stalled: AtomicBool,
+}
+
+/// A reading of a [`StallState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallStatus {
+    /// Pings answered so far.
+    pub pings: u64,
+    /// How long the last answered ping took to be answered.
+    pub last_round_trip: Duration,
+    /// Stalls found so far.
+    pub stalls: u64,
+    /// Whether the latest ping is unanswered past the deadline.
+    pub stalled: bool,
+}
+
+impl StallState {
+    pub fn status(&self) -> StallStatus {
+        let c = &self.0;
+        StallStatus {
+            pings: c.pings.load(Ordering::Relaxed),
+            last_round_trip: Duration::from_micros(c.last_round_trip_us.load(Ordering::Relaxed)),
+            stalls: c.stalls.load(Ordering::Relaxed),
+            stalled: c.stalled.load(Ordering::Relaxed),
+        }
+    }
+
+    fn answered(&self, took: Duration) {
+        let c = &self.0;
+        c.pings.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        c.last_round_trip_us.store(us, Ordering::Relaxed);
+        c.stalled.store(false, Ordering::Relaxed);
+    }
+
+    fn stalled(&self) {
+        self.0.stalls.fetch_add(1, Ordering::Relaxed);
+        self.0.stalled.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Stops the watchdog thread when dropped.
 #[derive(Debug)]
 pub struct StallWatchdog {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    state: StallState,
 }
 
 impl Drop for StallWatchdog {
@@ -65,6 +118,8 @@ impl StallWatchdog {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        let state = StallState::default();
+        let seen = state.clone();
         let thread = std::thread::Builder::new()
             .name("pollwatch-stall".into())
             .spawn(move || {
@@ -87,9 +142,11 @@ impl StallWatchdog {
                         }
                     };
                     if answered {
+                        seen.answered(sent.elapsed());
                         reported = false;
                     } else if !reported {
                         reported = true;
+                        seen.stalled();
                         on_stall(StallReport {
                             waited: sent.elapsed(),
                             runtime: runtime_snapshot(&handle),
@@ -102,7 +159,13 @@ impl StallWatchdog {
         Ok(StallWatchdog {
             stop,
             thread: Some(thread),
+            state,
         })
+    }
+
+    /// How the runtime is doing, for as long as the watchdog runs.
+    pub fn state(&self) -> StallState {
+        self.state.clone()
     }
 }
 
@@ -213,17 +276,22 @@ mod tests {
             .unwrap();
         let reports = Arc::new(Mutex::new(Vec::<StallReport>::new()));
         let r2 = Arc::clone(&reports);
-        let _dog = StallWatchdog::spawn(rt.handle().clone(), config(), move |r| {
+        let dog = StallWatchdog::spawn(rt.handle().clone(), config(), move |r| {
             r2.lock().unwrap().push(r);
         })
         .unwrap();
+        let state = dog.state();
         rt.block_on(async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             // A blocking call on the runtime's only thread.
             std::thread::sleep(Duration::from_millis(800));
+            assert!(state.status().stalled, "{:?}", state.status());
             // Then a runtime that answers again: no second report.
             tokio::time::sleep(Duration::from_millis(600)).await;
         });
+        let status = state.status();
+        assert_eq!(status.stalls, 1, "{status:?}");
+        assert!(!status.stalled && status.pings > 0, "{status:?}");
         let reports = reports.lock().unwrap();
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert!(reports[0].waited >= Duration::from_millis(200));

@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::conn::{bump, Conn};
+use crate::recent::{rate, SpinRecord};
 use crate::SpinAction;
 
 /// Why a watched future was cut.
@@ -213,6 +214,14 @@ fn act<T>(
     if !*logged {
         *logged = true;
         let snap = conn.snapshot();
+        conn.remember_spin(SpinRecord {
+            at: SystemTime::now(),
+            conn: conn.id,
+            cause: spun.to_string(),
+            polls_per_sec: rate(spun.polls, spun.within),
+            action: action.as_str(),
+            context: snap.context.clone(),
+        });
         tracing::warn!(
             conn = conn.id,
             action = action.as_str(),
@@ -296,6 +305,14 @@ mod tests {
             snap.context,
             vec![("peer".to_owned(), "192.0.2.1:1".to_owned())]
         );
+        // The spin is kept in the recent list, with what was seen and done.
+        let recent = dog.recent_spins();
+        assert_eq!(recent.len(), 1, "{recent:?}");
+        assert_eq!(recent[0].conn, probe.id());
+        assert_eq!(recent[0].action, "close");
+        assert!(recent[0].cause.starts_with("1000 polls"), "{recent:?}");
+        assert!(recent[0].polls_per_sec > 10_000.0, "{recent:?}");
+        assert_eq!(recent[0].context, snap.context);
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
-//! Tern's admin listener: `/metrics` in Prometheus text, `/healthz`, and `/catalog`
-//! as JSON. It is for operators, so it binds to loopback by default.
+//! Tern's admin listener: the dashboard at `/`, `/metrics` in Prometheus text,
+//! `/healthz`, `/catalog` as JSON and the debug endpoints. It is for operators, so
+//! it binds to loopback by default, and asks for a token elsewhere.
 #![forbid(unsafe_code)]
 
+mod access;
 mod catalog_json;
 mod connections;
+mod dashboard;
 mod flamegraph;
 mod machines;
 mod pprof_format;
@@ -11,7 +14,9 @@ mod profile;
 mod recorder;
 mod runtime_metrics;
 mod server;
+mod traffic;
 
+pub use access::{Access, AccessOrigin, NoRandom};
 pub use catalog_json::catalog_json;
 pub use connections::connections_json;
 pub use machines::{ActionError, ActionFuture, MachineAction, MachineAdmin};

@@ -14,8 +14,10 @@ use tern_catalog::Catalog;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::catalog_json;
 use crate::connections::connections_json;
+use crate::dashboard::{DashboardParts, PAGE};
 use crate::machines::{parse_path, MachineAction, MachineAdmin};
 use crate::profile::{profile, ProfileError, ProfileFormat};
 use crate::runtime_metrics::BusyTracker;
@@ -40,6 +42,12 @@ pub struct AdminState {
     pub machines: Option<Arc<dyn MachineAdmin>>,
     /// Certificates that cannot be obtained (ACME), for `/healthz`.
     pub certificates: Option<Arc<dyn CertificateHealth>>,
+    /// Who may read what (a token off loopback).
+    pub access: Access,
+    /// The runtime watchdogs' readings, for the dashboard.
+    pub runtimes: Vec<pollwatch::StallState>,
+    /// When the node started serving, for the dashboard's uptime.
+    pub started: std::time::Instant,
 }
 
 /// What `/healthz` says of certificates: a line per problem, none when all is well.
@@ -105,6 +113,18 @@ pub async fn serve(
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !state.access.allows(&req) {
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            "this admin listener asks for its access token: Authorization: Bearer TOKEN, or ?token=TOKEN\n".into(),
+            "text/plain",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
     if req.uri().path() == "/reload" {
         return reload(state, req.method()).await;
     }
@@ -119,6 +139,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         );
     }
     match req.uri().path() {
+        "/" => text(StatusCode::OK, PAGE.to_owned(), "text/html; charset=utf-8"),
+        "/dashboard.json" => text(StatusCode::OK, dashboard_json(state), "application/json"),
         "/healthz" => text(StatusCode::OK, healthz(state), "text/plain"),
         "/debug/catalog" => text(StatusCode::OK, catalog_detail(state), "application/json"),
         "/debug/test/block-runtime" if state.test_hooks => {
@@ -193,7 +215,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /catalog, POST /reload, POST /machines/ID/start|stop|suspend, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
+            "not found; try / (the dashboard), /metrics, /healthz, /catalog, POST /reload, POST /machines/ID/start|stop|suspend, /debug/connections, /debug/pprof/flamegraph?seconds=5 or /debug/pprof/profile?seconds=5\n".into(),
             "text/plain",
         ),
     }
@@ -271,12 +293,33 @@ fn healthz(state: &AdminState) -> String {
     text
 }
 
-fn catalog_detail(state: &AdminState) -> String {
-    let detail = match &state.source {
+fn dashboard_json(state: &AdminState) -> String {
+    publish_gauges(state);
+    state.busy.publish();
+    let metrics_text = state.metrics.render();
+    let snap = state.catalog.snapshot();
+    let view = DashboardParts {
+        node: &snap.node.id,
+        region: &snap.node.region,
+        started: state.started,
+        catalog: catalog_source(state),
+        metrics_text: &metrics_text,
+        watchdog: state.watchdog.as_ref(),
+        runtimes: &state.runtimes,
+    }
+    .view();
+    serde_json::to_string(&view).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn catalog_source(state: &AdminState) -> serde_json::Value {
+    match &state.source {
         None => serde_json::json!({ "source": "file" }),
         Some(s) => s.detail(),
-    };
-    serde_json::to_string_pretty(&detail).unwrap_or_default()
+    }
+}
+
+fn catalog_detail(state: &AdminState) -> String {
+    serde_json::to_string_pretty(&catalog_source(state)).unwrap_or_default()
 }
 
 /// Per-machine load, band and health are read from the live catalog at scrape time.

@@ -121,6 +121,9 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The access token the dashboard and the debug endpoints ask for. Off
+    /// loopback, Tern makes one at start when none is set (docs/dashboard.md).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

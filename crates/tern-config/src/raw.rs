@@ -115,6 +115,7 @@ pub(crate) struct RawCatalogSource {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Opt<String>,
+    pub token: Opt<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1293,3 +1293,25 @@ fn on_demand_waits_ten_seconds_unless_told_and_its_wait_needs_it_on() {
         "{e}"
     );
 }
+
+#[test]
+fn admin_token_is_kept_or_refused_with_why() {
+    let node = "[node]\nid = \"n\"\nregion = \"ams\"\n";
+    let c = ok(&format!(
+        "{node}[admin]\nlisten = \"0.0.0.0:9191\"\ntoken = \"a-long-enough-token\"\n"
+    ));
+    assert_eq!(c.admin.token.as_deref(), Some("a-long-enough-token"));
+    assert_eq!(ok(node).admin.token, None);
+    for bad in [
+        "short",
+        "has a space in it!!",
+        "has&an&ampersand&in&it",
+        "plus+is+a+space+in+a+query",
+    ] {
+        assert_eq!(
+            error(&format!("{node}[admin]\ntoken = \"{bad}\"\n")),
+            "t.toml:5:9: admin.token must be 16 to 256 characters among A-Z, a-z, 0-9, '-', '.', '_' and '~'",
+            "{bad}"
+        );
+    }
+}

@@ -720,16 +720,25 @@ impl Validator<'_> {
     }
 
     fn admin(&mut self, raw: Option<RawAdmin>) -> (Admin, Option<Range<usize>>) {
-        let Some(listen) = raw.and_then(|a| a.listen) else {
+        let (listen, token) = raw.map_or((None, None), |a| (a.listen, a.token));
+        let token = token.and_then(|t| self.admin_token(t));
+        let Some(listen) = listen else {
             return (
                 Admin {
                     listen: DEFAULT_ADMIN_LISTEN,
+                    token,
                 },
                 None,
             );
         };
         match listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => (Admin { listen: addr }, Some(listen.span())),
+            Ok(addr) => (
+                Admin {
+                    listen: addr,
+                    token,
+                },
+                Some(listen.span()),
+            ),
             Err(_) => {
                 self.error(
                     &listen.span(),
@@ -741,11 +750,30 @@ impl Validator<'_> {
                 (
                     Admin {
                         listen: DEFAULT_ADMIN_LISTEN,
+                        token,
                     },
                     None,
                 )
             }
         }
+    }
+
+    /// `admin.token`: 16 to 256 characters of a URL's unreserved set, so that it
+    /// reads the same in a header and in a query string.
+    fn admin_token(&mut self, token: Spanned<String>) -> Option<String> {
+        let t = token.get_ref();
+        let unreserved = t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        if (16..=256).contains(&t.len()) && unreserved {
+            return Some(t.clone());
+        }
+        self.error(
+            &token.span(),
+            "admin.token must be 16 to 256 characters among A-Z, a-z, 0-9, '-', '.', '_' and '~'"
+                .to_owned(),
+        );
+        None
     }
 
     fn tls(&mut self, raw: Option<RawTls>) -> Tls {

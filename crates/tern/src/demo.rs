@@ -210,7 +210,8 @@ http_checks = [{{ path = "/healthz", interval = "2s", timeout = "1s", grace_peri
 
 fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
     println!(
-        "\nTern demo is up: app `demo` with machines m-demo-1, m-demo-2 (ams) and m-demo-3 (ord),\n\
+        "\nDashboard: http://127.0.0.1:{admin}/\n\n\
+         Tern demo is up: app `demo` with machines m-demo-1, m-demo-2 (ams) and m-demo-3 (ord),\n\
          and app `sleepy`, whose machine m-sleepy-1 starts on demand and stops after {idle} idle.\n\
          Each machine is a process of its own (`tern demo-machine`), started by Tern.\n\
          Config: {}\n\nTry:\n  \
@@ -219,6 +220,7 @@ fn print_welcome(a: &DemoArgs, config: &std::path::Path) {
          curl -k --http2 -i https://demo.localhost:{https}/\n  \
          curl -i http://sleepy.localhost:{http}/        # wakes m-sleepy-1: see Tern-Machine-Start\n  \
          curl -i http://nothing.localhost:{http}/       # no app: a coded 404\n  \
+         curl http://demo.localhost:{http}/sleep/3000   # a slow request: see its load on the dashboard\n  \
          curl http://127.0.0.1:{admin}/catalog\n  \
          curl http://127.0.0.1:{admin}/metrics\n  \
          tern machine suspend m-demo-3 --admin 127.0.0.1:{admin}\n\n\

@@ -327,7 +327,8 @@ prefix = "{PREFIX}"
 fn print_welcome(a: &DemoArgs, dir: &Path, catalog: &Path, stopped: &Path, etcd: &str) {
     let http = a.http_port;
     println!(
-        "\nTern fleet demo is up: etcd at {etcd}, and three nodes joined by the mutual-TLS backhaul,\n\
+        "\nDashboards: ams-1 http://127.0.0.1:{admin}/, ord-1 http://127.0.0.1:{admin2}/, sin-1 http://127.0.0.1:{admin3}/\n\n\
+         Tern fleet demo is up: etcd at {etcd}, and three nodes joined by the mutual-TLS backhaul,\n\
          each running one machine of the app `demo`:\n  \
          ams-1 on 127.0.0.1 (machine m-ams-1), ord-1 on 127.0.0.2 (m-ord-1), sin-1 on 127.0.0.3 (m-sin-1).\n\
          Files and logs: {dir}\n\n\
@@ -346,6 +347,8 @@ fn print_welcome(a: &DemoArgs, dir: &Path, catalog: &Path, stopped: &Path, etcd:
         stopped = stopped.display(),
         catalog = catalog.display(),
         admin = a.admin_port,
+        admin2 = a.admin_port + 1,
+        admin3 = a.admin_port + 2,
         tern = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "tern".into()),

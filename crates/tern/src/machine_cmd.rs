@@ -20,9 +20,12 @@ pub struct MachineArgs {
     /// The node's admin address.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     admin: Option<SocketAddr>,
-    /// The node's configuration, whose [admin] listen is used.
+    /// The node's configuration, whose [admin] listen (and token) is used.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The admin listener's access token (docs/dashboard.md), when it asks for one.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
     /// How long to wait for the answer (a stop waits for the machine's requests
     /// and its stop timeout).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
@@ -30,23 +33,27 @@ pub struct MachineArgs {
 }
 
 pub fn run(args: MachineArgs) -> anyhow::Result<()> {
-    let admin = match (&args.admin, &args.config) {
-        (Some(a), _) => *a,
+    let (admin, configured_token) = match (&args.admin, &args.config) {
+        (Some(a), _) => (*a, None),
         (None, Some(path)) => {
-            tern_config::load(path)
+            let admin = tern_config::load(path)
                 .map_err(|e| anyhow::anyhow!("invalid configuration\n{e}"))?
-                .admin
-                .listen
+                .admin;
+            (admin.listen, admin.token)
         }
-        (None, None) => "127.0.0.1:9090".parse()?,
+        (None, None) => ("127.0.0.1:9090".parse()?, None),
     };
+    let token = args.token.clone().or(configured_token);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (status, body) = runtime.block_on(async {
-        tokio::time::timeout(args.timeout, post(admin, &args.id, &args.action))
-            .await
-            .with_context(|| format!("no answer from {admin} within {:?}", args.timeout))?
+        tokio::time::timeout(
+            args.timeout,
+            post(admin, token.as_deref(), &args.id, &args.action),
+        )
+        .await
+        .with_context(|| format!("no answer from {admin} within {:?}", args.timeout))?
     })?;
     if status.is_success() {
         print!("{body}");
@@ -58,6 +65,7 @@ pub fn run(args: MachineArgs) -> anyhow::Result<()> {
 
 async fn post(
     admin: SocketAddr,
+    token: Option<&str>,
     id: &str,
     action: &str,
 ) -> anyhow::Result<(http::StatusCode, String)> {
@@ -66,9 +74,12 @@ async fn post(
         .with_context(|| format!("connecting to Tern's admin port at {admin}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::post(format!("/machines/{id}/{action}"))
-        .header(http::header::HOST, admin.to_string())
-        .body(Empty::<Bytes>::new())?;
+    let mut req = http::Request::post(format!("/machines/{id}/{action}"))
+        .header(http::header::HOST, admin.to_string());
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

@@ -96,6 +96,20 @@ fn stall_watchdog(
     Ok(dog)
 }
 
+/// Who may use the admin listener. A token made at start is printed, since the
+/// operator has no other way to learn it.
+fn admin_access(admin: &tern_config::Admin) -> anyhow::Result<tern_admin::Access> {
+    let (access, origin) = tern_admin::Access::for_listener(admin.listen, admin.token.as_deref())?;
+    if let (tern_admin::AccessOrigin::Made, tern_admin::Access::Token(token)) = (&origin, &access) {
+        eprintln!(
+            "tern: admin.listen {} is not loopback and sets no admin.token; this start's token is {token}\n\
+             tern: the dashboard: http://{}/?token={token}",
+            admin.listen, admin.listen
+        );
+    }
+    Ok(access)
+}
+
 /// The spin watchdog as configured; `None` when disabled, so nothing is wrapped.
 fn spin_watchdog(w: &tern_config::Watchdog) -> Option<pollwatch::Watchdog> {
     if !w.enabled {
@@ -203,8 +217,14 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = tern_admin::install_recorder()?;
-    let _stall = stall_watchdog(&config.watchdog, tokio::runtime::Handle::current())?;
-    let (workers, acceptors, _worker_stalls) = start_workers(&config)?;
+    let started = std::time::Instant::now();
+    let stall = stall_watchdog(&config.watchdog, tokio::runtime::Handle::current())?;
+    let (workers, acceptors, worker_stalls) = start_workers(&config)?;
+    let runtimes = std::iter::once(&stall)
+        .chain(&worker_stalls)
+        .map(pollwatch::StallWatchdog::state)
+        .collect();
+    let access = admin_access(&config.admin)?;
     let mut inherited =
         Inherited::take(config.node.upgrade_socket.as_deref(), start.upgrade).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -257,6 +277,9 @@ pub async fn serve(
             &machines.manager,
         )))),
         certificates,
+        access,
+        runtimes,
+        started,
     });
     tokio::spawn(tern_admin::serve(
         listening.admin,

@@ -1,0 +1,361 @@
+//! The dashboard in a real browser: headless Chromium loads the admin page of a
+//! running `tern demo` (and of a `tern run` with a token and 1000 machines), and
+//! the rendered DOM is checked: machines with their states, a load bar that
+//! moves under load, a spin provoked through the test hooks, and no script error.
+//! Screenshots go to target/test-artifacts/.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Debian's `chromium`; scripts/test installs it when missing.
+fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| Path::new(dir).join(name))
+                .find(|p| p.is_file())
+        })
+        .expect("Chromium is needed for the dashboard tests (scripts/test installs Debian's `chromium`)")
+}
+
+/// Chromium's flags for a headless, sandbox-less (we may be root) run, with a
+/// budget of virtual time: timers run ahead, network fetches are waited for.
+fn browser(profile: &Path, budget_ms: u64) -> Command {
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1400,1800",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--virtual-time-budget={budget_ms}"))
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// The page's DOM once its script has run for `budget_ms` of virtual time.
+fn dump_dom(url: &str, budget_ms: u64) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = browser(profile.path(), budget_ms)
+        .args(["--dump-dom", url])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    without_scripts(&dom)
+}
+
+/// The DOM without its `<script>` elements: the page's script holds the very
+/// markup the checks look for.
+fn without_scripts(dom: &str) -> String {
+    let mut out = String::new();
+    let mut rest = dom;
+    while let Some(start) = rest.find("<script") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("</script>") {
+            Some(end) => rest = &rest[start + end + "</script>".len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Everything the page failed at: uncaught errors (the script lists them), and
+/// the fetches it caught and reported in its status lines.
+fn page_failures(dom: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let errors = script_errors(dom);
+    if !errors.is_empty() {
+        failures.push(format!("uncaught: {errors}"));
+    }
+    for (id, bad) in [("updated", "not updated"), ("conn-note", "unavailable")] {
+        let text = element_text(dom, id);
+        if text.contains(bad) {
+            failures.push(format!("#{id}: {text}"));
+        }
+    }
+    failures
+}
+
+/// The text inside the element with `id` (up to its first closing tag).
+fn element_text(dom: &str, id: &str) -> String {
+    let Some(at) = dom.find(&format!("id=\"{id}\"")) else {
+        return String::new();
+    };
+    let open_end = at + dom[at..].find('>').unwrap() + 1;
+    let close = open_end + dom[open_end..].find("</").unwrap();
+    dom[open_end..close].to_owned()
+}
+
+/// A GET held open for as long as the machine takes (the common helper gives up
+/// reading after 10 s).
+fn slow_get(port: u16, path: &str, host: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// A screenshot of the page, kept as a test artifact.
+fn screenshot(url: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts")
+        .canonicalize()
+        .unwrap_or_else(|_| {
+            let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+            std::fs::create_dir_all(&d).unwrap();
+            d.canonicalize().unwrap()
+        });
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let profile = tempfile::tempdir().unwrap();
+    let out = browser(profile.path(), 4000)
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000,
+        "the screenshot {} is {size} bytes",
+        path.display()
+    );
+    path
+}
+
+/// The page's own error list: the script puts every uncaught error there.
+fn script_errors(dom: &str) -> &str {
+    let start = dom
+        .find(r#"<ul id="errors">"#)
+        .expect("the page's error list")
+        + 16;
+    let end = start + dom[start..].find("</ul>").unwrap();
+    &dom[start..end]
+}
+
+/// How many times the page has rendered fresh data (`data-updates` on body).
+fn updates(dom: &str) -> u64 {
+    let at = dom.find("data-updates=\"").expect("body's data-updates") + 14;
+    dom[at..]
+        .split('"')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// The `data-load` of every load bar in the DOM, summed.
+fn load_in_bars(dom: &str) -> u64 {
+    dom.match_indices("data-load=\"")
+        .filter_map(|(i, m)| dom[i + m.len()..].split('"').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn machine_row(dom: &str, id: &str, state: &str) -> bool {
+    dom.contains(&format!(
+        r#"class="machine" data-id="{id}" data-state="{state}""#
+    ))
+}
+
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_demo_dashboard_shows_machines_load_and_spins_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let [http, https, admin, machine] = [(); 4].map(|()| free_port());
+    let port = |p: u16| p.to_string();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port", &port(http), "--https-port", &port(https)])
+        .args([
+            "--admin-port",
+            &port(admin),
+            "--machine-port",
+            &port(machine),
+        ])
+        .env("TERN_TEST_HOOKS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = demo_welcome(&mut demo);
+    let url = format!("http://127.0.0.1:{admin}/");
+    assert_eq!(
+        printed.trim_start().lines().next(),
+        Some(format!("Dashboard: {url}").as_str()),
+        "the demo prints the dashboard's address first:\n{printed}"
+    );
+
+    // The demo's machines answer, then look.
+    wait_until("the demo answers", Duration::from_secs(30), || {
+        http_get_raw(("127.0.0.1", http), "/", "demo.localhost")
+            .is_ok_and(|r| r.contains("Hello from machine m-demo-"))
+    });
+    let dom = dump_dom(&url, 3000);
+    assert_eq!(page_failures(&dom), Vec::<String>::new(), "{dom}");
+    assert!(
+        updates(&dom) >= 2,
+        "the page updated itself: {}",
+        updates(&dom)
+    );
+    for id in ["m-demo-1", "m-demo-2", "m-demo-3"] {
+        assert!(machine_row(&dom, id, "started"), "{id} started:\n{dom}");
+    }
+    assert!(machine_row(&dom, "m-sleepy-1", "stopped"), "{dom}");
+    assert!(
+        dom.contains(r#"data-node="demo-node""#),
+        "the fleet shows this node"
+    );
+    assert!(!dom.contains(r#"<tr class="spin""#), "no spin yet");
+    assert!(
+        element_text(&dom, "conn-note").contains("live connection"),
+        "the connections table is filled: {}",
+        element_text(&dom, "conn-note")
+    );
+    assert_eq!(load_in_bars(&dom), 0, "no load yet");
+
+    // Load: slow requests held open on the demo's machines.
+    let slow: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || slow_get(http, "/sleep/20000", "demo.localhost")))
+        .collect();
+    wait_until(
+        "the slow requests are in flight",
+        Duration::from_secs(10),
+        || {
+            let c = http_get_raw(("127.0.0.1", admin), "/catalog", "admin").unwrap_or_default();
+            c.match_indices("\"load\": ")
+                .filter_map(|(i, m)| {
+                    c[i + m.len()..]
+                        .split([',', '\n'])
+                        .next()?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+                >= 6
+        },
+    );
+    let loaded = dump_dom(&url, 2000);
+    assert_eq!(page_failures(&loaded), Vec::<String>::new());
+    assert_eq!(
+        load_in_bars(&loaded),
+        6,
+        "the bars show the 6 requests in flight"
+    );
+
+    // A spin, through the test hook: the connection is cut, and the page lists it.
+    let _ = http_get_raw(("127.0.0.1", http), "/__tern_test/spin", "demo.localhost");
+    wait_until("the spin is recorded", Duration::from_secs(10), || {
+        http_get_raw(("127.0.0.1", admin), "/dashboard.json", "admin")
+            .unwrap_or_default()
+            .contains("\"recent_spins\":[{")
+    });
+    let spun = dump_dom(&url, 2000);
+    assert_eq!(page_failures(&spun), Vec::<String>::new());
+    assert!(
+        spun.contains(r#"<tr class="spin""#),
+        "the spin is listed:\n{spun}"
+    );
+    assert!(spun.contains("polls without progress"), "with its cause");
+    assert!(spun.contains("<td>close</td>"), "and the action taken");
+
+    screenshot(&url, "dashboard-demo.png");
+    for s in slow {
+        let _ = s.join();
+    }
+    interrupt_demo(&mut demo, Duration::from_secs(30));
+}
+
+#[test]
+fn a_token_guards_the_page_and_a_thousand_machines_render() {
+    let ports = Ports::new();
+    let token = "dashboard-test-token-0123";
+    let mut config =
+        config_head(ports, "").replace("[admin]\n", &format!("[admin]\ntoken = \"{token}\"\n"));
+    config.push_str(&plain_app("big", ports.http, ""));
+    for i in 0..1000 {
+        let ip = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+        config.push_str(&machine(
+            &format!("m-{i:04}"),
+            "big",
+            "ams",
+            ip.parse().unwrap(),
+        ));
+    }
+    let tern = Tern::start(&config, ports);
+    let admin = ("127.0.0.1", ports.admin);
+
+    // Without the token: the page, its data and the debug endpoints are refused;
+    // health and metrics stay open.
+    for path in ["/", "/dashboard.json", "/catalog", "/debug/connections"] {
+        let resp = http_get_raw(admin, path, "admin").unwrap();
+        assert!(resp.starts_with("HTTP/1.1 401"), "{path}: {resp}");
+    }
+    for path in ["/healthz", "/metrics"] {
+        let resp = http_get_raw(admin, path, "admin").unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+    }
+    let wrong = dump_dom(
+        &format!(
+            "http://127.0.0.1:{}/?token=wrong-token-wrong-token",
+            ports.admin
+        ),
+        1000,
+    );
+    assert!(
+        !wrong.contains("data-updates"),
+        "a wrong token gets no page"
+    );
+
+    // With it, in the browser: the page passes it on to every fetch.
+    let url = format!("http://127.0.0.1:{}/?token={token}", ports.admin);
+    let dom = dump_dom(&url, 3000);
+    assert_eq!(page_failures(&dom), Vec::<String>::new());
+    assert!(
+        updates(&dom) >= 2,
+        "the page updated itself: {}",
+        updates(&dom)
+    );
+    let rows = dom.matches(r#"class="machine" data-id="m-"#).count();
+    assert_eq!(rows, 1000, "every machine is listed");
+    assert!(machine_row(&dom, "m-0999", "started"));
+    screenshot(&url, "dashboard-1000-machines.png");
+    drop(tern);
+}
