@@ -7,6 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::browser::*;
 use common::*;
 
 #[test]
@@ -62,6 +63,47 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
     assert!(crossed, "the request never crossed to another region");
     let resp = http_get_raw(edge, "/", "demo.localhost").unwrap();
     assert!(resp.contains("edge region: ams"), "{resp}");
+
+    // ams-1's dashboard, in a real browser: the fleet by region with the RTTs
+    // ams-1 measures, the catalog from etcd, and the machine the push stopped.
+    let url = format!("http://127.0.0.1:{admin}/");
+    assert!(
+        printed.contains(&format!("ams-1 {url}")),
+        "the demo prints the dashboards first:\n{printed}"
+    );
+    wait_until(
+        "ams-1 measures both peers' RTT",
+        Duration::from_secs(20),
+        || {
+            let c = http_get_raw(("127.0.0.1", admin), "/catalog", "admin").unwrap_or_default();
+            c.matches("\"rtt_ms\": ").count() >= 2 && !c.contains("\"rtt_ms\": null")
+        },
+    );
+    let dom = dump_dom(&url, 3000);
+    assert_eq!(page_failures(&dom), Vec::<String>::new(), "{dom}");
+    for region in ["ams", "ord", "sin"] {
+        assert!(
+            dom.contains(&format!(r#"data-region="{region}""#)),
+            "{region}:\n{dom}"
+        );
+    }
+    for peer in ["ord-1", "sin-1"] {
+        let at = dom
+            .find(&format!(r#"data-node="{peer}""#))
+            .unwrap_or_else(|| panic!("{peer}:\n{dom}"));
+        let node = &dom[at..at + dom[at..].find("</span></span>").unwrap()];
+        assert!(
+            node.contains(">up<") && node.contains(" ms"),
+            "{peer} up, with its RTT: {node}"
+        );
+    }
+    assert!(
+        element_text(&dom, "fleet-note").contains("Catalog from etcd"),
+        "{dom}"
+    );
+    assert!(machine_row(&dom, "m-ams-1", "stopped"), "{dom}");
+    assert!(machine_row(&dom, "m-ord-1", "started"), "{dom}");
+    screenshot(&url, "dashboard-fleet.png");
 
     // Ctrl-C stops everything it started.
     interrupt_demo(&mut demo, Duration::from_secs(20));

@@ -2,6 +2,7 @@
 //! with certificates and backend "machines" on their own loopback addresses.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod echo;
 pub mod ws;
 
