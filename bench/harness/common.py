@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH = os.path.join(ROOT, "bench")
 RESULTS = os.path.join(BENCH, "results")
 TEMPLATES = os.path.join(BENCH, "templates")
-TERN = os.path.join(ROOT, "target", "release", "tern")
-HELPER = os.path.join(ROOT, "target", "release", "tern-bench")
+TERN = os.path.join(ROOT, "target", "dist", "tern")
+HELPER = os.path.join(ROOT, "target", "dist", "tern-bench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 LOAD_CPU = "0"   # wrk, h2load, storm and idle clients

@@ -28,8 +28,8 @@ def ensure_tools():
 
 
 def build():
-    log("cargo build --release -p tern -p tern-bench")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tern", "-p", "tern-bench"],
+    log("cargo build --profile dist -p tern -p tern-bench")
+    subprocess.run(["cargo", "build", "--profile", "dist", "-q", "-p", "tern", "-p", "tern-bench"],
                    cwd=ROOT, check=True, timeout=1800)
 
 
