@@ -1,8 +1,9 @@
 """Scenario 9, near the limit: each proxy's CPU per request against what its backend
 spends answering the same request alone."""
 
+from .alternate import alternate
 from .clients import run_wrk
-from .common import HOST, PORTS, fmt, load_pin_text, log, record
+from .common import HOST, PORTS, fmt, load_pin_text, record
 from .servers import STATIC_FILE, STATIC_TARGETS, cpu_seconds
 
 PATH = "/" + STATIC_FILE
@@ -18,34 +19,16 @@ def scenario_near_limit(cfg, servers):
     conns = 64
     backend = servers[BACKEND]
 
-    def run(t, secs):
+    def fn(t, warm):
         url = f"http://{HOST}:{PORTS[t]['http']}{PATH}"
-        record(f"s9 {t}", f"{load_pin_text()}wrk -t1 -c{conns} -d{secs}s --latency --timeout 5s {url}")
-        mine, theirs = servers[t].pids(), backend.pids()
-        c0, s0 = cpu_seconds(mine), cpu_seconds(mine, (12,))
+        record(f"s9 {t}", f"{load_pin_text()}wrk -t1 -c{conns} -d{cfg.secs}s --latency --timeout 5s {url}")
+        theirs = backend.pids()
         b0 = cpu_seconds(theirs)
-        res = run_wrk(url, conns, secs)
-        res["proxy_cpu_s"] = cpu_seconds(mine) - c0
-        res["proxy_sys_s"] = cpu_seconds(mine, (12,)) - s0
-        n = res.get("requests")
-        if n:
-            res["cpu_us_per_req"] = res["proxy_cpu_s"] / n * 1e6
-            res["backend_cpu_us_per_req"] = (cpu_seconds(theirs) - b0) / n * 1e6
+        res = run_wrk(url, conns, warm or cfg.secs)
+        if res.get("requests"):
+            res["backend_cpu_us_per_req"] = (cpu_seconds(theirs) - b0) / res["requests"] * 1e6
         return res
-
-    runs = {t: [] for t in STATIC_TARGETS}
-    if cfg.warmup:
-        for t in STATIC_TARGETS:
-            run(t, cfg.warmup)
-    for r in range(cfg.rounds):
-        for t in STATIC_TARGETS:
-            res = run(t, cfg.secs)
-            res["round"] = r + 1
-            runs[t].append(res)
-            log(f"s9 round {r + 1} {t:17s} rps={res.get('rps', 0):10.0f} p99={fmt(res.get('p99_ms'))}ms "
-                f"cpu/req={fmt(res.get('cpu_us_per_req'))}us backend/req="
-                f"{fmt(res.get('backend_cpu_us_per_req'))}us err={res.get('errors')}")
-    return runs
+    return alternate("s9", list(STATIC_TARGETS), cfg.rounds, fn, servers, cfg.warmup)
 
 
 def limit_ratio(s9, proxy="tern-static"):

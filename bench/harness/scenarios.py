@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.request
 
+from .alternate import alternate
 from .clients import run_h2load, run_s_time, run_wrk
 from .common import BENCH, HELPER, HOST, LOAD_CPU, PORTS, ROOT, fmt, load_pin_text, log, record
 from .limit import scenario_near_limit
@@ -45,34 +46,6 @@ def run_scenarios(cfg, servers, work, wanted):
         if 2 in wanted:
             profile(servers, "https", 10, os.path.join(BENCH, "profile-s2.svg"))
     return results
-
-
-def measured(server, fn):
-    pids = server.pids()
-    c0, s0 = cpu_seconds(pids), cpu_seconds(pids, (12,))
-    res = fn()
-    res["proxy_cpu_s"] = cpu_seconds(pids) - c0
-    res["proxy_sys_s"] = cpu_seconds(pids, (12,)) - s0
-    if res.get("requests"):
-        res["cpu_us_per_req"] = res["proxy_cpu_s"] / res["requests"] * 1e6
-    return res
-
-
-def alternate(name, targets, rounds, fn, servers, warmup):
-    """Runs fn(target) for each target in turn, `rounds` times (A B C A B C ...)."""
-    runs = {t: [] for t in targets}
-    if warmup:
-        for t in targets:
-            fn(t, warmup)
-    for r in range(rounds):
-        for t in targets:
-            res = measured(servers[t], lambda: fn(t, None))
-            res["round"] = r + 1
-            runs[t].append(res)
-            log(f"{name} round {r + 1} {t:10s} rps={res.get('rps', 0):10.0f} "
-                f"p50={fmt(res.get('p50_ms'))}ms p99={fmt(res.get('p99_ms'))}ms "
-                f"cpu/req={fmt(res.get('cpu_us_per_req'))}us err={res.get('errors')}")
-    return runs
 
 
 def scenario_keepalive(cfg, servers, scheme, targets):

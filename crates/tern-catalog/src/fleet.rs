@@ -81,6 +81,10 @@ struct State {
     /// Machine id -> internal port -> its load, which outlives the machine's entries.
     loads: HashMap<String, HashMap<u16, Arc<Load>>>,
     local_changes: Arc<Notify>,
+    /// Apps whose machines changed, rebuilt once before anything else is applied
+    /// (and at the end of a batch): a catalog of N machines loads in one rebuild,
+    /// not N.
+    dirty: BTreeSet<String>,
 }
 
 impl Fleet {
@@ -110,6 +114,7 @@ impl Fleet {
                 queues: HashMap::new(),
                 loads: HashMap::new(),
                 local_changes: Arc::clone(&local_changes),
+                dirty: BTreeSet::new(),
             }),
             local_changes,
         }
@@ -142,6 +147,7 @@ impl Fleet {
         for change in changes {
             defined |= state.apply(change);
         }
+        state.rebuild_dirty();
         if defined {
             state.snap.version += 1;
             self.tx.send_replace(Arc::new(state.snap.clone()));
@@ -293,6 +299,10 @@ impl State {
     /// Applies one change; returns whether a definition changed (a new snapshot
     /// is due).
     fn apply(&mut self, change: Change) -> bool {
+        // Whatever comes next may read the rebuilt entries (a status, a node).
+        if !matches!(change, Change::Machine(..)) {
+            self.rebuild_dirty();
+        }
         match change {
             Change::App(name, def) => {
                 match def {
@@ -330,15 +340,15 @@ impl State {
                             .insert(id.clone());
                         self.machines.insert(id.clone(), d);
                         if let Some(o) = old.filter(|o| o.app != app) {
-                            self.rebuild_app(&o.app);
+                            self.dirty.insert(o.app);
                         }
-                        self.rebuild_app(&app);
+                        self.dirty.insert(app);
                     }
                     None => {
                         self.machines.remove(&id);
                         self.loads.remove(&id);
                         if let Some(o) = old {
-                            self.rebuild_app(&o.app);
+                            self.dirty.insert(o.app);
                         }
                     }
                 }
@@ -429,6 +439,14 @@ impl State {
         }
     }
 
+    /// Rebuilds the apps whose machines changed since the last rebuild. Each
+    /// rebuild leaves entries of other apps alone, so the order does not matter.
+    fn rebuild_dirty(&mut self) {
+        for app in std::mem::take(&mut self.dirty) {
+            self.rebuild_app(&app);
+        }
+    }
+
     /// Rebuilds one app's entry from its definition and its machines', reusing the
     /// live objects (queues, loads, machine state) of what did not change.
     fn rebuild_app(&mut self, name: &str) {
@@ -481,11 +499,14 @@ impl State {
             .get(name)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
+        let previous_by_id: HashMap<&str, &Arc<MachineEntry>> = old
+            .iter()
+            .flat_map(|o| o.machines.iter())
+            .map(|m| (m.def.id.as_str(), m))
+            .collect();
         let mut machines = Vec::with_capacity(ids.len());
         for id in ids {
-            let previous = old
-                .as_ref()
-                .and_then(|o| o.machines.iter().find(|m| m.def.id == id));
+            let previous = previous_by_id.get(id.as_str()).copied();
             if let Some(entry) = self.machine_entry(&id, &services, previous.map(Arc::as_ref)) {
                 self.snap.machines.insert(id, Arc::clone(&entry));
                 machines.push(entry);
@@ -860,6 +881,48 @@ mod tests {
         assert!(gone.hosts.lookup("b.test").is_none());
         assert!(!gone.machines.contains_key("m2"));
         assert!(gone.machines.contains_key("m1"));
+    }
+
+    #[test]
+    fn a_batch_of_machines_is_rebuilt_before_a_status_that_follows_it() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
+        let mut changes = vec![
+            Change::Node("ord-1".into(), Some(node("ord-1"))),
+            Change::App("a".into(), Some(app("a"))),
+        ];
+        for i in 0..1000 {
+            let id = format!("m{i}");
+            changes.push(Change::Machine(
+                id.clone(),
+                Some(machine(&id, "a", "ams-1")),
+            ));
+        }
+        changes.push(Change::Machine(
+            "far".into(),
+            Some(machine("far", "a", "ord-1")),
+        ));
+        // In the same batch, after the machines: the status finds `far` built.
+        changes.push(Change::Status(
+            "far".into(),
+            Some(status(MachineState::Started, true, 3)),
+        ));
+        // And a machine that moves to another app within the batch.
+        changes.push(Change::App("b".into(), Some(app("b"))));
+        changes.push(Change::Machine(
+            "m0".into(),
+            Some(machine("m0", "b", "ams-1")),
+        ));
+        f.apply(changes);
+        let snap = f.snapshot();
+        assert_eq!(snap.apps["a"].machines.len(), 1000, "m1..m999 and far");
+        assert_eq!(snap.apps["b"].machines.len(), 1);
+        assert_eq!(snap.machines.len(), 1001);
+        assert!(Arc::ptr_eq(
+            &snap.machines["m0"],
+            &snap.apps["b"].machines[0]
+        ));
+        let far = snap.machines["far"].live.slot(7000).unwrap();
+        assert_eq!(far.seen_load(), 3);
     }
 
     #[test]

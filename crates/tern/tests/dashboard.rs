@@ -6,47 +6,21 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::*;
 use common::*;
 
-/// A GET held open for as long as the machine takes (the common helper gives up
-/// reading after 10 s).
-fn slow_get(port: u16, path: &str, host: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
 #[test]
 fn the_demo_dashboard_shows_machines_load_and_spins_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let [http, https, admin, machine] = [(); 4].map(|()| free_port());
-    let port = |p: u16| p.to_string();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["demo", "--dir"])
-        .arg(dir.path())
-        .args(["--http-port", &port(http), "--https-port", &port(https)])
-        .args([
-            "--admin-port",
-            &port(admin),
-            "--machine-port",
-            &port(machine),
-        ])
-        .env("TERN_TEST_HOOKS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = spawn_demo(
+        dir.path(),
+        [http, https, admin, machine],
+        &[],
+        &[("TERN_TEST_HOOKS", "1")],
+    );
     let printed = demo_welcome(&mut demo);
     let url = format!("http://127.0.0.1:{admin}/");
     assert_eq!(
@@ -85,7 +59,18 @@ fn the_demo_dashboard_shows_machines_load_and_spins_in_a_real_browser() {
 
     // Load: slow requests held open on the demo's machines.
     let slow: Vec<_> = (0..6)
-        .map(|_| std::thread::spawn(move || slow_get(http, "/sleep/20000", "demo.localhost")))
+        .map(|_| {
+            std::thread::spawn(move || {
+                // Held open for as long as the machine takes.
+                let edge = ("127.0.0.1", http);
+                http_get_raw_within(
+                    edge,
+                    "/sleep/20000",
+                    "demo.localhost",
+                    Duration::from_secs(60),
+                )
+            })
+        })
         .collect();
     wait_until(
         "the slow requests are in flight",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -33,22 +33,12 @@ fn machine_processes(demo: u32) -> Vec<String> {
 fn the_demo_runs_its_machines_as_processes_and_wakes_the_sleepy_one() {
     let dir = tempfile::tempdir().unwrap();
     let [http, https, admin, machine] = [(); 4].map(|()| free_port());
-    let port = |p: u16| p.to_string();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["demo", "--dir"])
-        .arg(dir.path())
-        .args(["--http-port", &port(http), "--https-port", &port(https)])
-        .args([
-            "--admin-port",
-            &port(admin),
-            "--machine-port",
-            &port(machine),
-        ])
-        .args(["--idle-timeout", "1s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = spawn_demo(
+        dir.path(),
+        [http, https, admin, machine],
+        &["--idle-timeout", "1s"],
+        &[],
+    );
     let printed = demo_welcome(&mut demo);
     assert!(
         printed.contains("curl -i http://sleepy.localhost:"),

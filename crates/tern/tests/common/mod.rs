@@ -290,9 +290,19 @@ pub fn http_get_raw(
     path: &str,
     host: &str,
 ) -> std::io::Result<String> {
+    http_get_raw_within(addr, path, host, Duration::from_secs(10))
+}
+
+/// `http_get_raw`, giving up reading after `read_timeout` of silence.
+pub fn http_get_raw_within(
+    addr: impl std::net::ToSocketAddrs,
+    path: &str,
+    host: &str,
+    read_timeout: Duration,
+) -> std::io::Result<String> {
     let addr = addr.to_socket_addrs()?.next().unwrap();
     let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(read_timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
@@ -711,6 +721,23 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
         .await
         .map_err(|e| format!("reading the body: {e}"))?;
     Ok((head, body))
+}
+
+/// Starts `tern demo` in `dir` on ports `[http, https, admin, machine]`, with
+/// `extra` arguments and `env`; its stdout is piped, for `demo_welcome`.
+pub fn spawn_demo(dir: &Path, ports: [u16; 4], extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let [http, https, admin, machine] = ports.map(|p| p.to_string());
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["demo", "--dir"])
+        .arg(dir)
+        .args(["--http-port", &http, "--https-port", &https])
+        .args(["--admin-port", &admin, "--machine-port", &machine])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tern demo")
 }
 
 /// Ctrl-C to `tern demo`, and its exit, which must come within `within`.
