@@ -16,6 +16,9 @@ use tern_etcd::{AcmeKey, Store};
 use tern_tls::CertStore;
 use tokio::sync::Notify;
 
+/// How long one acknowledgement may take to write.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 use crate::alpn_cert::tls_alpn01_cert;
 use crate::claimed::claimed;
 use crate::files::{certificate_path, validity, validity_of_pem, write_private};
@@ -102,7 +105,7 @@ impl Follower {
             .await?;
         let revision = read.header().map_or(0, |h| h.revision());
         self.resync(read.kvs());
-        self.send_acks(&mut client).await?;
+        self.send_acks(&mut client).await;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -130,7 +133,7 @@ impl Follower {
                     if installed {
                         self.serve_installed();
                     }
-                    self.send_acks(&mut client).await?;
+                    self.send_acks(&mut client).await;
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -143,13 +146,23 @@ impl Follower {
     }
 
     /// Says, for each answer just set, that this node holds it: under the
-    /// answer's own lease, so the saying goes when the order ends.
-    async fn send_acks(&mut self, client: &mut etcd_client::Client) -> Result<(), Lost> {
+    /// answer's own lease, so the saying goes when the order ends. An ack that
+    /// cannot be written (the order already over, its lease gone, or etcd slow)
+    /// only delays that order, which validates after its own wait anyway: it
+    /// does not end the watch, nor hold it up for more than `ACK_TIMEOUT`.
+    async fn send_acks(&mut self, client: &mut etcd_client::Client) {
         for (key, lease) in std::mem::take(&mut self.acks) {
             let options = etcd_client::PutOptions::new().with_lease(lease);
-            client.put(key, "", Some(options)).await?;
+            match tokio::time::timeout(ACK_TIMEOUT, client.put(key.clone(), "", Some(options)))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%key, error = %e, "acknowledging an ACME answer failed")
+                }
+                Err(_) => tracing::debug!(%key, "acknowledging an ACME answer timed out"),
+            }
         }
-        Ok(())
     }
 
     /// Makes the answers exactly those in etcd, and installs its certificates.

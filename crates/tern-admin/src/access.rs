@@ -7,6 +7,8 @@ use http::{header, Request};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
+use crate::query::query_value;
+
 /// The admin listener's access rule.
 #[derive(Debug, Clone, Default)]
 pub enum Access {
@@ -19,31 +21,19 @@ pub enum Access {
     Token(String),
 }
 
-/// Where the access rule came from, for the operator to be told at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessOrigin {
-    Loopback,
-    Configured,
-    /// Made at start: the listener is off loopback and no token was set.
-    Made,
-}
-
 impl Access {
     /// The rule for a listener on `listen`: the configured token if any; else
     /// none on loopback; else a fresh random one (128 bits, in hex).
-    pub fn for_listener(
-        listen: SocketAddr,
-        configured: Option<&str>,
-    ) -> Result<(Access, AccessOrigin), NoRandom> {
+    pub fn for_listener(listen: SocketAddr, configured: Option<&str>) -> Result<Access, NoRandom> {
         Ok(match configured {
-            Some(t) => (Access::Token(t.to_owned()), AccessOrigin::Configured),
-            None if listen.ip().is_loopback() => (Access::Open, AccessOrigin::Loopback),
-            None => (Access::Token(random_token()?), AccessOrigin::Made),
+            Some(t) => Access::Token(t.to_owned()),
+            None if listen.ip().is_loopback() => Access::Open,
+            None => Access::Token(random_token()?),
         })
     }
 
     /// Whether `path` may be served without the token.
-    pub fn is_open_path(path: &str) -> bool {
+    fn is_open_path(path: &str) -> bool {
         matches!(path, "/healthz" | "/metrics")
     }
 
@@ -61,13 +51,7 @@ impl Access {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let queried = req.uri().query().and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == "token")
-                .map(|(_, v)| v)
-        });
-        [bearer, queried]
+        [bearer, query_value(req, "token")]
             .into_iter()
             .flatten()
             .any(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
@@ -103,18 +87,15 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:9090".parse().unwrap();
         assert!(matches!(
             Access::for_listener(lo, None).unwrap(),
-            (Access::Open, AccessOrigin::Loopback)
+            Access::Open
         ));
-        let (a, origin) = Access::for_listener(lo, Some("configured-token-1")).unwrap();
-        assert_eq!(origin, AccessOrigin::Configured);
-        assert!(matches!(a, Access::Token(t) if t == "configured-token-1"));
-        let (a, origin) = Access::for_listener(any, None).unwrap();
-        assert_eq!(origin, AccessOrigin::Made);
-        let Access::Token(made) = a else {
+        let configured = Access::for_listener(lo, Some("configured-token-1")).unwrap();
+        assert!(matches!(configured, Access::Token(t) if t == "configured-token-1"));
+        let Access::Token(made) = Access::for_listener(any, None).unwrap() else {
             panic!("off loopback, a token is made");
         };
         assert_eq!(made.len(), 32);
-        let (Access::Token(again), _) = Access::for_listener(any, None).unwrap() else {
+        let Access::Token(again) = Access::for_listener(any, None).unwrap() else {
             panic!("off loopback, a token is made");
         };
         assert_ne!(made, again, "each start makes its own");

@@ -11,12 +11,13 @@ mod flamegraph;
 mod machines;
 mod pprof_format;
 mod profile;
+mod query;
 mod recorder;
 mod runtime_metrics;
 mod server;
 mod traffic;
 
-pub use access::{Access, AccessOrigin, NoRandom};
+pub use access::{Access, NoRandom};
 pub use catalog_json::catalog_json;
 pub use connections::connections_json;
 pub use machines::{ActionError, ActionFuture, MachineAction, MachineAdmin};

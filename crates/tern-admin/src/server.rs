@@ -20,6 +20,7 @@ use crate::connections::connections_json;
 use crate::dashboard::{DashboardParts, PAGE};
 use crate::machines::{parse_path, MachineAction, MachineAdmin};
 use crate::profile::{profile, ProfileError, ProfileFormat};
+use crate::query::query_u64;
 use crate::runtime_metrics::BusyTracker;
 use pollwatch::Watchdog;
 use std::time::Duration;
@@ -294,8 +295,8 @@ fn healthz(state: &AdminState) -> String {
 }
 
 fn dashboard_json(state: &AdminState) -> String {
-    publish_gauges(state);
-    state.busy.publish();
+    // The traffic numbers are counters and a histogram that the data path keeps
+    // current: no gauges to publish first, as `/metrics` does.
     let metrics_text = state.metrics.render();
     let snap = state.catalog.snapshot();
     let view = DashboardParts {
@@ -353,15 +354,6 @@ fn publish_gauges(state: &AdminState) {
                 .set(s.queue.waiting() as f64);
         }
     }
-}
-
-pub(crate) fn query_u64<B>(req: &Request<B>, key: &str) -> Option<u64> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn bytes_response(status: StatusCode, body: Vec<u8>, ctype: &'static str) -> Response<Full<Bytes>> {

@@ -1,6 +1,6 @@
 //! The dashboard's traffic numbers, read from the same Prometheus text that
 //! `/metrics` serves: requests by status class and error code, the request
-//! duration histogram summed over apps, connections and handshakes.
+//! duration histogram summed over apps.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +16,6 @@ pub struct Traffic {
     /// `tern_request_duration_seconds` over all apps: (upper bound in seconds,
     /// cumulative count), the last bound infinite.
     pub duration_buckets: Vec<(f64, u64)>,
-    pub connections: u64,
-    pub tls_handshakes: u64,
 }
 
 /// One sample line of the text format: its name, labels and value.
@@ -61,12 +59,6 @@ pub fn read_traffic(text: &str) -> Traffic {
                 // as integers is their order as numbers.
                 let entry = buckets.entry(le.to_bits()).or_insert((le, 0));
                 entry.1 = entry.1.saturating_add(n);
-            }
-            "tern_connections_total" => t.connections = t.connections.saturating_add(n),
-            // The series with `kind` (full, resumed); an unlabelled one counts the
-            // same handshakes again.
-            "tern_tls_handshakes_total" if sample.label("kind").is_some() => {
-                t.tls_handshakes = t.tls_handshakes.saturating_add(n);
             }
             _ => {}
         }
@@ -156,10 +148,6 @@ tern_request_duration_seconds_bucket{app="api",le="0.01"} 5
 tern_request_duration_seconds_bucket{app="api",le="+Inf"} 5
 tern_request_duration_seconds_sum{app="web"} 1.5
 tern_connections_total{port="8080"} 7
-tern_connections_total{port="8443"} 4
-tern_tls_handshakes_total{kind="full"} 3
-tern_tls_handshakes_total{kind="resumed"} 1
-tern_tls_handshakes_total 4
 tern_machine_load{app="a \"quoted\" app",machine="m1",port="80"} 12
 "#;
 
@@ -176,8 +164,6 @@ tern_machine_load{app="a \"quoted\" app",machine="m1",port="80"} 12
             t.duration_buckets,
             vec![(0.001, 15), (0.01, 85), (f64::INFINITY, 97)]
         );
-        assert_eq!(t.connections, 11);
-        assert_eq!(t.tls_handshakes, 4);
     }
 
     #[test]
@@ -200,11 +186,12 @@ tern_machine_load{app="a \"quoted\" app",machine="m1",port="80"} 12
         assert_eq!(read_traffic("garbage\n\u{0}{}\"\n"), Traffic::default());
         // Huge values saturate; a negative zero bound sorts first.
         let t = read_traffic(
-            "tern_connections_total{port=\"1\"} +Inf\ntern_connections_total{port=\"2\"} 5\n\
+            "tern_requests_total{code=\"ok\",status=\"200\"} +Inf\n\
+             tern_requests_total{code=\"ok\",status=\"201\"} 5\n\
              tern_request_duration_seconds_bucket{le=\"+Inf\"} 2\n\
              tern_request_duration_seconds_bucket{le=\"-0.0\"} 1\n",
         );
-        assert_eq!(t.connections, u64::MAX);
+        assert_eq!(t.by_class.get("2xx"), Some(&u64::MAX));
         assert_eq!(t.duration_buckets, vec![(0.0, 1), (f64::INFINITY, 2)]);
     }
 }

@@ -888,7 +888,10 @@ mod tests {
         let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
         let mut changes = vec![
             Change::Node("ord-1".into(), Some(node("ord-1"))),
+            Change::Node("sin-1".into(), Some(node("sin-1"))),
             Change::App("a".into(), Some(app("a"))),
+            Change::App("b".into(), Some(app("b"))),
+            Change::Machine("far".into(), Some(machine("far", "a", "sin-1"))),
         ];
         for i in 0..1000 {
             let id = format!("m{i}");
@@ -897,17 +900,7 @@ mod tests {
                 Some(machine(&id, "a", "ams-1")),
             ));
         }
-        changes.push(Change::Machine(
-            "far".into(),
-            Some(machine("far", "a", "ord-1")),
-        ));
-        // In the same batch, after the machines: the status finds `far` built.
-        changes.push(Change::Status(
-            "far".into(),
-            Some(status(MachineState::Started, true, 3)),
-        ));
-        // And a machine that moves to another app within the batch.
-        changes.push(Change::App("b".into(), Some(app("b"))));
+        // A machine that moves to another app within the batch.
         changes.push(Change::Machine(
             "m0".into(),
             Some(machine("m0", "b", "ams-1")),
@@ -921,7 +914,19 @@ mod tests {
             &snap.machines["m0"],
             &snap.apps["b"].machines[0]
         ));
-        let far = snap.machines["far"].live.slot(7000).unwrap();
+
+        // `far` moves to ord-1, and ord-1's status for it follows in the same
+        // batch. Read against the entry of before the move (on sin-1), the status
+        // would be taken for a late write from another node and dropped.
+        f.apply([
+            Change::Machine("far".into(), Some(machine("far", "a", "ord-1"))),
+            Change::Status("far".into(), Some(status(MachineState::Started, true, 3))),
+        ]);
+        let far = f.snapshot().machines["far"]
+            .live
+            .slot(7000)
+            .unwrap()
+            .clone();
         assert_eq!(far.seen_load(), 3);
     }
 

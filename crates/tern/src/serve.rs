@@ -99,8 +99,9 @@ fn stall_watchdog(
 /// Who may use the admin listener. A token made at start is printed, since the
 /// operator has no other way to learn it.
 fn admin_access(admin: &tern_config::Admin) -> anyhow::Result<tern_admin::Access> {
-    let (access, origin) = tern_admin::Access::for_listener(admin.listen, admin.token.as_deref())?;
-    if let (tern_admin::AccessOrigin::Made, tern_admin::Access::Token(token)) = (&origin, &access) {
+    let access = tern_admin::Access::for_listener(admin.listen, admin.token.as_deref())?;
+    let made = admin.token.is_none();
+    if let (true, tern_admin::Access::Token(token)) = (made, &access) {
         eprintln!(
             "tern: admin.listen {} is not loopback and sets no admin.token; this start's token is {token}\n\
              tern: the dashboard: http://{}/?token={token}",

@@ -150,6 +150,35 @@ fn a_token_guards_the_page_and_a_thousand_machines_render() {
         let resp = http_get_raw(admin, path, "admin").unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
     }
+    // `tern machine` passes the token on: given with --token, or read from the
+    // --config file's [admin] token. Past the token check, the action itself is
+    // refused (409: an external machine is not this node's to stop).
+    let machine_cmd = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["machine", "stop", "m-0000"])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let addr = format!("127.0.0.1:{}", ports.admin);
+    let config_path = tern.dir.path().join("tern.toml");
+    let config_path = config_path.to_str().unwrap();
+    let refused = machine_cmd(&["--admin", &addr]);
+    assert!(
+        refused.contains("access token") && refused.contains("401"),
+        "{refused}"
+    );
+    for given in [
+        machine_cmd(&["--admin", &addr, "--token", token]),
+        machine_cmd(&["--config", config_path]),
+    ] {
+        assert!(
+            given.contains("(409 Conflict)") && !given.contains("access token"),
+            "{given}"
+        );
+    }
+
     let wrong = dump_dom(
         &format!(
             "http://127.0.0.1:{}/?token=wrong-token-wrong-token",

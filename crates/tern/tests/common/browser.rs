@@ -109,15 +109,9 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
 
 /// A screenshot of the page, kept as a test artifact.
 pub fn screenshot(url: &str, name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/test-artifacts")
-        .canonicalize()
-        .unwrap_or_else(|_| {
-            let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
-            std::fs::create_dir_all(&d).unwrap();
-            d.canonicalize().unwrap()
-        });
-    let path = dir.join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.canonicalize().unwrap().join(name);
     let _ = std::fs::remove_file(&path);
     let profile = tempfile::tempdir().unwrap();
     let out = browser(profile.path(), 4000)
