@@ -1,6 +1,8 @@
 //! The catalog as JSON for `/catalog`: apps, services and machines with their live
 //! state, health and load.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tern_catalog::Snapshot;
 
@@ -21,6 +23,8 @@ struct PeerView<'a> {
     backhaul: Option<String>,
     reachable: bool,
     rtt_ms: Option<f64>,
+    /// What the peer itself measured to its peers, as it last published it.
+    measured_ms: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
@@ -82,6 +86,12 @@ pub fn catalog_json(
                 backhaul: n.def.backhaul.map(|a| a.to_string()),
                 reachable: n.live.reachable(),
                 rtt_ms: n.live.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                measured_ms: n
+                    .live
+                    .their_rtts()
+                    .into_iter()
+                    .map(|(peer, d)| (peer, d.as_secs_f64() * 1000.0))
+                    .collect(),
             })
             .collect(),
         apps: snap

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_balance::{Limits, Load, WaitQueue};
 use tokio::sync::{watch, Notify};
@@ -27,6 +27,8 @@ pub enum Change {
     Node(String, Option<NodeDef>),
     /// Another node's machine's live status.
     Status(String, Option<MachineStatus>),
+    /// The round trips a node measured to its peers (none: it is gone).
+    Rtts(String, Option<MeasuredRtts>),
     Regions(RegionSeeds),
 }
 
@@ -359,6 +361,10 @@ impl State {
                 self.set_status(id, status);
                 false
             }
+            Change::Rtts(node, measured) => {
+                self.set_their_rtts(node, measured);
+                false
+            }
             Change::Regions(seeds) => {
                 if *self.snap.regions == seeds {
                     return false;
@@ -366,6 +372,28 @@ impl State {
                 self.snap.regions = Arc::new(seeds);
                 true
             }
+        }
+    }
+
+    /// Kept in the node's live state, which outlives snapshots: nothing routes on
+    /// another node's measurements, so nothing is rebuilt. They may come before
+    /// the node's own entry does (its live state is made then, and found by it).
+    fn set_their_rtts(&mut self, node: String, measured: Option<MeasuredRtts>) {
+        if node == self.settings.me.id {
+            return;
+        }
+        let rtts = measured
+            .map(|m| {
+                m.rtt_us
+                    .into_iter()
+                    .map(|(peer, us)| (peer, Duration::from_micros(us)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match self.node_live.get(&node) {
+            Some(live) => live.set_their_rtts(rtts),
+            None if rtts.is_empty() => {}
+            None => self.node_live.entry(node).or_default().set_their_rtts(rtts),
         }
     }
 
@@ -881,6 +909,40 @@ mod tests {
         assert!(gone.hosts.lookup("b.test").is_none());
         assert!(!gone.machines.contains_key("m2"));
         assert!(gone.machines.contains_key("m1"));
+    }
+
+    #[test]
+    fn a_peers_measured_rtts_are_kept_in_its_live_state_without_a_rebuild() {
+        let f = Fleet::new(settings("ams-1", RemoteStatus::Published));
+        let measured = |pairs: &[(&str, u64)]| MeasuredRtts {
+            rtt_us: pairs.iter().map(|(p, us)| (p.to_string(), *us)).collect(),
+        };
+        // Published before the node's own entry arrives: kept for it.
+        f.apply([Change::Rtts(
+            "ord-1".into(),
+            Some(measured(&[("ams-1", 90_000), ("sin-1", 210_000)])),
+        )]);
+        f.apply([Change::Node("ord-1".into(), Some(node("ord-1")))]);
+        let before = f.snapshot();
+        let ord = Arc::clone(&before.nodes["ord-1"].live);
+        assert_eq!(
+            ord.their_rtts()["sin-1"],
+            Duration::from_millis(210),
+            "{:?}",
+            ord.their_rtts()
+        );
+        f.apply([Change::Rtts(
+            "ord-1".into(),
+            Some(measured(&[("ams-1", 80_000)])),
+        )]);
+        assert_eq!(f.snapshot().version, before.version, "nothing rebuilt");
+        assert_eq!(
+            ord.their_rtts().into_iter().collect::<Vec<_>>(),
+            [("ams-1".to_owned(), Duration::from_millis(80))]
+        );
+        // A deletion (the node's lease ran out) empties them.
+        f.apply([Change::Rtts("ord-1".into(), None)]);
+        assert!(ord.their_rtts().is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tern_balance::{Band, Limits, Load};
@@ -20,6 +20,9 @@ pub struct NodeLive {
     reachable: AtomicBool,
     /// Smoothed round trip in microseconds; `u64::MAX` until measured.
     rtt_us: AtomicU64,
+    /// The round trips the peer itself measured to its own peers, as it last
+    /// published them (etcd); nothing routes on them, the dashboard shows them.
+    their_rtts: Mutex<BTreeMap<String, Duration>>,
 }
 
 impl Default for NodeLive {
@@ -27,6 +30,7 @@ impl Default for NodeLive {
         NodeLive {
             reachable: AtomicBool::new(true),
             rtt_us: AtomicU64::new(u64::MAX),
+            their_rtts: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -54,6 +58,21 @@ impl NodeLive {
             .unwrap_or(u64::MAX - 1)
             .min(u64::MAX - 1);
         self.rtt_us.store(us, Ordering::Release);
+    }
+
+    /// What the peer measured to each of its peers, as it last published it.
+    pub fn their_rtts(&self) -> BTreeMap<String, Duration> {
+        self.their_rtts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_their_rtts(&self, rtts: BTreeMap<String, Duration>) {
+        *self
+            .their_rtts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = rtts;
     }
 }
 

@@ -262,6 +262,13 @@ pub struct MachineStatus {
     pub changed_at_us: u64,
 }
 
+/// The round trips one node measured to its peers over the backhaul, as it
+/// publishes them: microseconds, by peer id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredRtts {
+    pub rtt_us: BTreeMap<String, u64>,
+}
+
 /// One service's view of a machine, as its node last published it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {

@@ -7,13 +7,14 @@
 //! | `PREFIX/regions` | the operator's RTT seeds | `tern catalog push` |
 //! | `PREFIX/nodes/ID` | a node's id, region and backhaul address | the node, under its lease |
 //! | `PREFIX/status/ID` | a machine's live status | its node, under its lease |
+//! | `PREFIX/rtts/ID` | the round trips node ID measured to its peers | that node, under its lease |
 //! | `PREFIX/acme/certs/HOST` | an ACME certificate and its key, sealed with the fleet key | the node that ordered it |
 //! | `PREFIX/acme/locks/HOST` | the node ordering HOST (or that failed to, until its retry) | that node, under an order's lease |
 //! | `PREFIX/acme/http-01/TOKEN` | an HTTP-01 key authorization | the ordering node, under the order's lease |
 //! | `PREFIX/acme/tls-alpn-01/HOST` | a TLS-ALPN-01 digest, hex | the ordering node, under the order's lease |
 //! | `PREFIX/acme/acks/KIND:NAME:NODE` | nothing: NODE holds that answer | NODE, under the order's lease |
 
-use tern_catalog::model::{AppDef, MachineDef, MachineStatus, NodeDef, RegionSeeds};
+use tern_catalog::model::{AppDef, MachineDef, MachineStatus, MeasuredRtts, NodeDef, RegionSeeds};
 use tern_catalog::Change;
 
 /// The key layout under one prefix.
@@ -30,6 +31,7 @@ pub enum Key {
     Regions,
     Node(String),
     Status(String),
+    Rtts(String),
 }
 
 /// What a key under `PREFIX/acme/` names: ACME's state shared by the fleet,
@@ -75,6 +77,7 @@ impl Keys {
             Key::Regions => format!("{p}/regions"),
             Key::Node(id) => format!("{p}/nodes/{id}"),
             Key::Status(id) => format!("{p}/status/{id}"),
+            Key::Rtts(id) => format!("{p}/rtts/{id}"),
         }
     }
 
@@ -131,6 +134,7 @@ impl Keys {
             "machines" => Some(Key::Machine(name)),
             "nodes" => Some(Key::Node(name)),
             "status" => Some(Key::Status(name)),
+            "rtts" => Some(Key::Rtts(name)),
             _ => None,
         }
     }
@@ -184,6 +188,7 @@ pub fn change(key: &Key, value: Option<&[u8]>) -> Result<Change, DecodeError> {
             Change::Node(id.clone(), def)
         }
         Key::Status(id) => Change::Status(id.clone(), decode::<MachineStatus>(key, value)?),
+        Key::Rtts(id) => Change::Rtts(id.clone(), decode::<MeasuredRtts>(key, value)?),
     })
 }
 
@@ -206,6 +211,7 @@ mod tests {
             Key::Regions,
             Key::Node("ams-1".into()),
             Key::Status("m1".into()),
+            Key::Rtts("ams-1".into()),
         ] {
             assert_eq!(k.parse(&k.key(&key)), Some(key));
         }

@@ -1,19 +1,29 @@
 //! Publishing this node's machines: each one's live status under the node's
 //! lease, written when its state or health changes, and when its load crosses a
 //! band, no more often than `BAND_EVERY`, so a flapping load cannot flood etcd.
+//! Also the round trips this node measured to its peers, for the other nodes'
+//! dashboards: when a peer comes or goes at once, and when one moved by more
+//! than `RTT_MOVE`, no more often than `RTT_EVERY`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tern_balance::Band;
-use tern_catalog::model::{MachineState, MachineStatus, SlotStatus};
+use tern_catalog::model::{MachineState, MachineStatus, MeasuredRtts, SlotStatus};
 use tern_catalog::{now_us, Fleet, MachineEntry};
 
 use crate::keys::{encode, Key, Keys};
 
 /// A band change of one machine is published at most this often.
 pub const BAND_EVERY: Duration = Duration::from_millis(250);
+
+/// The measured round trips are published at most this often, but for a peer
+/// measured for the first time or no longer there.
+pub const RTT_EVERY: Duration = Duration::from_secs(5);
+
+/// A round trip that moved by less than this fraction is not published again.
+const RTT_MOVE: f64 = 0.2;
 
 /// Writes in one transaction: etcd refuses more than 128 by default.
 const TXN_OPS: usize = 100;
@@ -54,6 +64,7 @@ pub(crate) struct Publisher {
     lease: i64,
     node: String,
     published: HashMap<String, (Seen, Instant)>,
+    rtts: Option<(BTreeMap<String, u64>, Instant)>,
 }
 
 impl Publisher {
@@ -62,6 +73,7 @@ impl Publisher {
             lease,
             node,
             published: HashMap::new(),
+            rtts: None,
         }
     }
 
@@ -130,6 +142,88 @@ impl Publisher {
             client.txn(delete).await?;
             self.published.remove(&id);
         }
+        self.publish_rtts(client, keys, &snap).await
+    }
+
+    /// This node's measured round trips, when they moved enough (see
+    /// `worth_publishing`).
+    async fn publish_rtts(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        snap: &tern_catalog::Snapshot,
+    ) -> Result<(), etcd_client::Error> {
+        let now: BTreeMap<String, u64> = snap
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| {
+                let us = u64::try_from(n.live.rtt()?.as_micros()).unwrap_or(u64::MAX);
+                Some((id.clone(), us))
+            })
+            .collect();
+        let due = match &self.rtts {
+            None => !now.is_empty(),
+            Some((before, at)) => worth_publishing(before, &now, at.elapsed()),
+        };
+        if !due {
+            return Ok(());
+        }
+        let key = keys.key(&Key::Rtts(self.node.clone()));
+        let value = encode(&MeasuredRtts {
+            rtt_us: now.clone(),
+        });
+        let options = PutOptions::new().with_lease(self.lease);
+        client.put(key, value, Some(options)).await?;
+        self.rtts = Some((now, Instant::now()));
         Ok(())
+    }
+}
+
+/// Whether round trips measured now differ enough from those published `since`
+/// ago: a peer measured for the first time or gone at once; one that moved by
+/// more than `RTT_MOVE`, once `RTT_EVERY` has passed.
+fn worth_publishing(
+    before: &BTreeMap<String, u64>,
+    now: &BTreeMap<String, u64>,
+    since: Duration,
+) -> bool {
+    if !before.keys().eq(now.keys()) {
+        return true;
+    }
+    since >= RTT_EVERY
+        && before.values().zip(now.values()).any(|(&b, &n)| {
+            let moved = b.abs_diff(n) as f64;
+            moved > RTT_MOVE * b.max(1) as f64
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(p, us)| (p.to_string(), *us)).collect()
+    }
+
+    #[test]
+    fn round_trips_are_published_again_when_a_peer_changes_or_one_moved_enough() {
+        let before = table(&[("ord-1", 90_000), ("sin-1", 200_000)]);
+        let soon = Duration::from_millis(100);
+        let later = RTT_EVERY;
+        // A peer measured for the first time, or gone: at once.
+        let more = table(&[("ord-1", 90_000), ("sin-1", 200_000), ("syd-1", 1)]);
+        assert!(worth_publishing(&before, &more, soon));
+        assert!(worth_publishing(
+            &before,
+            &table(&[("ord-1", 90_000)]),
+            soon
+        ));
+        // A move of more than a fifth: only once RTT_EVERY has passed.
+        let moved = table(&[("ord-1", 90_000), ("sin-1", 250_000)]);
+        assert!(!worth_publishing(&before, &moved, soon));
+        assert!(worth_publishing(&before, &moved, later));
+        // Jitter: never.
+        let jitter = table(&[("ord-1", 99_000), ("sin-1", 180_000)]);
+        assert!(!worth_publishing(&before, &jitter, later));
     }
 }

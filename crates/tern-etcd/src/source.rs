@@ -193,6 +193,9 @@ impl EtcdSource {
         }
         self.fleet.replace(loaded.definitions);
         self.fleet.replace_statuses(loaded.statuses);
+        let rtts = loaded.rtts.into_iter();
+        self.fleet
+            .apply(rtts.map(|(node, m)| Change::Rtts(node, Some(m))));
         self.revision = Some(loaded.revision);
         self.report.revision(loaded.revision);
     }

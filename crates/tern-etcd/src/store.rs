@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
-use tern_catalog::model::MachineStatus;
+use tern_catalog::model::{MachineStatus, MeasuredRtts};
 use tern_catalog::{Change, Definitions};
 
 use crate::keys::{change, encode, DecodeError, Key, Keys};
@@ -36,6 +36,8 @@ pub struct Loaded {
     pub revision: i64,
     pub definitions: Definitions,
     pub statuses: HashMap<String, MachineStatus>,
+    /// What each node measured to its peers.
+    pub rtts: Vec<(String, MeasuredRtts)>,
     /// Keys whose value could not be read; left out, and reported.
     pub bad: Vec<DecodeError>,
 }
@@ -127,6 +129,7 @@ impl Store {
                 Ok(Change::Status(id, Some(s))) => {
                     loaded.statuses.insert(id, s);
                 }
+                Ok(Change::Rtts(node, Some(m))) => loaded.rtts.push((node, m)),
                 Ok(_) => {}
                 Err(e) => loaded.bad.push(e),
             }
@@ -198,7 +201,7 @@ impl Store {
         let mut out = serde_json::json!({
             "revision": revision,
             "apps": {}, "machines": {}, "regions": null, "nodes": {}, "status": {},
-            "unreadable": {},
+            "rtts": {}, "unreadable": {},
         });
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -215,6 +218,7 @@ impl Store {
                 Some(Key::Regions) => out["regions"] = value,
                 Some(Key::Node(n)) => out["nodes"][n] = value,
                 Some(Key::Status(n)) => out["status"][n] = value,
+                Some(Key::Rtts(n)) => out["rtts"][n] = value,
                 None => {}
             }
         }

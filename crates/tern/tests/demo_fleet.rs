@@ -71,12 +71,25 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
         printed.contains(&format!("ams-1 {url}")),
         "the demo prints the dashboards first:\n{printed}"
     );
+    // Every node measures both of its peers, and ams-1 has what ord-1 and sin-1
+    // published of theirs: the whole matrix.
     wait_until(
-        "ams-1 measures both peers' RTT",
-        Duration::from_secs(20),
+        "ams-1 holds every node's RTTs to both of its peers",
+        Duration::from_secs(30),
         || {
             let c = http_get_raw(("127.0.0.1", admin), "/catalog", "admin").unwrap_or_default();
-            c.matches("\"rtt_ms\": ").count() >= 2 && !c.contains("\"rtt_ms\": null")
+            let Some(json) = c.split_once("\r\n\r\n").map(|(_, b)| b) else {
+                return false;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                return false;
+            };
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            peers.len() == 2
+                && peers.iter().all(|p| {
+                    p["rtt_ms"].is_number()
+                        && p["measured_ms"].as_object().is_some_and(|m| m.len() == 2)
+                })
         },
     );
     let dom = dump_dom(&url, 3000);
@@ -96,6 +109,18 @@ fn the_fleet_demo_serves_locally_then_across_regions() {
             node.contains(">up<") && node.contains(" ms"),
             "{peer} up, with its RTT: {node}"
         );
+    }
+    let nodes = ["ams-1", "ord-1", "sin-1"];
+    for from in nodes {
+        for to in nodes.iter().filter(|&&to| to != from) {
+            let cell = format!(r#"data-from="{from}" data-to="{to}">"#);
+            let at = dom
+                .find(&cell)
+                .unwrap_or_else(|| panic!("no RTT cell {from} to {to}:\n{dom}"));
+            let text = &dom[at + cell.len()..];
+            let text = &text[..text.find('<').unwrap()];
+            assert!(text.parse::<f64>().is_ok(), "{from} to {to}: {text:?}");
+        }
     }
     assert!(
         element_text(&dom, "fleet-note").contains("Catalog from etcd"),
