@@ -468,15 +468,21 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
             .unwrap();
         c.write_all(req.as_bytes()).await.unwrap();
         let tern = &s.tern;
+        // What a failure reports is what an intermittent one needs to be
+        // understood: the connections, the runtime watchdog, every thread's stack.
+        let dropped = eventually(Duration::from_secs(10), || timeouts(tern) > n as u64).await;
         assert!(
-            eventually(Duration::from_secs(10), || timeouts(tern) > n as u64).await,
-            "{req}: not dropped within 10 s of the client's last read\n{}\n{}",
+            dropped,
+            "{req}: not dropped within 10 s of the client's last read\n{}\n{}\n{}\n{}\nlog:\n{}",
             tern.admin_get("/debug/connections"),
             tern.admin_get("/metrics")
                 .lines()
                 .filter(|l| l.contains("timeouts") || l.contains("machine_load"))
                 .collect::<Vec<_>>()
-                .join("\n")
+                .join("\n"),
+            tern.admin_get("/dashboard.json"),
+            tern.stacks(),
+            tern.log_text()
         );
         let mut got = 0u64;
         let mut buf = vec![0u8; 1 << 16];
