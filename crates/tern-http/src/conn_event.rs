@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::coop::unconstrained;
 
 /// What ended the wait.
 pub(crate) enum ConnEvent<T> {
@@ -53,7 +54,13 @@ pub(crate) async fn next_conn_event<T>(
             return Poll::Ready(ConnEvent::Done(out));
         }
         let first_poll = std::mem::replace(&mut first, false);
-        if (first_poll || sleep.is_elapsed()) && sleep.as_mut().poll(cx).is_ready() {
+        // Both are polled outside the task's coop budget. The connection's poll
+        // may have spent it (moving many buffers at once); tokio's timer and watch
+        // would then return Pending without keeping the waker, and, polled again
+        // only once they have fired, they would never fire.
+        if (first_poll || sleep.is_elapsed())
+            && pin!(unconstrained(sleep.as_mut())).poll(cx).is_ready()
+        {
             return Poll::Ready(ConnEvent::Timer);
         }
         let signalled = || {
@@ -61,7 +68,8 @@ pub(crate) async fn next_conn_event<T>(
                 .as_ref()
                 .is_some_and(|p| p.has_changed().unwrap_or(true))
         };
-        if (first_poll || signalled()) && changed.as_mut().poll(cx).is_ready() {
+        if (first_poll || signalled()) && pin!(unconstrained(changed.as_mut())).poll(cx).is_ready()
+        {
             return Poll::Ready(ConnEvent::Shutdown);
         }
         Poll::Pending
@@ -121,6 +129,52 @@ mod tests {
         let mut conn = done_rx;
         let event = next_conn_event(&mut conn, Duration::ZERO, Some(&mut rx)).await;
         assert!(matches!(event, ConnEvent::Done(Ok(7))));
+    }
+
+    /// The connection's poll can spend the task's whole coop budget (moving many
+    /// buffers at once). The timer is armed in that same poll all the same: armed
+    /// later it would never be, since it is polled again only once it has fired.
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_is_armed_after_a_poll_that_spent_the_coop_budget() {
+        use tokio::task::coop;
+        let mut spent = false;
+        let mut conn = std::future::poll_fn(move |cx| {
+            if !std::mem::replace(&mut spent, true) {
+                while coop::has_budget_remaining() {
+                    let _ = pin!(coop::consume_budget()).poll(cx);
+                }
+            }
+            Poll::<()>::Pending
+        });
+        let waiting = next_conn_event(&mut conn, Duration::from_secs(1), None);
+        let event = tokio::time::timeout(Duration::from_secs(60), waiting).await;
+        assert!(
+            matches!(event, Ok(ConnEvent::Timer)),
+            "the timer never fired"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_signal_is_watched_after_a_poll_that_spent_the_coop_budget() {
+        use tokio::task::coop;
+        let (tx, mut rx) = watch::channel(false);
+        let mut spent = false;
+        let mut conn = std::future::poll_fn(move |cx| {
+            if !std::mem::replace(&mut spent, true) {
+                while coop::has_budget_remaining() {
+                    let _ = pin!(coop::consume_budget()).poll(cx);
+                }
+            }
+            Poll::<()>::Pending
+        });
+        let waiting = tokio::spawn(async move {
+            let waiting = next_conn_event(&mut conn, Duration::from_secs(600), Some(&mut rx));
+            matches!(waiting.await, ConnEvent::Shutdown)
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(true).unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(60), waiting).await;
+        assert!(matches!(seen, Ok(Ok(true))), "the signal was never seen");
     }
 
     #[tokio::test(start_paused = true)]

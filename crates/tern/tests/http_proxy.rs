@@ -477,7 +477,9 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
             tern.admin_get("/debug/connections"),
             tern.admin_get("/metrics")
                 .lines()
-                .filter(|l| l.contains("timeouts") || l.contains("machine_load"))
+                .filter(|l| ["timeouts", "machine_load", "parked"]
+                    .iter()
+                    .any(|m| l.contains(m)))
                 .collect::<Vec<_>>()
                 .join("\n"),
             tern.admin_get("/dashboard.json"),
