@@ -6,7 +6,7 @@
 
 mod on_demand;
 
-pub use on_demand::{OnDemand, Outcome};
+pub use on_demand::{Asked, OnDemand, Outcome};
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};

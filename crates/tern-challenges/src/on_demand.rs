@@ -11,6 +11,18 @@ use tokio::sync::{watch, Notify};
 /// How an asked-for order ended: `Some(true)` when a certificate is served.
 pub type Outcome = watch::Receiver<Option<bool>>;
 
+/// What a handshake that asks for a certificate is told.
+#[derive(Debug)]
+pub enum Asked {
+    /// No app claims the name: nothing is ordered.
+    Unclaimed,
+    /// The name's last order failed and its retry is not due: no certificate
+    /// now, and nothing ordered.
+    HeldOff,
+    /// An order is asked for (or already under way): its outcome, to wait on.
+    Ordering(Outcome),
+}
+
 /// The hostnames that may be ordered on demand, and the orders handshakes wait on.
 #[derive(Debug)]
 pub struct OnDemand {
@@ -45,18 +57,18 @@ impl OnDemand {
     }
 
     /// Asks for a certificate for `hostname`, joining an order already asked
-    /// for; `None` (and nothing ordered) when no app claims the name. A name
-    /// held off after a failure is answered at once, without asking.
-    pub fn ask(&self, hostname: &str) -> Option<Outcome> {
+    /// for. Nothing is ordered for a name no app claims, nor for one held off
+    /// after a failure.
+    pub fn ask(&self, hostname: &str) -> Asked {
         let name = hostname.trim_end_matches('.').to_ascii_lowercase();
         if !lock(&self.claimed).contains(&name) {
-            return None;
+            return Asked::Unclaimed;
         }
         if lock(&self.held_off)
             .get(&name)
             .is_some_and(|until| *until > Instant::now())
         {
-            return Some(watch::channel(Some(false)).1);
+            return Asked::HeldOff;
         }
         let mut asked = lock(&self.asked);
         let fresh = !asked.contains_key(&name);
@@ -68,7 +80,7 @@ impl OnDemand {
         if fresh {
             self.wake.notify_one();
         }
-        Some(outcome)
+        Asked::Ordering(outcome)
     }
 
     /// Answers handshakes for `hostname` at once, with no certificate, until
@@ -110,13 +122,17 @@ mod tests {
     fn only_claimed_names_are_asked_for_and_waiters_share_one_answer() {
         let od = OnDemand::new(Duration::from_secs(1));
         od.set_claimed(["a.test".to_owned()]);
+        let ordering = |asked: Asked| match asked {
+            Asked::Ordering(outcome) => outcome,
+            other => panic!("claimed, so ordered: {other:?}"),
+        };
         assert!(
-            od.ask("b.test").is_none(),
+            matches!(od.ask("b.test"), Asked::Unclaimed),
             "an unclaimed name orders nothing"
         );
         assert!(od.asked().is_empty());
-        let first = od.ask("A.test.").expect("claimed, whatever its case");
-        let second = od.ask("a.test").expect("claimed");
+        let first = ordering(od.ask("A.test."));
+        let second = ordering(od.ask("a.test"));
         assert_eq!(od.asked(), vec!["a.test".to_owned()], "one order for both");
         od.answer("a.test", true);
         assert_eq!(*first.borrow(), Some(true));
@@ -124,8 +140,9 @@ mod tests {
         assert!(od.asked().is_empty());
 
         od.hold_off("a.test", Instant::now() + Duration::from_secs(60));
-        let held = od.ask("a.test").expect("claimed");
-        assert_eq!(*held.borrow(), Some(false), "answered at once");
-        assert!(od.asked().is_empty(), "and nothing asked for");
+        assert!(matches!(od.ask("a.test"), Asked::HeldOff));
+        assert!(od.asked().is_empty(), "nothing asked for");
+        od.hold_off("a.test", Instant::now());
+        ordering(od.ask("a.test"));
     }
 }

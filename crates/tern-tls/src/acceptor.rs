@@ -9,7 +9,7 @@ use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::SingleCertAndKey;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
-use tern_challenges::{Challenges, OnDemand, ALPN_ACME_TLS};
+use tern_challenges::{Asked, Challenges, OnDemand, ALPN_ACME_TLS};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::{StartHandshake, TlsStream};
 use tokio_rustls::LazyConfigAcceptor;
@@ -206,8 +206,9 @@ impl TlsAcceptor {
 /// the order to end; counted per handshake by how it ended.
 async fn wait_for_order(on_demand: &OnDemand, sni: &str) {
     let result = match on_demand.ask(sni) {
-        None => "unclaimed",
-        Some(mut outcome) => {
+        Asked::Unclaimed => "unclaimed",
+        Asked::HeldOff => "held_off",
+        Asked::Ordering(mut outcome) => {
             let ended = outcome.wait_for(Option::is_some);
             match tokio::time::timeout(on_demand.wait(), ended).await {
                 Ok(Ok(served)) if *served == Some(true) => "served",

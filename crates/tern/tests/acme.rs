@@ -527,7 +527,11 @@ async fn on_demand_fails_a_handshake_cleanly_when_its_order_fails_and_holds_the_
     );
     assert_metric(
         &tern,
-        "tern_acme_on_demand_handshakes_total{result=\"failed\"} 2",
+        "tern_acme_on_demand_handshakes_total{result=\"held_off\"} 1",
+    );
+    assert_metric(
+        &tern,
+        "tern_acme_on_demand_handshakes_total{result=\"failed\"} 1",
     );
     assert_metric(&tern, "tern_acme_orders_total{result=\"failed\"} 1");
 }
