@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use tern_catalog::Catalog;
 use tern_etcd::keys::Keys;
 use tern_etcd::{AcmeKey, Store};
@@ -264,37 +266,65 @@ impl OrderLock {
     }
 
     /// Waits (at most `ACKS_WAIT`) until every other node says it holds the
-    /// answer at `key` ([`ack_key`]).
+    /// answer at `key` (`Keys::acme_ack`).
     async fn wait_for_acks(&self, key: &AcmeKey) {
         if self.others.is_empty() {
             return;
         }
-        let prefix = ack_prefix(&self.keys, key);
-        let deadline = Instant::now() + ACKS_WAIT;
+        let prefix = self.keys.acme_ack_prefix(key);
+        let mut acked = BTreeSet::new();
+        let why = match tokio::time::timeout(ACKS_WAIT, self.follow_acks(&prefix, &mut acked)).await
+        {
+            Ok(Ok(true)) => return,
+            Ok(Ok(false)) => "the watch ended".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not within {ACKS_WAIT:?}"),
+        };
+        let missing: Vec<&String> = self.others.difference(&acked).collect();
+        tracing::warn!(hostname = %self.hostname, ?missing, why, "ACME: not every node says it holds the challenge's answer; validating anyway");
+    }
+
+    /// Reads which nodes hold the answer below `prefix` into `acked`, then
+    /// follows the changes from that revision on; true once every other node
+    /// does.
+    async fn follow_acks(
+        &self,
+        prefix: &str,
+        acked: &mut BTreeSet<String>,
+    ) -> Result<bool, etcd_client::Error> {
+        let node_of = |key: &[u8]| {
+            let key = std::str::from_utf8(key).ok()?;
+            key.strip_prefix(prefix).map(str::to_owned)
+        };
         let mut client = self.client.clone();
-        loop {
-            let got = client.get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            );
-            let acked: BTreeSet<String> = match tokio::time::timeout(ACKS_WAIT, got).await {
-                Ok(Ok(resp)) => resp
-                    .kvs()
-                    .iter()
-                    .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(str::to_owned))
-                    .collect(),
-                _ => BTreeSet::new(),
-            };
-            if self.others.is_subset(&acked) {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let missing: Vec<&String> = self.others.difference(&acked).collect();
-                tracing::warn!(hostname = %self.hostname, ?missing, "ACME: not every node says it holds the challenge's answer; validating anyway");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let got = client.get(prefix, Some(options)).await?;
+        acked.extend(got.kvs().iter().filter_map(|kv| node_of(kv.key())));
+        if self.others.is_subset(acked) {
+            return Ok(true);
         }
+        let revision = got.header().map_or(0, |h| h.revision());
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut watching = client.watch(prefix, Some(options)).await?;
+        while let Some(resp) = watching.message().await? {
+            for event in resp.events() {
+                let Some(node) = event.kv().and_then(|kv| node_of(kv.key())) else {
+                    continue;
+                };
+                // The raw type: `Event::event_type` panics on one it does not know.
+                if event.0.r#type == EventType::Delete as i32 {
+                    acked.remove(&node);
+                } else {
+                    acked.insert(node);
+                }
+            }
+            if self.others.is_subset(acked) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Gives the fleet the new certificate, sealed, if this node still holds
@@ -402,19 +432,4 @@ async fn keep_alive(mut client: Client, lease: i64, lost: watch::Sender<bool>) {
         }
     }
     let _ = lost.send(true);
-}
-
-/// Where nodes say they hold the answer at `answer`: one key per node below it.
-pub(crate) fn ack_prefix(keys: &Keys, answer: &AcmeKey) -> String {
-    let name = match answer {
-        AcmeKey::Http01(token) => format!("http-01:{token}"),
-        AcmeKey::TlsAlpn01(host) => format!("tls-alpn-01:{host}"),
-        AcmeKey::Certificate(host) | AcmeKey::Lock(host) => format!("other:{host}"),
-    };
-    format!("{}{name}:", keys.acme_acks())
-}
-
-/// The key under which `node` says it holds the answer at `answer`.
-pub(crate) fn ack_key(keys: &Keys, answer: &AcmeKey, node: &str) -> String {
-    format!("{}{node}", ack_prefix(keys, answer))
 }

@@ -22,7 +22,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::alpn_cert::tls_alpn01_cert;
 use crate::claimed::claimed;
 use crate::files::{certificate_path, validity, validity_of_pem, write_private};
-use crate::fleet::ack_key;
 use crate::fleet::FleetShare;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -216,7 +215,7 @@ impl Follower {
             AcmeKey::Lock(_) => return false,
         }
         self.acks
-            .push((ack_key(&self.keys, &key, &self.share.node), kv.lease()));
+            .push((self.keys.acme_ack(&key, &self.share.node), kv.lease()));
         if let Ok(k) = kv.key_str() {
             self.answers.insert(k.to_owned(), key);
         }

@@ -91,6 +91,22 @@ impl Keys {
         format!("{}/acme/acks/", self.prefix)
     }
 
+    /// Where nodes say they hold the answer at `answer`: one key per node below
+    /// it, `acme/acks/KIND:NAME:NODE`.
+    pub fn acme_ack_prefix(&self, answer: &AcmeKey) -> String {
+        let name = match answer {
+            AcmeKey::Http01(token) => format!("http-01:{token}"),
+            AcmeKey::TlsAlpn01(host) => format!("tls-alpn-01:{host}"),
+            AcmeKey::Certificate(host) | AcmeKey::Lock(host) => format!("other:{host}"),
+        };
+        format!("{}{name}:", self.acme_acks())
+    }
+
+    /// The key under which `node` says it holds the answer at `answer`.
+    pub fn acme_ack(&self, answer: &AcmeKey, node: &str) -> String {
+        format!("{}{node}", self.acme_ack_prefix(answer))
+    }
+
     pub fn acme(&self, key: &AcmeKey) -> String {
         let p = &self.prefix;
         match key {
@@ -230,6 +246,13 @@ mod tests {
             assert_eq!(k.parse_acme(&text), Some(key));
             assert_eq!(k.parse(&text), None, "the catalog leaves ACME's keys alone");
         }
+        assert_eq!(
+            k.acme_ack(&AcmeKey::Http01("tok".into()), "ams-1"),
+            "/tern/acme/acks/http-01:tok:ams-1"
+        );
+        assert!(k
+            .acme_ack(&AcmeKey::TlsAlpn01("a.test".into()), "ams-1")
+            .starts_with(&k.acme_ack_prefix(&AcmeKey::TlsAlpn01("a.test".into()))));
         assert_eq!(k.parse_acme("/tern/acme/certs/"), None);
         assert_eq!(k.parse_acme("/tern/acme/other/x"), None);
     }

@@ -771,6 +771,12 @@ async fn one_order_answered_by_the_other_node(challenge: &str) {
     let from_b = f.wait_served(3).await;
     assert_eq!(from_a, from_b, "{}", f.logs());
     assert_eq!(issued(&f.b), 0, "{}", f.logs());
+    // acme-a let the CA validate only once acme-b said it held the answer.
+    assert!(
+        !f.logs().contains("not every node says it holds"),
+        "{}",
+        f.logs()
+    );
 
     // etcd holds it sealed, and the order's lock and shared answers went with
     // its lease.
