@@ -107,14 +107,8 @@ impl Share {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let client = self.client(hostname).await?;
-        let bounded = tokio::time::timeout(self.settings.timeout, step(client, self.keys.clone()));
-        let result = match bounded.await {
-            Ok(r) => r.map_err(|e| AcmeError::fleet(hostname, e)),
-            Err(_) => Err(AcmeError::fleet(
-                hostname,
-                format!("etcd did not answer within {:?}", self.settings.timeout),
-            )),
-        };
+        let step = step(client, self.keys.clone());
+        let result = within(self.settings.timeout, hostname, step).await;
         if result.is_err() {
             self.client = None;
         }
@@ -257,10 +251,7 @@ impl OrderLock {
         let mut client = self.client.clone();
         let options = PutOptions::new().with_lease(self.lease);
         let put = client.put(self.keys.acme(&key), value, Some(options));
-        match tokio::time::timeout(ORDER_LEASE, put).await {
-            Ok(r) => r.map_err(|e| AcmeError::fleet(&self.hostname, e))?,
-            Err(_) => return Err(AcmeError::fleet(&self.hostname, "etcd did not answer")),
-        };
+        within(ORDER_LEASE, &self.hostname, put).await?;
         self.wait_for_acks(&key).await;
         Ok(())
     }
@@ -337,14 +328,16 @@ impl OrderLock {
             .when([ours])
             .and_then([TxnOp::put(cert, sealed, None)]);
         let mut client = self.client.clone();
-        match tokio::time::timeout(ORDER_LEASE, client.txn(txn)).await {
-            Ok(Ok(r)) if r.succeeded() => Ok(()),
-            Ok(Ok(_)) => Err(AcmeError::fleet(
+        if within(ORDER_LEASE, &self.hostname, client.txn(txn))
+            .await?
+            .succeeded()
+        {
+            Ok(())
+        } else {
+            Err(AcmeError::fleet(
                 &self.hostname,
                 "the order's lock was lost",
-            )),
-            Ok(Err(e)) => Err(AcmeError::fleet(&self.hostname, e)),
-            Err(_) => Err(AcmeError::fleet(&self.hostname, "etcd did not answer")),
+            ))
         }
     }
 
@@ -378,14 +371,8 @@ impl OrderLock {
             }
             Ok::<_, etcd_client::Error>(())
         };
-        match tokio::time::timeout(ORDER_LEASE, keep_locked).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(hostname = %self.hostname, error = %e, "ACME: could not keep the failed name locked")
-            }
-            Err(_) => {
-                tracing::warn!(hostname = %self.hostname, "ACME: could not keep the failed name locked: etcd did not answer")
-            }
+        if let Err(e) = within(ORDER_LEASE, &self.hostname, keep_locked).await {
+            tracing::warn!(error = %e, "ACME: could not keep the failed name locked");
         }
         self.keeping.abort();
         let revoke = self.client.lease_revoke(self.lease);
@@ -432,4 +419,20 @@ async fn keep_alive(mut client: Client, lease: i64, lost: watch::Sender<bool>) {
         }
     }
     let _ = lost.send(true);
+}
+
+/// An etcd request on behalf of `hostname`'s order, bounded by `limit`; either
+/// failure is the order's.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    hostname: &str,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, AcmeError> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(r) => r.map_err(|e| AcmeError::fleet(hostname, e)),
+        Err(_) => Err(AcmeError::fleet(
+            hostname,
+            format!("etcd did not answer within {limit:?}"),
+        )),
+    }
 }
