@@ -131,21 +131,27 @@ mod tests {
         assert!(matches!(event, ConnEvent::Done(Ok(7))));
     }
 
-    /// The connection's poll can spend the task's whole coop budget (moving many
-    /// buffers at once). The timer is armed in that same poll all the same: armed
-    /// later it would never be, since it is polled again only once it has fired.
-    #[tokio::test(start_paused = true)]
-    async fn the_timer_is_armed_after_a_poll_that_spent_the_coop_budget() {
+    /// A connection whose first poll spends the task's whole coop budget, as one
+    /// that moves many buffers at once does, and that never finishes.
+    fn spends_the_budget_then_waits() -> impl Future<Output = ()> + Unpin {
         use tokio::task::coop;
         let mut spent = false;
-        let mut conn = std::future::poll_fn(move |cx| {
+        std::future::poll_fn(move |cx| {
             if !std::mem::replace(&mut spent, true) {
                 while coop::has_budget_remaining() {
                     let _ = pin!(coop::consume_budget()).poll(cx);
                 }
             }
-            Poll::<()>::Pending
-        });
+            Poll::Pending
+        })
+    }
+
+    /// The connection's poll can spend the task's whole coop budget (moving many
+    /// buffers at once). The timer is armed in that same poll all the same: armed
+    /// later it would never be, since it is polled again only once it has fired.
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_is_armed_after_a_poll_that_spent_the_coop_budget() {
+        let mut conn = spends_the_budget_then_waits();
         let waiting = next_conn_event(&mut conn, Duration::from_secs(1), None);
         let event = tokio::time::timeout(Duration::from_secs(60), waiting).await;
         assert!(
@@ -156,17 +162,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_signal_is_watched_after_a_poll_that_spent_the_coop_budget() {
-        use tokio::task::coop;
         let (tx, mut rx) = watch::channel(false);
-        let mut spent = false;
-        let mut conn = std::future::poll_fn(move |cx| {
-            if !std::mem::replace(&mut spent, true) {
-                while coop::has_budget_remaining() {
-                    let _ = pin!(coop::consume_budget()).poll(cx);
-                }
-            }
-            Poll::<()>::Pending
-        });
+        let mut conn = spends_the_budget_then_waits();
         let waiting = tokio::spawn(async move {
             let waiting = next_conn_event(&mut conn, Duration::from_secs(600), Some(&mut rx));
             matches!(waiting.await, ConnEvent::Shutdown)
