@@ -421,6 +421,17 @@ async fn keep_alive(mut client: Client, lease: i64, lost: watch::Sender<bool>) {
     let _ = lost.send(true);
 }
 
+/// Says that the certificate another node obtained for `hostname` is now in the
+/// certificate directory: one log line and `tern_acme_fleet_installs_total`,
+/// whichever way it came (the follower's watch, or a turn that found it).
+pub(crate) fn note_installed(hostname: &str) {
+    tracing::info!(
+        hostname,
+        "ACME: installed the certificate another node obtained"
+    );
+    metrics::counter!("tern_acme_fleet_installs_total").increment(1);
+}
+
 /// An etcd request on behalf of `hostname`'s order, bounded by `limit`; either
 /// failure is the order's.
 async fn within<T, E: std::fmt::Display>(

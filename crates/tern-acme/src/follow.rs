@@ -22,6 +22,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::alpn_cert::tls_alpn01_cert;
 use crate::claimed::claimed;
 use crate::files::{certificate_path, validity, validity_of_pem, write_private};
+use crate::fleet::note_installed;
 use crate::fleet::FleetShare;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -278,11 +279,7 @@ impl Follower {
             tracing::warn!(hostname, path = %path.display(), error = %e, "ACME: cannot write the fleet's certificate");
             return false;
         }
-        tracing::info!(
-            hostname,
-            "ACME: installed the certificate another node obtained"
-        );
-        metrics::counter!("tern_acme_fleet_installs_total").increment(1);
+        note_installed(hostname);
         true
     }
 

@@ -23,7 +23,7 @@ use crate::ari::RenewalInfo;
 use crate::claimed::claimed;
 use crate::error::AcmeError;
 use crate::files::{certificate_path, renewal_time, validity, write_private};
-use crate::fleet::{FleetShare, OrderLock, Share, Turn};
+use crate::fleet::{note_installed, FleetShare, OrderLock, Share, Turn};
 use crate::follow::follow;
 use crate::limiter::OrderLimiter;
 use crate::order::{challenge_name, order, Answers};
@@ -377,10 +377,7 @@ impl Manager {
             Ok(Some(pem)) => {
                 lock.release().await;
                 self.serve(hostname, path, &pem)?;
-                tracing::info!(
-                    hostname,
-                    "ACME: installed the certificate another node obtained"
-                );
+                note_installed(hostname);
                 Ok(Taken::Done)
             }
             Ok(None) => Ok(Taken::Ours(Some(lock))),
