@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tern_catalog::Catalog;
 
-pub(crate) fn claimed(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
+pub(crate) fn claimed_names(catalog: &Arc<dyn Catalog>) -> BTreeSet<String> {
     let snapshot = catalog.snapshot();
     snapshot
         .apps

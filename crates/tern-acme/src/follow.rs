@@ -4,6 +4,7 @@
 //! It reads everything under `acme/` and then watches it; when etcd goes away
 //! it keeps what it has and reads everything again once etcd is back.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use tokio::sync::Notify;
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 use crate::alpn_cert::tls_alpn01_cert;
-use crate::claimed::claimed;
+use crate::claimed::claimed_names;
 use crate::files::{certificate_path, validity, validity_of_pem, write_private};
 use crate::fleet::note_installed;
 use crate::fleet::FleetShare;
@@ -119,7 +120,7 @@ impl Follower {
                     if resp.canceled() {
                         return Err(Lost::Cancelled);
                     }
-                    let claimed = claimed(&self.catalog);
+                    let claimed = OnceCell::new();
                     let mut installed = false;
                     for event in resp.events() {
                         let Some(kv) = event.kv() else { continue };
@@ -172,7 +173,7 @@ impl Follower {
             self.take_back(&key);
         }
         self.sealed.clear();
-        let claimed = claimed(&self.catalog);
+        let claimed = OnceCell::new();
         let mut installed = false;
         for kv in kvs {
             installed |= self.put(kv, &claimed);
@@ -183,8 +184,10 @@ impl Follower {
     }
 
     /// Applies one key's new value; returns whether a certificate was written
-    /// (and needs serving).
-    fn put(&mut self, kv: &KeyValue, claimed: &BTreeSet<String>) -> bool {
+    /// (and needs serving). The names apps claim are read from the catalog
+    /// into `claimed` at the first certificate of a batch: most batches (answers
+    /// and acknowledgements) hold none.
+    fn put(&mut self, kv: &KeyValue, claimed: &OnceCell<BTreeSet<String>>) -> bool {
         let Some(key) = kv.key_str().ok().and_then(|k| self.keys.parse_acme(k)) else {
             return false;
         };
@@ -211,6 +214,7 @@ impl Follower {
             }
             AcmeKey::Certificate(hostname) => {
                 self.sealed.insert(hostname.clone(), kv.value().to_vec());
+                let claimed = claimed.get_or_init(|| claimed_names(&self.catalog));
                 return self.install(hostname, claimed);
             }
             AcmeKey::Lock(_) => return false,
@@ -239,7 +243,7 @@ impl Follower {
     }
 
     fn install_claimed(&self) {
-        let claimed = claimed(&self.catalog);
+        let claimed = claimed_names(&self.catalog);
         let mut installed = false;
         for hostname in self.sealed.keys() {
             installed |= self.install(hostname, &claimed);

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::account;
 use crate::ari::RenewalInfo;
-use crate::claimed::claimed;
+use crate::claimed::claimed_names;
 use crate::error::AcmeError;
 use crate::files::{certificate_path, renewal_time, validity, write_private};
 use crate::fleet::{note_installed, FleetShare, OrderLock, Share, Turn};
@@ -149,7 +149,7 @@ impl Manager {
     async fn run(&mut self, catalog: Arc<dyn Catalog>) {
         let mut changes = catalog.watch();
         loop {
-            let wanted = claimed(&catalog);
+            let wanted = claimed_names(&catalog);
             let next = match self.on_demand.clone() {
                 None => self.tend_all(&wanted).await,
                 Some(on_demand) => self.tend_on_demand(&wanted, &on_demand).await,
