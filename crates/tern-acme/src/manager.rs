@@ -240,33 +240,12 @@ impl Manager {
             return later;
         }
         let failed = self.status.lock().get(hostname).map(|f| (f.count, f.retry));
-        if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
-            return retry;
+        if let Some(later) = self.waiting_out(hostname, failed, now) {
+            return later;
         }
-        if let Some((again, _)) = self.elsewhere.get(hostname).filter(|(t, _)| *t > now) {
-            return *again;
-        }
-        self.elsewhere.remove(hostname);
-        let lock = match self
-            .take_turn(hostname, &path, kept.map(|(_, to)| to))
-            .await
-        {
-            Ok(Taken::Ours(lock)) => lock,
-            Ok(Taken::Done) => return Instant::now(),
-            Ok(Taken::Theirs { holder, failed }) => {
-                tracing::debug!(
-                    hostname,
-                    holder,
-                    "ACME: another node holds this name's order lock"
-                );
-                let again = now + ELSEWHERE_RECHECK;
-                self.elsewhere.insert(hostname.to_owned(), (again, failed));
-                return again;
-            }
-            Err(e) => {
-                tracing::warn!(hostname, error = %e, "ACME: cannot take this name's order lock in etcd; not ordering");
-                return now + FIRST_RETRY;
-            }
+        let lock = match self.turn(hostname, &path, kept, now).await {
+            Ok(lock) => lock,
+            Err(later) => return later,
         };
         if let Err(allowed) = self.limiter.try_start(hostname, now) {
             metrics::counter!("tern_acme_orders_total", "result" => "rate_limited").increment(1);
@@ -280,8 +259,69 @@ impl Manager {
             }
             return allowed;
         }
-        let result = self.obtain(hostname, &path, lock.as_deref()).await;
         let count = failed.map_or(0, |(count, _)| count) + 1;
+        self.order(hostname, &path, lock, count, kept).await
+    }
+
+    /// `Some(when to look again)` while `hostname` waits out a failure, its own
+    /// (`failed`: count and retry time) or another node's order.
+    fn waiting_out(
+        &mut self,
+        hostname: &str,
+        failed: Option<(u32, Instant)>,
+        now: Instant,
+    ) -> Option<Instant> {
+        if let Some((_, retry)) = failed.filter(|(_, retry)| *retry > now) {
+            return Some(retry);
+        }
+        if let Some((again, _)) = self.elsewhere.get(hostname).filter(|(t, _)| *t > now) {
+            return Some(*again);
+        }
+        self.elsewhere.remove(hostname);
+        None
+    }
+
+    /// This node's turn to order `hostname` (with the fleet's lock, if any), or
+    /// `Err(when to look again)`: another node orders it, the fleet's newer
+    /// certificate is now installed, or etcd could not be asked.
+    async fn turn(
+        &mut self,
+        hostname: &str,
+        path: &Path,
+        kept: Option<(SystemTime, SystemTime)>,
+        now: Instant,
+    ) -> Result<Option<Box<OrderLock>>, Instant> {
+        match self.take_turn(hostname, path, kept.map(|(_, to)| to)).await {
+            Ok(Taken::Ours(lock)) => Ok(lock),
+            Ok(Taken::Done) => Err(Instant::now()),
+            Ok(Taken::Theirs { holder, failed }) => {
+                tracing::debug!(
+                    hostname,
+                    holder,
+                    "ACME: another node holds this name's order lock"
+                );
+                let again = now + ELSEWHERE_RECHECK;
+                self.elsewhere.insert(hostname.to_owned(), (again, failed));
+                Err(again)
+            }
+            Err(e) => {
+                tracing::warn!(hostname, error = %e, "ACME: cannot take this name's order lock in etcd; not ordering");
+                Err(now + FIRST_RETRY)
+            }
+        }
+    }
+
+    /// Orders `hostname`, its `count`-th attempt in a row, and records how it
+    /// went; returns when to look again.
+    async fn order(
+        &mut self,
+        hostname: &str,
+        path: &Path,
+        lock: Option<Box<OrderLock>>,
+        count: u32,
+        kept: Option<(SystemTime, SystemTime)>,
+    ) -> Instant {
+        let result = self.obtain(hostname, path, lock.as_deref()).await;
         let wait = FIRST_RETRY
             .saturating_mul(1 << (count - 1).min(16))
             .min(MAX_RETRY);
