@@ -46,7 +46,7 @@ pub use io::WatchedIo;
 pub use recent::{SpinRecord, RECENT_SPINS};
 pub use registry::Watchdog;
 pub use stall::{
-    debugger_stacks, runtime_snapshot, thread_dump, StallConfig, StallReport, StallState,
-    StallStatus, StallWatchdog,
+    debugger_stacks, debugger_stacks_of, runtime_snapshot, thread_dump, StallConfig, StallReport,
+    StallState, StallStatus, StallWatchdog,
 };
 pub use watched::{Spun, Watched, INSPECT_AFTER};

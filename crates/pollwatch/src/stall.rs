@@ -225,7 +225,13 @@ pub fn thread_dump() -> String {
 
 /// Every thread's stack from gdb, when it is installed (bounded to 20 s).
 pub fn debugger_stacks() -> String {
-    let pid = std::process::id().to_string();
+    debugger_stacks_of(std::process::id())
+}
+
+/// Every thread's stack of process `pid` from gdb (bounded to 20 s): this
+/// process's, or (in tests) a child's.
+pub fn debugger_stacks_of(pid: u32) -> String {
+    let pid = pid.to_string();
     let child = std::process::Command::new("gdb")
         .args(["-p", &pid, "-batch", "-nx", "-ex", "thread apply all bt 30"])
         .stdin(std::process::Stdio::null())

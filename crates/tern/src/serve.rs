@@ -100,8 +100,7 @@ fn stall_watchdog(
 /// operator has no other way to learn it.
 fn admin_access(admin: &tern_config::Admin) -> anyhow::Result<tern_admin::Access> {
     let access = tern_admin::Access::for_listener(admin.listen, admin.token.as_deref())?;
-    let made = admin.token.is_none();
-    if let (true, tern_admin::Access::Token(token)) = (made, &access) {
+    if let (tern_admin::Access::Token(token), None) = (&access, &admin.token) {
         eprintln!(
             "tern: admin.listen {} is not loopback and sets no admin.token; this start's token is {token}\n\
              tern: the dashboard: http://{}/?token={token}",

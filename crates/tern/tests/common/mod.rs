@@ -253,25 +253,9 @@ impl Tern {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every thread's stack in Tern now, from gdb (for a failure's report; says
-    /// so when gdb is missing or does not finish within 30 s).
+    /// Every thread's stack in Tern now, from gdb (for a failure's report).
     pub fn stacks(&self) -> String {
-        let pid = self.child.id().to_string();
-        let gdb = Command::new("timeout")
-            .args(["30", "gdb", "-p", &pid, "-batch", "-nx"])
-            .args(["-ex", "thread apply all bt 40"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output();
-        match gdb {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-            Ok(out) => format!(
-                "(gdb: {}) {}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout)
-            ),
-            Err(e) => format!("(no stacks: {e})"),
-        }
+        pollwatch::debugger_stacks_of(self.child.id())
     }
 
     pub fn http_url(&self, host: &str, path: &str) -> String {
